@@ -1,0 +1,279 @@
+"""What every lesson script needs: device choice, one CLI, seeding, timing, tables and figures.
+
+Deliberately small and framework-free: read it once and every script's `main()` is clear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # what --device accepts
+DEFAULT_PLOTS_DIR = Path(__file__).resolve().parent / "plots"  # next to the scripts, whatever the cwd
+FIGURE_DPI = 110  # one resolution for every committed PNG
+PANEL_SIZE = (5.0, 3.8)  # inches per subplot, so every figure has the same text scale
+# The reproducibility tests set this to replace every timing-derived number with a
+# placeholder, so two runs with one seed can be compared line for line.
+MASK_TIMINGS = False
+
+
+class LessonError(RuntimeError):
+    """A failure the user can fix (bad device, unwritable directory): one line, exit code 2."""
+
+
+# %%
+# Devices
+# -------
+
+
+def available_devices() -> list[str]:
+    """Names of the devices this machine can run on, CPU always first."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names.append("cuda")
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; an explicit choice must be available."""
+    if preference not in DEVICE_CHOICES:
+        raise ValueError(f"device={preference!r} is not one of {', '.join(DEVICE_CHOICES)}")
+    available = available_devices()
+    if preference == "auto":
+        for name in ("cuda", "mps", "cpu"):
+            if name in available:
+                return torch.device(name)
+    if preference not in available:
+        raise LessonError(
+            f"--device {preference} was requested but is not available on this machine "
+            f"(available: {', '.join(available)})"
+        )
+    return torch.device(preference)
+
+
+def as_device(device: torch.device | str) -> torch.device:
+    """Accept `torch.device("cuda")` and `"cuda"` alike."""
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def describe_device(device: torch.device) -> str:
+    """A human name for the hardware behind `device`."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"cpu ({cpu_model()})"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued kernels: accelerators run asynchronously, so timing needs this."""
+    device = as_device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# %%
+# Seeding
+# -------
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a generator seeded the same way for data."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+# %%
+# Timing
+# ------
+
+
+def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", min_run_time: float = 0.2) -> float:
+    """Median seconds per call of `fn`, measured with `torch.utils.benchmark.Timer`.
+
+    Timer warms up, picks a block size and (for CUDA) synchronizes; MPS is synchronized here
+    because older torch releases only sync CUDA. Runs with the threads user code gets.
+    """
+    from torch.utils import benchmark
+
+    device = as_device(device)
+    if device.type == "mps":
+        def stmt() -> None:
+            fn()
+            torch.mps.synchronize()
+    else:
+        stmt = fn
+    stmt()  # first call pays lazy initialisation (kernels, allocator); keep it out of the median
+    timer = benchmark.Timer(stmt="stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def fmt_seconds(seconds: float) -> str:
+    """A duration with a sensible unit: 1.23 s, 45.6 ms, 789 µs, 12.3 ns."""
+    if MASK_TIMINGS:
+        return "<time>"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def fmt_timing(value: float, spec: str = ".3g", suffix: str = "") -> str:
+    """Format any number derived from a timing (a rate, a speed-up) so tests can mask it."""
+    return "<time>" if MASK_TIMINGS else f"{value:{spec}}{suffix}"
+
+
+# %%
+# Output: banner and tables
+# -------------------------
+
+
+def print_banner(title: str, device: torch.device, seed: int, quick: bool) -> None:
+    mode = "quick" if quick else "full"
+    print(f"=== {title} ===")
+    print(
+        f"device: {describe_device(device)} | torch {torch.__version__} | "
+        f"threads: {torch.get_num_threads()} | seed: {seed} | mode: {mode}"
+    )
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows as an aligned text table: the first (label) column left-aligned, the rest right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in cells)])
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    print(f"\n{title}\n{format_table(headers, rows)}")
+
+
+def print_section(title: str) -> None:
+    print(f"\n--- {title} ---")
+
+
+# %%
+# Figures
+# -------
+
+
+def new_figure(nrows: int, ncols: int, title: str):
+    """A pyplot-free Figure with a grid of axes and one suptitle; returns (figure, axes array)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig.suptitle(title, fontsize=14, fontweight="bold")
+    return fig, axes
+
+
+def prepare_plots_dir(path: str | os.PathLike) -> Path:
+    """Create the plots directory and prove it is writable, or raise LessonError."""
+    plots_dir = Path(path)
+    probe = plots_dir / ".write-test"
+    try:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise LessonError(f"cannot write figures to --plots-dir {plots_dir}: {err.strerror or err}") from None
+    return plots_dir
+
+
+def save_figure(fig, filename: str, plots_dir: str | os.PathLike) -> Path:
+    path = Path(plots_dir) / filename
+    fig.savefig(path, dpi=FIGURE_DPI)
+    print(f"saved {path}")
+    return path
+
+
+# %%
+# The shared command line
+# -----------------------
+
+
+@dataclass(frozen=True)
+class LessonContext:
+    """What `main()` hands to a lesson after parsing and checking the command line."""
+
+    device: torch.device
+    quick: bool
+    seed: int
+    plots_dir: Path
+    generator: torch.Generator
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                        help="where to run: auto picks cuda, then mps, then cpu (default: auto)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and short benchmarks, for smoke runs and tests")
+    parser.add_argument("--plots-dir", type=Path, default=DEFAULT_PLOTS_DIR,
+                        help=f"where figures are written (default: {DEFAULT_PLOTS_DIR})")
+    parser.add_argument("--seed", type=int, default=0, help="seed for every random number generator (default: 0)")
+    return parser
+
+
+def run_lesson(
+    prog: str,
+    description: str,
+    title: str,
+    lesson: Callable[[LessonContext], None],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse the shared flags, set up device/seed/plots, run `lesson`; known failures exit 2."""
+    args = build_parser(prog, description).parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        plots_dir = prepare_plots_dir(args.plots_dir)
+        generator = seed_everything(args.seed)
+        print_banner(title, device, args.seed, args.quick)
+        lesson(LessonContext(device, args.quick, args.seed, plots_dir, generator))
+    except (LessonError, FloatingPointError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
