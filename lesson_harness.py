@@ -198,11 +198,12 @@ def print_section(title: str) -> None:
 # -------
 
 
-def new_figure(nrows: int, ncols: int, title: str):
+def new_figure(nrows: int, ncols: int, title: str, figsize: tuple[float, float] | None = None):
     """A pyplot-free Figure with a grid of axes and one suptitle; returns (figure, axes array)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows), layout="constrained")
+    figsize = figsize or (PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows)
+    fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     fig.suptitle(title, fontsize=14, fontweight="bold")
     return fig, axes
