@@ -21,6 +21,7 @@ from torch import nn
 
 from lesson_harness import (
     LessonContext,
+    exit_script,
     fmt_seconds,
     fmt_timing,
     new_figure,
@@ -684,4 +685,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_script(main())

@@ -30,6 +30,7 @@ from lesson_harness import (
     LessonContext,
     as_device,
     build_parser,
+    exit_script,
     fmt_seconds,
     fmt_timing,
     new_figure,
@@ -756,4 +757,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_script(main())
