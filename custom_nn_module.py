@@ -616,8 +616,8 @@ def plot_analysis(arch_rows, init_stats, flows):
                                          ("GELU", nn.GELU()), ("Swish", Swish())]):
         y = module(x)
         (dy,) = torch.autograd.grad(y.sum(), x)  # element-wise activation: the gradient of the sum is f'(x)
-        ax_act.plot(x.detach(), y.detach(), color=f"C{i}", label=name)
-        ax_act.plot(x.detach(), dy, color=f"C{i}", linestyle="--", linewidth=1)
+        ax_act.plot(x.detach().numpy(), y.detach().numpy(), color=f"C{i}", label=name)
+        ax_act.plot(x.detach().numpy(), dy.numpy(), color=f"C{i}", linestyle="--", linewidth=1)
     ax_act.set(title="Activations (solid) and derivatives (dashed)", xlabel="input x", ylabel="f(x), f′(x)",
                ylim=(-1.2, 2.5))
     ax_act.legend(fontsize=8)

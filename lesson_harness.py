@@ -200,13 +200,13 @@ def print_section(title: str) -> None:
 # -------
 
 
-def new_figure(nrows: int, ncols: int, title: str, figsize: tuple[float, float] | None = None):
+def new_figure(nrows: int, ncols: int, title: str, figsize: tuple[float, float] | None = None, **subplots_kwargs):
     """A pyplot-free Figure with a grid of axes and one suptitle; returns (figure, axes array)."""
     from matplotlib.figure import Figure
 
     figsize = figsize or (PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows)
     fig = Figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots_kwargs)  # e.g. width_ratios=[2, 1]
     fig.suptitle(title, fontsize=14, fontweight="bold")
     return fig, axes
 
