@@ -23,5 +23,8 @@ test: venv
 lint: venv
 	$(PY) -m ruff check .
 
+timings: venv
+	$(PY) tools/timings.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -59,7 +59,7 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(n_samples=400, throughput_samples=2_000, batch_sizes=(32, 128), memmap_rows=2_000, min_run_time=0.02)
+QUICK = Config(n_samples=400, throughput_samples=1_000, batch_sizes=(32, 128), memmap_rows=2_000, min_run_time=0.01)
 LOADER_TIMEOUT_S = 60  # a worker that produces no batch for this long has hung: fail instead of waiting
 SAMPLE_TEXT = (  # for the character-level dataset; includes non-ASCII so Unicode is exercised
     "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
@@ -709,8 +709,8 @@ def run(ctx: LessonContext) -> None:
         print(f"{len(mapped)} rows via 2 workers equal the in-memory array: "
               f"{torch.equal(loaded, torch.from_numpy(reference))}")
         footprint = memmap_footprint(path, 16)
-    print_table("Peak heap while loading vs while reading every row (tracemalloc)", ["approach", "bytes"],
-                [[name, value] for name, value in footprint.items()])
+    print_table("Peak heap while loading vs while reading every row (tracemalloc)", ["approach", "MiB"],
+                [[name, f"{value / 2**20:.2f}"] for name, value in footprint.items()])
 
     print_section("Throughput")
     breakdown = time_breakdown(cfg.throughput_samples, cfg.n_features, 128, cfg.min_run_time)

@@ -1,4 +1,7 @@
-"""autograd_demo: every derivative checked against closed forms, finite differences or torch.func."""
+"""autograd_demo: every derivative checked against closed forms, finite differences or torch.func.
+
+The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import math
 
 import pytest
 import torch
-from conftest import assert_pngs_written
 
 import autograd_demo as ad
 
@@ -173,8 +175,3 @@ def test_training_curve_decreases():
     curve = ad.training_curve(30, torch.Generator().manual_seed(0))
     assert curve["losses"][-1] < curve["losses"][0]
     assert set(curve["grads"]) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
-
-
-def test_main_quick_writes_three_figures(tmp_path):
-    assert ad.main(["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)]) == 0
-    assert_pngs_written(tmp_path, ["autograd_graph.png", "finite_difference_error.png", "gradient_flow_analysis.png"])

@@ -1,4 +1,7 @@
-"""custom_nn_module: modules checked against torch.nn / torch.nn.functional, formulas and hand counts."""
+"""custom_nn_module: modules checked against torch.nn / torch.nn.functional, formulas and hand counts.
+
+The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_pngs_written
 from torch import nn
 
 import custom_nn_module as cm
@@ -248,8 +250,3 @@ def test_architecture_table_counts_agree_with_formulas():
             assert row["parameters"] == row["formula"]
     attention = next(r for r in rows if r["name"] == "attention")
     assert attention["parameters"] == 3 * (64 * 64 + 64)
-
-
-def test_main_quick_writes_both_figures(tmp_path):
-    assert cm.main(["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)]) == 0
-    assert_pngs_written(tmp_path, ["custom_modules_analysis.png", "memory_checkpointing.png"])

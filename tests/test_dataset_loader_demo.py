@@ -1,4 +1,7 @@
-"""dataset_loader_demo: every Dataset against direct slicing, samplers against their definitions."""
+"""dataset_loader_demo: every Dataset against direct slicing, samplers against their definitions.
+
+The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_pngs_written
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, default_collate
 
@@ -219,8 +221,3 @@ def test_throughput_numbers_are_positive_and_finite():
                                            "fast path (X[idx])"]
     assert all(math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0 for r in rows)
     assert all(v > 0 for v in dl.time_breakdown(256, 4, 32, min_run_time=0.005).values())
-
-
-def test_main_quick_writes_both_figures(tmp_path):
-    assert dl.main(["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)]) == 0
-    assert_pngs_written(tmp_path, ["dataset_loader_analysis.png", "digits_samples.png"])

@@ -1,4 +1,7 @@
-"""linear_regression_torch: every solver against lstsq, NumPy and each other; DDP against one process."""
+"""linear_regression_torch: every solver against lstsq, NumPy and each other; DDP against one process.
+
+The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_pngs_written
 
 import linear_regression_torch as lr
 
@@ -212,8 +214,3 @@ def test_torchrun_runs_the_same_rank_code(tmp_path):
     assert "DDP (2 ranks)" in done.stdout
     diff = float(done.stdout.split("max |difference| of parameters:")[1].split()[0])
     assert diff < 1e-5
-
-
-def test_main_quick_writes_both_figures(tmp_path):
-    assert lr.main(["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)]) == 0
-    assert_pngs_written(tmp_path, ["linear_regression_comparison.png", "numpy_vs_torch_scaling.png"])

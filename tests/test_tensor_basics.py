@@ -1,4 +1,7 @@
-"""tensor_basics: every fact the lesson prints, checked against NumPy or torch's own reference."""
+"""tensor_basics: every fact the lesson prints, checked against NumPy or torch's own reference.
+
+The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ABSENT_ACCELERATORS, DEVICES, assert_pngs_written
+from conftest import DEVICES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,14 +125,3 @@ def test_benchmark_matmul_rows_are_well_formed():
         assert r["gflops"] == pytest.approx(2 * r["size"] ** 3 / r["seconds"] / 1e9)
     with pytest.raises(ValueError, match="size 0"):
         tb.benchmark_matmul([0])
-
-
-def test_main_quick_writes_both_figures(tmp_path):
-    assert tb.main(["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)]) == 0
-    assert_pngs_written(tmp_path, ["tensor_operations_visualization.png", "matmul_benchmark.png"])
-
-
-@pytest.mark.parametrize("name", ABSENT_ACCELERATORS)
-def test_main_unavailable_device_exits_2(tmp_path, capsys, name):
-    assert tb.main(["--device", name, "--plots-dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.count("\n") == 1

@@ -1,0 +1,64 @@
+"""Wall time of every lesson as a whole process, full and --quick, against the course's time budget.
+
+Run `make timings` (or `python tools/timings.py`). Figures go to a temporary directory, so the
+committed plots/ stay as they are. Each script runs once per mode; times include interpreter
+start-up and imports, as a learner experiences them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Seconds allowed per script in full mode (the README states the same budget).
+FULL_BUDGET = {
+    "tensor_basics.py": 15,
+    "autograd_demo.py": 10,
+    "linear_regression_torch.py": 20,
+    "custom_nn_module.py": 15,
+    "dataset_loader_demo.py": 15,
+}
+FULL_TOTAL_BUDGET = 60  # all five in full mode
+QUICK_TOTAL_BUDGET = 25  # all five with --quick
+TIMEOUT_S = 300  # a script that takes this long is broken, not slow
+
+
+def time_script(script: str, quick: bool, plots_dir: Path) -> float:
+    command = [sys.executable, str(ROOT / script), "--device", "cpu", "--plots-dir", str(plots_dir)]
+    command += ["--quick"] if quick else []
+    start = time.perf_counter()  # one whole process, measured once: a wall-clock reading, not a benchmark
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{script} failed with exit code {done.returncode}:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> int:
+    rows = []
+    with tempfile.TemporaryDirectory() as plots_dir:
+        for script, budget in FULL_BUDGET.items():
+            full = time_script(script, quick=False, plots_dir=Path(plots_dir))
+            quick = time_script(script, quick=True, plots_dir=Path(plots_dir))
+            rows.append((script, full, budget, quick))
+            print(f"  measured {script}", file=sys.stderr)
+    print(f"{'script':28s} {'full (s)':>9s} {'budget':>7s} {'quick (s)':>10s}")
+    print("-" * 57)
+    for script, full, budget, quick in rows:
+        flag = "" if full <= budget else "  OVER"
+        print(f"{script:28s} {full:9.1f} {budget:7d} {quick:10.1f}{flag}")
+    total_full, total_quick = sum(r[1] for r in rows), sum(r[3] for r in rows)
+    print("-" * 57)
+    print(f"{'total':28s} {total_full:9.1f} {FULL_TOTAL_BUDGET:7d} {total_quick:10.1f}   "
+          f"(quick budget {QUICK_TOTAL_BUDGET})")
+    over = total_full > FULL_TOTAL_BUDGET or total_quick > QUICK_TOTAL_BUDGET or any(r[1] > r[2] for r in rows)
+    print("over budget" if over else "within budget")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
