@@ -568,7 +568,9 @@ def plot_analysis(synthetic, train_idx, standardize, series, window, horizon, cl
     batch_sizes = sorted({r["batch_size"] for r in throughput})
     ax_speed.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
     ax_speed.xaxis.set_minor_locator(NullLocator())
-    ax_speed.legend(fontsize=8)
+    rates = [r["samples_per_s"] for r in throughput]
+    ax_speed.set_ylim(min(rates) / 2, max(rates) * 30)  # headroom for the legend above the lines
+    ax_speed.legend(fontsize=7, loc="upper left", ncols=2)
 
     names = list(footprint)
     bars = ax_memory.bar(range(len(names)), [footprint[n] / 2**20 for n in names],

@@ -227,7 +227,11 @@ def prepare_plots_dir(path: str | os.PathLike) -> Path:
 def save_figure(fig, filename: str, plots_dir: str | os.PathLike) -> Path:
     path = Path(plots_dir) / filename
     fig.savefig(path, dpi=FIGURE_DPI)
-    print(f"saved {path}")
+    try:
+        shown = path.resolve().relative_to(Path.cwd())  # short and machine-independent when possible
+    except ValueError:
+        shown = path
+    print(f"saved {shown}")
     return path
 
 

@@ -575,7 +575,8 @@ def print_ddp_check(world_size: int, ddp: FitResult, single: FitResult) -> None:
                 [[f"DDP ({world_size} ranks)", _fmt_vector(ddp.weights), f"{ddp.bias:.6f}", f"{ddp.losses[-1]:.6f}"],
                  ["single process", _fmt_vector(single.weights), f"{single.bias:.6f}", f"{single.losses[-1]:.6f}"]])
     diff = max((ddp.weights - single.weights).abs().max().item(), abs(ddp.bias - single.bias))
-    print(f"max |difference| of parameters: {diff:.2e}  (float32 rounding: sums taken in another order)")
+    print(f"max |difference| of parameters: {diff:.2e}  (anything non-zero is float32 rounding: the ranks "
+          "sum in another order)")
 
 
 def _fmt_vector(t: torch.Tensor) -> str:
@@ -637,8 +638,8 @@ def plot_comparison(implementations, optimizer_losses, closed_mse, y_val, y_pred
     W, B, loss = landscape
     contour = ax_land.contour(W, B, loss, levels=np.geomspace(loss.min() * 1.05, loss.max(), 14), cmap="viridis")
     fig.colorbar(contour, ax=ax_land, label="MSE")
-    for name, path in paths.items():
-        ax_land.plot(path[:, 0], path[:, 1], ".-", markersize=2, linewidth=1.2, label=name)
+    for (name, path), style in zip(paths.items(), ["-", "-", "--", "-", ":"]):
+        ax_land.plot(path[:, 0], path[:, 1], style, marker=".", markersize=2, linewidth=1.5, label=name)
     ax_land.plot(*next(iter(paths.values()))[0], "ko", label="start")
     ax_land.set(title="Loss landscape (1 feature) and optimizer paths", xlabel="weight w", ylabel="bias b")
     ax_land.legend(fontsize=8, loc="upper left")
