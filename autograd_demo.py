@@ -213,11 +213,11 @@ def make_vector_function(n: int, generator: torch.Generator | None = None) -> Ca
 def load_forward_mode() -> None:
     """Run forward mode once so its one-time set-up happens outside any timing.
 
-    That set-up (torch 2.13) compiles internal decompositions with `torch.jit.script`, which warns
+    That set-up (torch 2.13) compiles internal decompositions with TorchScript, which warns
     that TorchScript is deprecated: torch's warning about its own internals, silenced here only.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
         torch.func.jacfwd(torch.sin)(torch.zeros(1))
 
 
