@@ -464,6 +464,7 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
     try:
         n = len(X)
         ddp_model = DistributedDataParallel(make_model(X.shape[1], seed))
+        opt = torch.optim.SGD(ddp_model.parameters(), lr=lr)  # the same optimizer as fit_module's "sgd"
         sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         # The sampler lists positions rank, rank + W, ...; those at or past n are padding repeats.
         n_real = len(range(rank, n, world_size))
@@ -473,13 +474,9 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
             shard = torch.tensor(list(sampler)[:n_real], dtype=torch.long)
             squared_error_sum = ((ddp_model(X[shard]) - y[shard]) ** 2).sum()
+            opt.zero_grad()
             (squared_error_sum * world_size / n).backward()  # DDP averages: this yields the full-batch gradient
-            with torch.no_grad():
-                # torch.optim.SGD's exact update, written out: constructing any torch.optim optimizer
-                # imports torch._dynamo (about 1 s per process), which every spawned rank would pay.
-                for p in ddp_model.parameters():
-                    p.add_(p.grad, alpha=-lr)
-                    p.grad = None
+            opt.step()
             total = squared_error_sum.detach().clone()
             dist.all_reduce(total)  # the global MSE, for the loss curve
             losses.append(total.item() / n)
@@ -487,7 +484,7 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
         seconds = time.perf_counter() - start
         module = ddp_model.module
         result = FitResult(module.linear.weight.detach().squeeze(0).clone(), module.linear.bias.item(), losses, seconds)
-        del ddp_model, module  # drop DDP before tearing the group down (a live DDP can hang shutdown)
+        del ddp_model, module, opt  # drop DDP before tearing the group down (a live DDP can hang shutdown)
         gc.collect()
         dist.barrier()
     finally:
