@@ -128,7 +128,7 @@ def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", mi
     if device.type == "mps":
         def stmt() -> None:
             fn()
-            torch.mps.synchronize()
+            synchronize(device)
     else:
         stmt = fn
     stmt()  # first call pays lazy initialisation (kernels, allocator); keep it out of the median
