@@ -21,7 +21,7 @@ from torch import nn
 
 from lesson_harness import (
     LessonContext,
-    exit_script,
+    finish,
     fmt_seconds,
     fmt_timing,
     new_figure,
@@ -99,29 +99,49 @@ def graph_facts() -> dict[str, object]:
 
 
 def autograd_graph(output: torch.Tensor, names: dict[int, str] | None = None) -> tuple[list[dict], list[tuple]]:
-    """Nodes (id, label, depth) and edges (child -> parent) reachable from `output.grad_fn`."""
+    """Nodes (id, label, depth) and edges (child -> parent) reachable from `output.grad_fn`.
+
+    A node's depth is its longest path from the output, so a node shared by two parents sits
+    below both. `names` maps `id(leaf tensor)` to a label for its AccumulateGrad node.
+    """
     if output.grad_fn is None:
         raise ValueError("output has no grad_fn: it is a leaf or was computed without autograd")
     names = names or {}
-    nodes: dict[int, dict] = {}
-    edges: list[tuple[int, int]] = []
-    frontier = [(output.grad_fn, 0)]
-    while frontier:
-        fn, depth = frontier.pop(0)
-        key = id(fn)
-        if key in nodes:
-            nodes[key]["depth"] = max(nodes[key]["depth"], depth)  # longest path decides the column
+    # Keyed on the node objects themselves: that keeps every Python wrapper alive, so the same
+    # graph node always comes back as the same object. (torch 2.5 frees a wrapper as soon as no
+    # Python reference holds it and may reuse its id() for the next node: never key on id().)
+    children: dict[object, list[object]] = {}
+    stack = [output.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn in children:
             continue
+        children[fn] = list(dict.fromkeys(c for c, _ in fn.next_functions if c is not None))
+        stack.extend(children[fn])
+    # Longest path from the output: visit a node only after all of its parents (Kahn's algorithm).
+    waiting_parents = dict.fromkeys(children, 0)
+    for kids in children.values():
+        for child in kids:
+            waiting_parents[child] += 1
+    depth = {output.grad_fn: 0}
+    ready = [output.grad_fn]
+    while ready:
+        fn = ready.pop()
+        for child in children[fn]:
+            depth[child] = max(depth.get(child, 0), depth[fn] + 1)
+            waiting_parents[child] -= 1
+            if waiting_parents[child] == 0:
+                ready.append(child)
+    index = {fn: i for i, fn in enumerate(children)}
+    nodes = []
+    for fn, i in index.items():
         label = type(fn).__name__
         variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold their leaf tensor
         if variable is not None:
             label = f"{names.get(id(variable), 'leaf')}\n(AccumulateGrad)"
-        nodes[key] = {"id": key, "label": label, "depth": depth}
-        for child, _ in fn.next_functions:
-            if child is not None:
-                edges.append((id(child), key))
-                frontier.append((child, depth + 1))
-    return list(nodes.values()), edges
+        nodes.append({"id": i, "label": label, "depth": depth[fn]})
+    edges = [(index[child], index[fn]) for fn, kids in children.items() for child in kids]
+    return nodes, edges
 
 
 def example_graph() -> tuple[list[dict], list[tuple], str]:
@@ -213,11 +233,12 @@ def make_vector_function(n: int, generator: torch.Generator | None = None) -> Ca
 def load_forward_mode() -> None:
     """Run forward mode once so its one-time set-up happens outside any timing.
 
-    That set-up (torch 2.13) compiles internal decompositions with TorchScript, which warns
-    that TorchScript is deprecated: torch's warning about its own internals, silenced here only.
+    That set-up compiles internal decompositions with TorchScript, which warns that TorchScript
+    is deprecated (a DeprecationWarning in torch 2.13, a FutureWarning from 2.14): torch's warning
+    about its own internals, silenced here by its message only.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
         torch.func.jacfwd(torch.sin)(torch.zeros(1))
 
 
@@ -685,4 +706,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_script(main())
+    finish(main())

@@ -24,7 +24,7 @@ from torch import nn
 from lesson_harness import (
     LessonContext,
     as_device,
-    exit_script,
+    finish,
     fmt_seconds,
     fmt_timing,
     new_figure,
@@ -779,4 +779,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_script(main())
+    finish(main())

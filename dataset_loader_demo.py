@@ -34,7 +34,7 @@ from torch.utils.data import (
 
 from lesson_harness import (
     LessonContext,
-    exit_script,
+    finish,
     fmt_seconds,
     fmt_timing,
     new_figure,
@@ -737,4 +737,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_script(main())
+    finish(main())

@@ -6,15 +6,16 @@ Deliberately small and framework-free: read it once and every script's `main()` 
 from __future__ import annotations
 
 import argparse
-import gc
+import logging
 import os
 import platform
 import random
+import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -23,9 +24,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # what --device accepts
 DEFAULT_PLOTS_DIR = Path(__file__).resolve().parent / "plots"  # next to the scripts, whatever the cwd
 FIGURE_DPI = 110  # one resolution for every committed PNG
 PANEL_SIZE = (5.0, 3.8)  # inches per subplot, so every figure has the same text scale
-# The reproducibility tests set this to replace every timing-derived number with a
-# placeholder, so two runs with one seed can be compared line for line.
-MASK_TIMINGS = False
+LESSON_ARGS_ENV = "LESSON_ARGS"  # in a notebook kernel the flags come from here, e.g. "--quick --device cpu"
 
 
 class LessonError(RuntimeError):
@@ -116,14 +115,30 @@ def seed_everything(seed: int) -> torch.Generator:
 # ------
 
 
+def _import_benchmark():
+    """`torch.utils.benchmark`, imported without its one known stray log line.
+
+    Importing it imports `torch.utils.cpp_extension`, which in CUDA builds of torch (seen in 2.13 to
+    2.15) logs "No CUDA runtime is found, using CUDA_HOME=..." to stderr on a machine that has a CUDA
+    toolkit but no GPU. Only that logger is raised to ERROR, and only for the import.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
+
+
 def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", min_run_time: float = 0.2) -> float:
     """Median seconds per call of `fn`, measured with `torch.utils.benchmark.Timer`.
 
     Timer warms up, picks a block size and (for CUDA) synchronizes; MPS is synchronized here
     because older torch releases only sync CUDA. Runs with the threads user code gets.
     """
-    from torch.utils import benchmark
-
+    benchmark = _import_benchmark()
     device = as_device(device)
     if device.type == "mps":
         def stmt() -> None:
@@ -136,10 +151,20 @@ def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", mi
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def wall_seconds(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple[object, float]:
+    """Run `fn` once; return its result and the wall-clock seconds it took, queued device work included.
+
+    For one-shot costs (a whole training run) where repeating to take a median would cost too much.
+    """
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
 def fmt_seconds(seconds: float) -> str:
     """A duration with a sensible unit: 1.23 s, 45.6 ms, 789 µs, 12.3 ns."""
-    if MASK_TIMINGS:
-        return "<time>"
     for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
@@ -147,8 +172,8 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def fmt_timing(value: float, spec: str = ".3g", suffix: str = "") -> str:
-    """Format any number derived from a timing (a rate, a speed-up) so tests can mask it."""
-    return "<time>" if MASK_TIMINGS else f"{value:{spec}}{suffix}"
+    """Format a number derived from a timing (a rate, a speed-up)."""
+    return f"{value:{spec}}{suffix}"
 
 
 # %%
@@ -225,8 +250,13 @@ def prepare_plots_dir(path: str | os.PathLike) -> Path:
 
 
 def save_figure(fig, filename: str, plots_dir: str | os.PathLike) -> Path:
+    """Write `fig` as a PNG to the plots directory; in a notebook, also show it inline."""
     path = Path(plots_dir) / filename
     fig.savefig(path, dpi=FIGURE_DPI)
+    if in_notebook():
+        from IPython.display import display
+
+        display(fig)  # a pyplot-free Figure is shown only when displayed explicitly
     try:
         shown = path.resolve().relative_to(Path.cwd())  # short and machine-independent when possible
     except ValueError:
@@ -265,6 +295,18 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (Jupyter, VS Code, nbclient), where sys.argv is the kernel's own."""
+    return "ipykernel" in sys.modules
+
+
+def lesson_argv(argv: Sequence[str] | None) -> Sequence[str] | None:
+    """The flags to parse: `argv` if given; in a notebook, $LESSON_ARGS; otherwise the command line."""
+    if argv is None and in_notebook():
+        return shlex.split(os.environ.get(LESSON_ARGS_ENV, ""))
+    return argv
+
+
 def run_lesson(
     prog: str,
     description: str,
@@ -273,7 +315,7 @@ def run_lesson(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Parse the shared flags, set up device/seed/plots, run `lesson`; known failures exit 2."""
-    args = build_parser(prog, description).parse_args(argv)
+    args = build_parser(prog, description).parse_args(lesson_argv(argv))
     try:
         device = pick_device(args.device)
         plots_dir = prepare_plots_dir(args.plots_dir)
@@ -286,12 +328,13 @@ def run_lesson(
     return 0
 
 
-def exit_script(code: int) -> NoReturn:
-    """End a script's process with `code`, skipping the final garbage collection.
+def finish(exit_code: int) -> None:
+    """End a lesson run: exit the process with `exit_code` from a terminal; in a notebook, return.
 
-    torch (and torch._dynamo, which optimizers and torch.func load) leave so many objects that
-    the collection at interpreter exit alone takes about 0.5 s here; `gc.freeze()` exempts them.
-    Files and processes are already closed by then. Only for the script entry point, never in tests.
+    A notebook cell must not raise SystemExit (Jupyter reports it as an error even for 0); a
+    failed lesson there raises LessonError after its one-line message instead.
     """
-    gc.freeze()
-    raise SystemExit(code)
+    if not in_notebook():
+        raise SystemExit(exit_code)
+    if exit_code != 0:
+        raise LessonError(f"the lesson stopped with exit code {exit_code} (see the message above)")

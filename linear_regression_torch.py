@@ -30,7 +30,7 @@ from lesson_harness import (
     LessonContext,
     as_device,
     build_parser,
-    exit_script,
+    finish,
     fmt_seconds,
     fmt_timing,
     new_figure,
@@ -755,4 +755,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_script(main())
+    finish(main())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lesson_harness import (
     LessonContext,
     as_device,
-    exit_script,
+    finish,
     fmt_seconds,
     fmt_timing,
     new_figure,
@@ -489,4 +489,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_script(main())
+    finish(main())

@@ -1,13 +1,38 @@
-"""Shared test helpers: the devices present on this machine, and a quiet matplotlib."""
+"""Shared test helpers: devices present here, the course table, fake timings, warning policy."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
+from course import LESSONS, PROJECT_MODULES
 from lesson_harness import available_devices
 
+ROOT = Path(__file__).resolve().parents[1]
 DEVICES = available_devices()  # parametrize over these; absent accelerators are simply not listed
 ABSENT_ACCELERATORS = [name for name in ("cuda", "mps") if name not in DEVICES]
+LESSON_MODULES = [lesson.module for lesson in LESSONS]
+FAKE_MEDIAN_S = 1e-3  # what the fake timer reports for every benchmark median
+FAKE_WALL_S = 0.5  # what the fake stopwatch reports for every one-shot wall-clock timing
+
+
+def pytest_configure(config):
+    """Warnings attributed to this project's own modules (or its tests) fail the suite; others do not."""
+    owned = "|".join((*PROJECT_MODULES, "test_"))
+    for category in ("DeprecationWarning", "FutureWarning", "UserWarning"):
+        config.addinivalue_line("filterwarnings", f"error::{category}:({owned})")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a plain terminal: no display, no matplotlib backend, the repo importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
 
 
 def assert_pngs_written(directory, names):
@@ -24,3 +49,24 @@ def unwritable_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     return blocker / "plots"
+
+
+@pytest.fixture
+def fake_timings(monkeypatch):
+    """Every timing in every lesson returns a known constant, so printed output is exactly repeatable.
+
+    Lessons time through `time_median` (benchmarks) and `wall_seconds` (one-shot runs); both are
+    replaced in the harness and in each lesson module that imported them by name.
+    """
+    def fake_median(fn, device="cpu", min_run_time=0.2):
+        fn()
+        return FAKE_MEDIAN_S
+
+    def fake_wall(fn, device="cpu"):
+        return fn(), FAKE_WALL_S
+
+    for name in PROJECT_MODULES:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        for attr, fake in (("time_median", fake_median), ("wall_seconds", fake_wall)):
+            if hasattr(module, attr):
+                monkeypatch.setattr(module, attr, fake)

@@ -35,8 +35,36 @@ def test_autograd_graph_walks_every_node():
     assert labels == sorted(["PowBackward0", "SubBackward0", "SigmoidBackward0", "AddBackward0", "MulBackward0",
                              "w", "b"])
     assert len(edges) == 6  # a tree here: every node but the root has one parent
+    depths = {n["label"].split("\n")[0]: n["depth"] for n in nodes}
+    assert depths == {"PowBackward0": 0, "SubBackward0": 1, "SigmoidBackward0": 2, "AddBackward0": 3,
+                      "MulBackward0": 4, "w": 5, "b": 4}
     with pytest.raises(ValueError, match="grad_fn"):
         ad.autograd_graph(torch.ones(2))
+
+
+def test_autograd_graph_with_a_shared_subexpression_lists_it_once_below_both_parents():
+    """y = a + sin(a), a = w·x: MulBackward0 has two parents (AddBackward0 and SinBackward0)."""
+    w = torch.tensor(0.3, requires_grad=True)
+    a = w * torch.tensor(2.0)
+    y = a + a.sin()
+    nodes, edges = ad.autograd_graph(y, {id(w): "w"})
+    by_label = {n["label"].split("\n")[0]: n for n in nodes}
+    # Hand count: Add, Sin, Mul, AccumulateGrad(w); the constant 2.0 needs no gradient, so no node.
+    assert sorted(by_label) == ["AddBackward0", "MulBackward0", "SinBackward0", "w"]
+    assert len({n["id"] for n in nodes}) == 4
+    # Longest path from the output: Add 0 → Sin 1 → Mul 2 → w 3 (Mul is also Add's direct child).
+    assert {label: n["depth"] for label, n in by_label.items()} == {
+        "AddBackward0": 0, "SinBackward0": 1, "MulBackward0": 2, "w": 3}
+    ids = {label: n["id"] for label, n in by_label.items()}
+    expected = [("MulBackward0", "AddBackward0"), ("SinBackward0", "AddBackward0"),
+                ("MulBackward0", "SinBackward0"), ("w", "MulBackward0")]
+    assert sorted(edges) == sorted((ids[child], ids[parent]) for child, parent in expected)
+
+
+def test_autograd_graph_keeps_a_node_used_twice_as_one_edge():
+    w = torch.tensor(1.5, requires_grad=True)
+    nodes, edges = ad.autograd_graph(w * w, {id(w): "w"})
+    assert len(nodes) == 2 and len(edges) == 1
 
 
 def test_basic_gradients_and_vjp():
