@@ -48,9 +48,9 @@ QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_
                eps_points=12)
 
 
-# %%
-# The dynamic graph
-# -----------------
+# %% [markdown]
+# ## The dynamic graph
+#
 # Every operation on a tensor with `requires_grad=True` records a node (`grad_fn`) that knows
 # how to push gradients back to its inputs (`next_functions`). Tensors you create are *leaves*;
 # results of operations are not. `.backward()` walks the graph from the output and fills `.grad`
@@ -58,7 +58,7 @@ QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_
 # backward pass unless `retain_graph=True`. The graph is built anew on every forward pass,
 # which is why ordinary Python control flow just works.
 
-
+# %%
 def graph_facts() -> dict[str, object]:
     """The rules of the graph, each demonstrated on a tiny expression."""
     x = torch.tensor(2.0, requires_grad=True)
@@ -154,15 +154,15 @@ def example_graph() -> tuple[list[dict], list[tuple], str]:
     return nodes, edges, "loss = (sigmoid(w·x + b) − 0.8)²"
 
 
-# %%
-# Gradients and vector-Jacobian products
-# --------------------------------------
+# %% [markdown]
+# ## Gradients and vector-Jacobian products
+#
 # For a scalar output `y.backward()` gives dy/dx. For a vector output there is no single
 # "gradient": `y.backward(gradient=v)` computes the vector-Jacobian product vᵀJ, one number
 # per input, never the Jacobian itself. That is all reverse mode ever computes, and it is why
 # a loss must be a scalar.
 
-
+# %%
 def basic_gradients() -> dict[str, torch.Tensor]:
     x = torch.tensor(2.0, requires_grad=True)
     (x**2).backward()
@@ -175,13 +175,13 @@ def basic_gradients() -> dict[str, torch.Tensor]:
     return {"x**2 at 2": scalar_grad, "vjp": xs.grad.clone(), "v @ jacobian": v @ jacobian}
 
 
-# %%
-# Higher-order derivatives
-# ------------------------
+# %% [markdown]
+# ## Higher-order derivatives
+#
 # `torch.autograd.grad(..., create_graph=True)` returns a gradient that is itself part of a
 # graph, so it can be differentiated again. Repeat n times for the n-th derivative.
 
-
+# %%
 def nth_derivative(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor | float, n: int) -> torch.Tensor:
     """The n-th derivative of scalar function `f` at scalar `x` (n = 0 gives f(x))."""
     if not isinstance(n, int) or n < 0:
@@ -200,14 +200,14 @@ def nth_derivative(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor | 
     return y.detach()
 
 
-# %%
-# Jacobians, three ways
-# ---------------------
+# %% [markdown]
+# ## Jacobians, three ways
+#
 # Row by row: one reverse pass per output, m passes for an m×n Jacobian. `torch.func.jacrev`
 # vectorises those passes with `vmap`; `jacfwd` uses forward mode, one pass per input, and wins
 # when inputs are fewer than outputs. `torch.autograd.functional.jacobian` is the older API.
 
-
+# %%
 def jacobian_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The Jacobian of `f` at `x`, shaped f(x).shape + x.shape, built one output at a time."""
     x = x.detach().clone().requires_grad_(True)
@@ -252,14 +252,14 @@ def jacobian_methods(f: Callable, x: torch.Tensor) -> dict[str, Callable[[], tor
     }
 
 
-# %%
-# Hessians and Hessian-vector products
-# ------------------------------------
+# %% [markdown]
+# ## Hessians and Hessian-vector products
+#
 # Differentiate the gradient once more and you have the Hessian, one row per backward pass.
 # Often you only need H·v (Newton-CG, curvature probes): differentiate gᵀv instead, which costs
 # two backward passes whatever the size, and never forms the n×n matrix.
 
-
+# %%
 def hessian_double_backward(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Hessian of scalar `f` at 1-D `x` by differentiating the gradient row by row."""
     if x.ndim != 1:
@@ -300,15 +300,15 @@ def rosenbrock_hessian(x: torch.Tensor) -> torch.Tensor:
     return H
 
 
-# %%
-# Gradient checking with finite differences
-# -----------------------------------------
+# %% [markdown]
+# ## Gradient checking with finite differences
+#
 # The central difference (f(x+ε) − f(x−ε)) / 2ε has truncation error ∝ ε², but round-off
 # error ∝ machine-eps/ε. Shrinking ε helps until round-off takes over: plotted on log axes the
 # error is a V, with its bottom near eps^(1/3): about 5e-3 in float32 and 6e-6 in float64.
 # `torch.autograd.gradcheck` automates the comparison, and must run in float64.
 
-
+# %%
 def finite_difference_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float) -> torch.Tensor:
     """Central-difference gradient of scalar `f` at `x`, same shape and dtype as `x`."""
     if eps <= 0:
@@ -341,15 +341,15 @@ def fd_error_sweep(eps_values: torch.Tensor, x: torch.Tensor) -> dict[str, list[
     return errors
 
 
-# %%
-# Custom autograd Functions
-# -------------------------
+# %% [markdown]
+# ## Custom autograd Functions
+#
 # Subclass `torch.autograd.Function` when you want to define the backward yourself. Written in
 # the `forward` + `setup_context` style (and with `generate_vmap_rule = True`) a Function also
 # works under `torch.func` transforms. If its backward uses differentiable torch operations,
 # double backward (`gradgradcheck`) works too.
 
-
+# %%
 class SquareFunction(torch.autograd.Function):
     """x ↦ x² with a hand-written backward 2x·grad."""
 
@@ -415,15 +415,15 @@ def custom_function_report() -> dict[str, object]:
     }
 
 
-# %%
-# Gradient accumulation
-# ---------------------
+# %% [markdown]
+# ## Gradient accumulation
+#
 # `.grad` is a running sum: each `backward()` adds to it. That is a feature when you split a
 # batch into micro-batches that do not fit in memory at once (scale each loss by 1/k and the
 # sum equals the full-batch gradient), and a bug when you forget `optimizer.zero_grad()` in a
 # training loop. `zero_grad()` sets `.grad` to None by default (cheaper than filling zeros).
 
-
+# %%
 def accumulation_demo(generator: torch.Generator | None = None) -> dict[str, object]:
     model = nn.Linear(3, 1)
     X = torch.randn(8, 3, generator=generator)
@@ -448,16 +448,16 @@ def accumulation_demo(generator: torch.Generator | None = None) -> dict[str, obj
             "micro_batch_sum": micro, "full_batch": full}
 
 
-# %%
-# Debugging a NaN gradient
-# ------------------------
+# %% [markdown]
+# ## Debugging a NaN gradient
+#
 # `torch.where(x > 0, x.sqrt(), 0)` looks safe, but backward still differentiates *both*
 # branches: at x = 0 the sqrt branch's gradient is inf, multiplied by the 0 that `where` sends
 # it, and inf·0 = NaN. `torch.autograd.detect_anomaly()` raises at the first backward node that
 # returns NaN and reports the forward line that created it. The fix: make the unused branch
 # safe (`x.clamp_min(tiny).sqrt()`).
 
-
+# %%
 def nan_gradient_demo() -> dict[str, object]:
     x = torch.tensor([0.0, 1.0, 4.0], requires_grad=True)
     torch.where(x > 0, x.sqrt(), 0.0).sum().backward()
@@ -482,13 +482,13 @@ def nan_gradient_demo() -> dict[str, object]:
     return report
 
 
-# %%
-# Where the time goes: forward vs backward
-# ----------------------------------------
+# %% [markdown]
+# ## Where the time goes: forward vs backward
+#
 # A backward pass costs roughly twice a forward pass: for every matmul in forward, backward
 # does two (one for the input gradient, one for the weight gradient).
 
-
+# %%
 def make_mlp(width: int, depth: int = 3) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(depth):
@@ -529,11 +529,10 @@ def training_curve(steps: int, generator: torch.Generator | None = None) -> dict
     return {"losses": losses, "grads": first_grads}
 
 
+# %% [markdown]
+# ## Figures
+
 # %%
-# Figures
-# -------
-
-
 def plot_autograd_graph(nodes: list[dict], edges: list[tuple], title: str):
     fig, axes = new_figure(1, 1, "The autograd graph, walked from the loss through next_functions", (11, 4))
     ax = axes[0, 0]
@@ -612,13 +611,12 @@ def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timi
     return fig
 
 
+# %% [markdown]
+# ## Putting it together
+
 # %%
-# Putting it together
-# -------------------
-
-
 def run(ctx: LessonContext) -> None:
-    cfg = QUICK if ctx.quick else FULL
+    cfg = ctx.config(FULL, QUICK)
 
     print_section("The dynamic graph")
     for fact, value in graph_facts().items():

@@ -57,15 +57,15 @@ QUICK = Config(batch=32, flow_depth=8, flow_width=32, init_width=128, variance_d
 INIT_SCHEMES = ("xavier", "kaiming", "normal", "zeros")  # what init_weights accepts
 
 
-# %%
-# Custom layers: Swish and inverted dropout
-# -----------------------------------------
+# %% [markdown]
+# ## Custom layers: Swish and inverted dropout
+#
 # A layer is a Module whose forward is ordinary tensor code; autograd derives its backward.
 # Swish(x) = x·sigmoid(βx) is `nn.SiLU` at β = 1. Dropout zeroes each element with
 # probability p during training and scales the survivors by 1/(1 − p), so the expected value
 # is unchanged and evaluation needs no rescaling: it is the identity in `eval()` mode.
 
-
+# %%
 class Swish(nn.Module):
     def __init__(self, beta: float = 1.0):
         super().__init__()
@@ -112,14 +112,14 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-# %%
-# A configurable MLP
-# ------------------
+# %% [markdown]
+# ## A configurable MLP
+#
 # Layers built in a loop into `nn.Sequential`. Registering them as submodules (not in a plain
 # Python list) is what makes `.parameters()`, `.to(device)` and `state_dict()` see them.
 # BatchNorm and dropout go between hidden layers, never after the output.
 
-
+# %%
 class MyMLP(nn.Module):
     def __init__(self, input_size: int, hidden_sizes: Sequence[int], output_size: int, activation: str = "relu",
                  dropout_rate: float = 0.0, use_batch_norm: bool = False):
@@ -162,13 +162,13 @@ def mlp_parameter_count(input_size: int, hidden_sizes: Sequence[int], output_siz
     return linear + (2 * sum(hidden_sizes) if use_batch_norm else 0)
 
 
-# %%
-# Residual blocks
-# ---------------
+# %% [markdown]
+# ## Residual blocks
+#
 # y = x + f(x). The identity path gives gradients a route around f, so a deep stack of blocks
 # trains even when each f alone would shrink the gradient (the gradient-flow section shows it).
 
-
+# %%
 class ResidualBlock(nn.Module):
     def __init__(self, dim: int, activation: str = "relu"):
         super().__init__()
@@ -189,15 +189,15 @@ class ResidualNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-# %%
-# Self-attention
-# --------------
+# %% [markdown]
+# ## Self-attention
+#
 # Each position builds a query, a key and a value. Scores q·k/√d say how much each position
 # attends to each other; scaling by √d keeps the scores' variance near 1 so the softmax does
 # not saturate. A boolean mask (True = may attend) removes positions, e.g. the future in a
 # causal model. The result must match PyTorch's fused `F.scaled_dot_product_attention`.
 
-
+# %%
 class AttentionLayer(nn.Module):
     def __init__(self, d_model: int):
         super().__init__()
@@ -230,14 +230,14 @@ def causal_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tenso
     return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
 
 
-# %%
-# A dynamic network
-# -----------------
+# %% [markdown]
+# ## A dynamic network
+#
 # In eager PyTorch, forward is plain Python: loops and ifs may depend on the data, and autograd
 # records whichever path ran. Here the number of times a shared layer is applied depends on the
 # input's norm. (Compilers like torch.export must specialise or guard such branches.)
 
-
+# %%
 class DynamicDepthNet(nn.Module):
     def __init__(self, dim: int, max_depth: int = 4):
         super().__init__()
@@ -254,16 +254,16 @@ class DynamicDepthNet(nn.Module):
         return self.head(x)
 
 
-# %%
-# Initialisation
-# --------------
+# %% [markdown]
+# ## Initialisation
+#
 # Initial weights decide whether signals survive a deep network. Xavier/Glorot keeps variance
 # for tanh-like layers: std = √(2 / (fan_in + fan_out)). Kaiming/He doubles it for ReLU, which
 # zeroes half of its input: std = √2 / √fan_in. A tiny fixed std makes activations shrink
 # layer after layer; all-zero weights make every hidden unit identical (and, with ReLU, every
 # gradient zero): nothing can break the symmetry, so nothing learns.
 
-
+# %%
 def init_weights(model: nn.Module, scheme: str) -> nn.Module:
     """Re-initialise every Linear layer's weights by `scheme`; biases to zero. Returns the model."""
     initialisers = {
@@ -328,14 +328,14 @@ def zeros_cannot_learn(steps: int = 20, seed: int = 0) -> dict[str, float]:
             "output bias (the only thing that learns)": model.net[-1].bias.item()}
 
 
-# %%
-# Looking inside: hooks
-# ---------------------
+# %% [markdown]
+# ## Looking inside: hooks
+#
 # A forward hook sees each module's output as it is computed; parameter gradients after
 # backward say how strongly each layer is being pushed. Hooks must be removed, or they stay
 # on the model forever (and keep references alive): remove them in `finally`.
 
-
+# %%
 def activation_stats(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, float]]:
     """Per leaf module: mean, std and fraction of exact zeros of its output during one forward."""
     stats: dict[str, dict[str, float]] = {}
@@ -366,15 +366,15 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return {name: (p.grad.norm().item() if p.grad is not None else 0.0) for name, p in model.named_parameters()}
 
 
-# %%
-# Gradient flow: vanishing gradients and their cures
-# --------------------------------------------------
+# %% [markdown]
+# ## Gradient flow: vanishing gradients and their cures
+#
 # sigmoid'(z) ≤ 1/4, so each plain sigmoid layer multiplies the backward signal by at most a
 # quarter (times the weights): after 20 layers the first layers get almost nothing. Residual
 # connections add an identity path for the gradient; ReLU with Kaiming init keeps the signal's
 # scale constant through depth.
 
-
+# %%
 def gradient_flow(depth: int, width: int, batch: int = 128, seed: int = 0) -> dict[str, list[float]]:
     """Gradient norm of each layer's first weight matrix, input side first, for three deep nets."""
     torch.manual_seed(seed)
@@ -395,15 +395,15 @@ def gradient_flow(depth: int, width: int, batch: int = 128, seed: int = 0) -> di
     return flows
 
 
-# %%
-# Memory: what autograd saves, and checkpointing
-# ----------------------------------------------
+# %% [markdown]
+# ## Memory: what autograd saves, and checkpointing
+#
 # Backward needs intermediate results of forward (a Linear's input, a ReLU's output ...), so
 # autograd keeps them until backward runs: for deep nets and big batches this, not the weights,
 # fills memory. `saved_tensors_hooks` lets us see every tensor saved. Checkpointing keeps only
 # segment boundaries and recomputes the rest during backward: less memory, more compute.
 
-
+# %%
 def saved_tensor_bytes(fn: Callable, *args, exclude: Iterable[torch.Tensor] = ()) -> int:
     """Bytes of distinct storage autograd saves for backward while running `fn(*args)`.
 
@@ -460,16 +460,16 @@ def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: 
     return rows
 
 
-# %%
-# Mixed precision
-# ---------------
+# %% [markdown]
+# ## Mixed precision
+#
 # `torch.autocast` runs matmuls in a 16-bit type and keeps precision-sensitive ops (softmax,
 # losses, reductions) in float32; the weights stay float32. On CPUs bfloat16 is the type (same
 # range as float32, no scaler needed); on CUDA float16 needs `torch.amp.GradScaler("cuda")` so
 # small gradients do not underflow. The speed-up depends on the hardware having fast 16-bit
 # matmul units: measure it.
 
-
+# %%
 def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" else torch.float16
 
@@ -518,15 +518,15 @@ def mixed_precision_step(width: int, batch: int, device: torch.device | str, min
     return results
 
 
-# %%
-# Saving, loading and exporting
-# -----------------------------
+# %% [markdown]
+# ## Saving, loading and exporting
+#
 # Save the `state_dict` (names → tensors), not the pickled module; load it into a freshly built
 # model with `weights_only=True`, which refuses to unpickle arbitrary code. To run a model
 # without its Python class, `torch.export.export` traces it into a self-contained graph
 # (TorchScript is deprecated).
 
-
+# %%
 def save_load_export(model: nn.Module, example: torch.Tensor, rebuild: Callable[[], nn.Module]) -> dict[str, object]:
     """Round-trip the state_dict through a file and export the model; report output differences."""
     model.eval()
@@ -553,11 +553,10 @@ def save_load_export(model: nn.Module, example: torch.Tensor, rebuild: Callable[
         }
 
 
+# %% [markdown]
+# ## Architectures compared
+
 # %%
-# Architectures compared
-# ----------------------
-
-
 def architectures() -> dict[str, tuple[nn.Module, Callable[[int], torch.Tensor], int | None]]:
     """name → (model, input maker for a batch size, formula count or None)."""
     def tabular(batch: int) -> torch.Tensor:
@@ -594,11 +593,10 @@ def architecture_table(batch: int, min_run_time: float, device: torch.device | s
     return rows
 
 
+# %% [markdown]
+# ## Figures
+
 # %%
-# Figures
-# -------
-
-
 def plot_analysis(arch_rows, init_stats, flows):
     fig, axes = new_figure(2, 3, "Custom nn.Modules: size, activations, initialisation, speed and gradient flow")
     ax_params, ax_act, ax_init, ax_time, ax_flow, ax_cost = axes.flat
@@ -668,13 +666,12 @@ def plot_checkpointing(rows, layers: int):
     return fig
 
 
+# %% [markdown]
+# ## Putting it together
+
 # %%
-# Putting it together
-# -------------------
-
-
 def run(ctx: LessonContext) -> None:
-    cfg = QUICK if ctx.quick else FULL
+    cfg = ctx.config(FULL, QUICK)
 
     print_section("MyMLP")
     mlp = MyMLP(32, [64, 64], 10, activation="gelu", dropout_rate=0.1, use_batch_norm=True)

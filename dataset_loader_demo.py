@@ -75,14 +75,14 @@ def _check_index(index: int, length: int) -> int:
     return index % length
 
 
-# %%
-# Tabular data, and transforms fitted on the training split
-# ---------------------------------------------------------
+# %% [markdown]
+# ## Tabular data, and transforms fitted on the training split
+#
 # A map-style Dataset needs `__len__` and `__getitem__(i)`. A transform is any callable applied
 # per sample. Statistics for standardisation must come from the training split only: computing
 # them on all the data leaks information about the validation set into training.
 
-
+# %%
 class SyntheticDataset(Dataset):
     """Gaussian class clusters (scikit-learn's make_classification): float32 features, int64 labels."""
 
@@ -151,13 +151,13 @@ def split_indices(n: int, val_fraction: float, generator: torch.Generator | None
     return order[n_val:], order[:n_val]
 
 
-# %%
-# Images: scikit-learn's 8×8 digits
-# ---------------------------------
+# %% [markdown]
+# ## Images: scikit-learn's 8×8 digits
+#
 # Images are (channels, height, width) float tensors, scaled to [0, 1]. Augmentations make new
 # training images from old ones; they must keep shape and value range.
 
-
+# %%
 class DigitsDataset(Dataset):
     """1 797 handwritten digits shipped with scikit-learn: ((1, 8, 8) float32 in [0, 1], int64 label)."""
 
@@ -201,13 +201,13 @@ class ClampedNoise:
         return (image + self.std * torch.randn_like(image)).clamp(0.0, 1.0)
 
 
-# %%
-# Time series: sliding windows
-# ----------------------------
+# %% [markdown]
+# ## Time series: sliding windows
+#
 # Item i is a window of past values and the `horizon` values that follow it. The dataset holds
 # one copy of the series; windows are views into it, made on demand.
 
-
+# %%
 class TimeSeriesDataset(Dataset):
     def __init__(self, series, window: int, horizon: int = 1):
         self.series = torch.as_tensor(np.asarray(series), dtype=torch.float32)
@@ -235,14 +235,14 @@ def make_series(length: int, generator: torch.Generator | None = None) -> torch.
     return torch.sin(t / 8) + 0.5 * torch.sin(t / 3) + 0.1 * torch.randn(length, generator=generator)
 
 
-# %%
-# Text: character-level tokens
-# ----------------------------
+# %% [markdown]
+# ## Text: character-level tokens
+#
 # The vocabulary is the set of characters in the text (Python strings are sequences of Unicode
 # code points, so é, 東 and 🚀 are one token each). Item i is a sequence of `seq_len` tokens and
 # the same sequence shifted by one: at every position the target is the next character.
 
-
+# %%
 class CharTextDataset(Dataset):
     def __init__(self, text: str, seq_len: int):
         if not 1 <= seq_len < len(text):
@@ -269,14 +269,14 @@ class CharTextDataset(Dataset):
         return self.data[i:i + self.seq_len], self.data[i + 1:i + self.seq_len + 1]  # x, next-character targets
 
 
-# %%
-# Memory-mapped data
-# ------------------
+# %% [markdown]
+# ## Memory-mapped data
+#
 # For data larger than memory, write it once as a raw float32 file and map it: `numpy.memmap`
 # reads a row's bytes from disk (or the OS page cache) only when indexed. The dataset opens the
 # map lazily, so each DataLoader worker opens its own instead of pickling the data.
 
-
+# %%
 def write_memmap(path: str | os.PathLike, array) -> Path:
     """Write a 2-D array as raw little-endian float32 rows."""
     array = np.asarray(array)
@@ -314,14 +314,14 @@ class MemmapDataset(Dataset):
         return {**self.__dict__, "_rows": None}
 
 
-# %%
-# Collation: padding variable-length sequences
-# --------------------------------------------
+# %% [markdown]
+# ## Collation: padding variable-length sequences
+#
 # `default_collate` stacks samples into a batch, which needs equal shapes. Sequences of
 # different lengths must be padded to the longest in the batch; keep the true lengths so the
 # model can ignore the padding (e.g. `pack_padded_sequence` or an attention mask).
 
-
+# %%
 def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[(sequence (T_i, ...), target)] → (padded (B, T_max, ...), lengths (B,), targets (B, ...))."""
     if not batch:
@@ -347,15 +347,15 @@ class VariableLengthDataset(Dataset):
         return sequence, sequence.sum()
 
 
-# %%
-# Sampling: balancing classes, sharding for distributed training
-# --------------------------------------------------------------
+# %% [markdown]
+# ## Sampling: balancing classes, sharding for distributed training
+#
 # A `WeightedRandomSampler` draws index i with probability ∝ weight[i]. Weighting each sample by
 # 1 / (count of its class) makes every class equally likely: an imbalanced dataset is drawn
 # balanced (with replacement, so minority samples repeat). `DistributedSampler` splits an epoch
 # into one shard per process; `set_epoch` reshuffles, identically on every rank.
 
-
+# %%
 def make_weighted_sampler(targets, num_samples: int | None = None,
                           generator: torch.Generator | None = None) -> WeightedRandomSampler:
     targets = torch.as_tensor(targets)
@@ -377,9 +377,9 @@ def distributed_shards(n: int, num_replicas: int, epoch: int = 0, seed: int = 0)
     return shards
 
 
-# %%
-# DataLoader: seeds and workers
-# -----------------------------
+# %% [markdown]
+# ## DataLoader: seeds and workers
+#
 # `shuffle=True` draws the order from `generator=`: same seed, same order. With `num_workers>0`
 # each worker is a separate process; DataLoader seeds torch in each from the generator, and
 # `seed_worker` seeds NumPy and `random` too. On macOS and Windows workers are started with
@@ -387,7 +387,7 @@ def distributed_shards(n: int, num_replicas: int, epoch: int = 0, seed: int = 0)
 # `if __name__ == "__main__":`. `pin_memory=True` only helps when copying to a GPU (and warns
 # without one); `timeout=` makes a hung worker an error instead of a hang.
 
-
+# %%
 def seed_worker(worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32  # DataLoader already set torch's seed for this worker
     np.random.seed(worker_seed)
@@ -405,16 +405,16 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_wor
     )
 
 
-# %%
-# Throughput: where loading time goes, and the fast path
-# ------------------------------------------------------
+# %% [markdown]
+# ## Throughput: where loading time goes, and the fast path
+#
 # The default DataLoader calls `__getitem__` once per sample and then `default_collate` stacks
 # the samples: Python overhead per sample, not copying bytes, dominates. When the data is
 # already a tensor in memory, index the whole batch at once: one `X[idx]` gather per batch.
 # Workers help when `__getitem__` is expensive (decoding, augmentation); for cheap in-memory
 # samples they add inter-process copying.
 
-
+# %%
 class FastBatchLoader:
     """Batches of in-memory tensors by one index operation each; every sample once per epoch."""
 
@@ -513,11 +513,10 @@ def memmap_footprint(path: Path, n_features: int) -> dict[str, int]:
             "file on disk": path.stat().st_size}
 
 
+# %% [markdown]
+# ## Figures
+
 # %%
-# Figures
-# -------
-
-
 def plot_analysis(synthetic, train_idx, standardize, series, window, horizon, class_counts, throughput, footprint):
     from matplotlib.ticker import NullLocator
 
@@ -616,13 +615,12 @@ def plot_digits(dataset: DigitsDataset, augmented: DigitsDataset):
     return fig
 
 
+# %% [markdown]
+# ## Putting it together
+
 # %%
-# Putting it together
-# -------------------
-
-
 def run(ctx: LessonContext) -> None:
-    cfg = QUICK if ctx.quick else FULL
+    cfg = ctx.config(FULL, QUICK)
 
     print_section("Tabular data with a transform fitted on the training split")
     raw = SyntheticDataset(cfg.n_samples, cfg.n_features, cfg.n_classes, seed=ctx.seed)

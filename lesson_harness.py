@@ -280,6 +280,10 @@ class LessonContext:
     plots_dir: Path
     generator: torch.Generator
 
+    def config(self, full, quick):
+        """The lesson's settings for this run: `quick` under --quick, `full` otherwise."""
+        return quick if self.quick else full
+
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -72,15 +72,15 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 OPTIMIZER_LRS = {"sgd": 0.1, "momentum": 0.01, "adam": 0.05, "adagrad": 0.5, "rmsprop": 0.01}
 
 
-# %%
-# The problem and its exact answer
-# --------------------------------
+# %% [markdown]
+# ## The problem and its exact answer
+#
 # y = X w_true + b_true + noise·ε. Least squares has a closed form: append a column of ones to
 # X for the bias and solve with `torch.linalg.lstsq` (QR-based, stable; never invert XᵀX).
 # Every iterative solver below is measured against this answer, not against w_true: with noise,
 # the best achievable weights differ slightly from the ones that generated the data.
 
-
+# %%
 def make_regression_data(n_samples: int, n_features: int, noise: float = 0.5, seed: int = 0):
     """(X, y, w_true, b_true) as float32 tensors; X is standard normal, so already standardised."""
     if n_samples < 1 or n_features < 1:
@@ -130,11 +130,10 @@ def mse(X, y, w: torch.Tensor, b: float) -> float:
     return ((X @ w.double() + b - y) ** 2).mean().item()
 
 
+# %% [markdown]
+# ## One result type for every solver
+
 # %%
-# One result type for every solver
-# --------------------------------
-
-
 @dataclass
 class FitResult:
     weights: torch.Tensor  # (n_features,) on the CPU
@@ -152,15 +151,15 @@ def _check_finite(loss: float, epoch: int, lr: float) -> None:
         )
 
 
-# %%
-# Solver 1: NumPy with the gradient derived by hand
-# -------------------------------------------------
+# %% [markdown]
+# ## Solver 1: NumPy with the gradient derived by hand
+#
 # L(w, b) = (1/n) Σᵢ (xᵢ·w + b − yᵢ)². With residuals r = Xw + b − y:
 #   ∂L/∂w = (2/n) Xᵀ r      ∂L/∂b = (2/n) Σᵢ rᵢ
 # Every step needs this derivation, and a new model would need a new one. That is what
 # autograd removes.
 
-
+# %%
 def numpy_gradients(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float) -> tuple[np.ndarray, float, float]:
     """(∂L/∂w, ∂L/∂b, L) for the mean squared error, derived by hand."""
     residual = X @ w + b - y  # (n,)
@@ -186,14 +185,14 @@ def fit_numpy(X, y, lr: float, epochs: int) -> FitResult:
     return FitResult(torch.from_numpy(w.copy()), float(b), losses, time.perf_counter() - start)
 
 
-# %%
-# Solver 2: PyTorch tensors and autograd, no nn
-# ---------------------------------------------
+# %% [markdown]
+# ## Solver 2: PyTorch tensors and autograd, no nn
+#
 # The same loop, but `loss.backward()` derives the gradient. The update must happen under
 # `torch.no_grad()` (it is not part of the model), and the gradients must be cleared, or the
 # next backward adds to them.
 
-
+# %%
 def fit_manual(X, y, lr: float, epochs: int, device: torch.device | str = "cpu") -> FitResult:
     device = as_device(device)
     X, y = _as_tensor(X).to(device), _as_tensor(y).to(device)
@@ -215,14 +214,14 @@ def fit_manual(X, y, lr: float, epochs: int, device: torch.device | str = "cpu")
     return FitResult(w.detach().cpu(), b.item(), losses, time.perf_counter() - start)
 
 
-# %%
-# Solver 3: nn.Module + torch.optim
-# ---------------------------------
+# %% [markdown]
+# ## Solver 3: nn.Module + torch.optim
+#
 # `nn.Linear` holds the parameters, `nn.MSELoss` the loss, an optimizer the update rule. Swapping
 # SGD for Adam is one string. The initial weights come from `seed`, drawn in a forked RNG so
 # the caller's random state is untouched.
 
-
+# %%
 class LinearRegression(nn.Module):
     def __init__(self, n_features: int):
         super().__init__()
@@ -303,14 +302,14 @@ def epochs_to_reach(losses: list[float], target: float) -> int | str:
     return next((epoch for epoch, loss in enumerate(losses) if loss <= target), "never")
 
 
-# %%
-# A custom optimizer
-# ------------------
+# %% [markdown]
+# ## A custom optimizer
+#
 # An optimizer is a loop over parameter groups that updates `p` from `p.grad` in place, under
 # no_grad. Plain SGD is two lines; `torch.optim.SGD` adds momentum, weight decay, Nesterov and
 # fused multi-tensor kernels, and for plain SGD computes exactly the same numbers.
 
-
+# %%
 class PlainSGD(torch.optim.Optimizer):
     """p ← p − lr · ∂L/∂p, written out."""
 
@@ -348,14 +347,14 @@ def custom_vs_builtin_sgd(X, y, lr: float, epochs: int, seed: int = 0) -> list[f
     return differences
 
 
-# %%
-# Timing: what each layer of abstraction costs
-# --------------------------------------------
+# %% [markdown]
+# ## Timing: what each layer of abstraction costs
+#
 # On a tiny problem the time per epoch is overhead: Python, op dispatch, autograd bookkeeping.
 # NumPy has the least. As the data grows the arithmetic dominates and the overhead stops
 # mattering; the scaling sweep finds where that happens on this machine.
 
-
+# %%
 def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: float) -> list[dict[str, object]]:
     """Median wall time of a whole `epochs`-epoch fit per implementation and device, with final MSE."""
     w_exact, b_exact = closed_form(X, y)
@@ -395,13 +394,13 @@ def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: in
     return rows
 
 
-# %%
-# The loss landscape
-# ------------------
+# %% [markdown]
+# ## The loss landscape
+#
 # With one feature the loss is a function of two numbers, (w, b), and can be drawn. MSE is a
 # convex bowl: every optimizer reaches the same bottom, by very different paths.
 
-
+# %%
 def loss_landscape(X1, y1, w_range, b_range, steps: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MSE on a (w, b) grid for a one-feature problem: (W, B, loss) arrays of shape (steps, steps)."""
     X1, y1 = _as_tensor(X1, torch.float64).reshape(-1), _as_tensor(y1, torch.float64)
@@ -431,9 +430,9 @@ def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str
     return paths
 
 
-# %%
-# Data-parallel training with DistributedDataParallel
-# ---------------------------------------------------
+# %% [markdown]
+# ## Data-parallel training with DistributedDataParallel
+#
 # Each process (rank) holds a full copy of the model and a shard of the data. After backward,
 # DDP averages the gradients across ranks with an all-reduce, so every replica takes the same
 # step. For that step to equal the full-batch step, each rank's loss is its *sum* of squared
@@ -444,7 +443,7 @@ def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str
 # thread pool is running can deadlock), the process group has a timeout, and the parent kills
 # every worker if one fails or the run outlives DDP_TIMEOUT_S.
 
-
+# %%
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -580,11 +579,10 @@ def _fmt_vector(t: torch.Tensor) -> str:
     return "[" + ", ".join(f"{v:.4f}" for v in t.tolist()) + "]"
 
 
+# %% [markdown]
+# ## Figures
+
 # %%
-# Figures
-# -------
-
-
 def plot_comparison(implementations, optimizer_losses, closed_mse, y_val, y_pred, weight_history, w_true,
                     landscape, paths):
     fig, axes = new_figure(2, 3, "Linear regression: implementations, optimizers and the loss landscape")
@@ -666,13 +664,12 @@ def plot_scaling(rows):
     return fig
 
 
+# %% [markdown]
+# ## Putting it together
+
 # %%
-# Putting it together
-# -------------------
-
-
 def run(ctx: LessonContext) -> None:
-    cfg = QUICK if ctx.quick else FULL
+    cfg = ctx.config(FULL, QUICK)
     devices = [torch.device("cpu")] + ([ctx.device] if ctx.device.type != "cpu" else [])
 
     X, y, w_true, b_true = make_regression_data(cfg.n_samples, cfg.n_features, cfg.noise, ctx.seed)

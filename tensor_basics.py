@@ -44,15 +44,15 @@ QUICK = Config(matmul_sizes=(64, 128, 256), min_run_time=0.02, headline_size=256
                dtype_elements=10_000)
 
 
-# %%
-# Creating tensors
-# ----------------
+# %% [markdown]
+# ## Creating tensors
+#
 # A tensor is an n-dimensional array with a dtype and a device. You can build one from
 # Python data, from NumPy, or with a factory (`zeros`, `rand`, `arange`, ...). Every factory
 # takes `dtype=` and `device=` so the tensor is born where it will be used: creating on the
 # CPU and then calling `.to("cuda")` costs an extra copy.
 
-
+# %%
 def creation_examples(
     device: torch.device | str = "cpu", generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
@@ -77,16 +77,16 @@ def creation_examples(
     }
 
 
-# %%
-# Reshaping, indexing and combining
-# ---------------------------------
+# %% [markdown]
+# ## Reshaping, indexing and combining
+#
 # `view` reinterprets the same memory with a new shape and so needs a compatible
 # (usually contiguous) layout; `reshape` returns a view when it can and copies when it must.
 # `permute` (and `transpose`) only swap strides, which makes the result non-contiguous:
 # call `.contiguous()` before `view`. Indexing with slices gives views; indexing with a
 # tensor of indices or a boolean mask ("advanced" indexing) always copies.
 
-
+# %%
 def manipulation_examples() -> dict[str, object]:
     """Results of the everyday shape operations on a small arange tensor."""
     t = torch.arange(12.0)  # (12,)
@@ -112,15 +112,15 @@ def manipulation_examples() -> dict[str, object]:
     }
 
 
-# %%
-# Memory sharing
-# --------------
+# %% [markdown]
+# ## Memory sharing
+#
 # `torch.from_numpy` wraps the NumPy buffer instead of copying it, and `.numpy()` on a CPU
 # tensor does the same in reverse: writing to one side is visible on the other.
 # `torch.tensor(array)` always copies. A view shares its base's storage; `clone()` does not.
 # Each fact below is shown by writing to one side and reading the other.
 
-
+# %%
 def memory_sharing_facts() -> dict[str, bool]:
     """True where two objects share memory, decided by writing to one and reading the other."""
     array = np.zeros(3, dtype=np.float32)
@@ -157,15 +157,15 @@ def memory_sharing_facts() -> dict[str, bool]:
     }
 
 
-# %%
-# Broadcasting
-# ------------
+# %% [markdown]
+# ## Broadcasting
+#
 # Element-wise operations on tensors of different shapes line the shapes up from the right;
 # each pair of sizes must be equal or contain a 1, and the 1 is stretched (without copying)
 # to match. Missing leading dimensions count as 1. `broadcast_shape` implements the rule by
 # hand; the tests check it against `torch.broadcast_shapes` on thousands of random shapes.
 
-
+# %%
 def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
     """The shape that `shapes` broadcast to, or ValueError naming the sizes that clash."""
     for shape in shapes:
@@ -187,15 +187,15 @@ def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
     return tuple(result)
 
 
-# %%
-# Linear algebra with torch.linalg
-# --------------------------------
+# %% [markdown]
+# ## Linear algebra with torch.linalg
+#
 # `torch.linalg` mirrors `numpy.linalg`. The old `torch.eig`, `torch.svd` and `torch.symeig`
 # are gone or deprecated. The honest way to trust a decomposition is to rebuild the matrix
 # from it and measure the relative error: for a well-conditioned float64 matrix every error
 # below should be around 1e-15.
 
-
+# %%
 def make_spd_matrix(
     n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
@@ -249,15 +249,15 @@ def linalg_report(A: torch.Tensor) -> dict[str, float]:
     }
 
 
-# %%
-# Dtypes and memory
-# -----------------
+# %% [markdown]
+# ## Dtypes and memory
+#
 # Each element of a float32 tensor takes 4 bytes, float16 and bfloat16 2, int8 1. Halving
 # the bytes halves memory and bandwidth, at a price: float16 keeps 10 mantissa bits (about 3
 # decimal digits) with a small range; bfloat16 keeps float32's range but only 7 mantissa bits.
 # The round trip through each shows the precision you give up.
 
-
+# %%
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int8)  # compared in the table
 
 
@@ -286,15 +286,15 @@ def dtype_report(n_elements: int, generator: torch.Generator | None = None) -> l
     return rows
 
 
-# %%
-# Benchmark: matrix multiplication
-# --------------------------------
+# %% [markdown]
+# ## Benchmark: matrix multiplication
+#
 # A square n×n matmul does 2n³ floating-point operations, so GFLOP/s = 2n³ / seconds / 1e9
 # compares sizes fairly. NumPy (OpenBLAS) is the reference; torch uses its own BLAS on the
 # CPU and cuBLAS on CUDA. Small matrices measure per-call overhead, large ones raw compute.
 # Medians come from `torch.utils.benchmark.Timer`, which warms up and synchronizes the GPU.
 
-
+# %%
 def benchmark_matmul(
     sizes: Iterable[int],
     devices: Iterable[torch.device | str] = ("cpu",),
@@ -321,12 +321,12 @@ def benchmark_matmul(
     return rows
 
 
-# %%
-# Figures
-# -------
+# %% [markdown]
+# ## Figures
+#
 # Plot functions take data and return a Figure; `main()` saves it.
 
-
+# %%
 def plot_tensor_operations(generator: torch.Generator | None = None):
     """Six panels: random heatmap, rand vs randn, a matmul, a reshape, a broadcast, activations."""
     fig, axes = new_figure(2, 3, "Tensor operations at a glance")
@@ -418,13 +418,12 @@ def plot_matmul_benchmark(rows: list[dict[str, object]]):
     return fig
 
 
+# %% [markdown]
+# ## Putting it together
+
 # %%
-# Putting it together
-# -------------------
-
-
 def run(ctx: LessonContext) -> None:
-    cfg = QUICK if ctx.quick else FULL
+    cfg = ctx.config(FULL, QUICK)
 
     print_section("Creating tensors")
     for name, tensor in creation_examples(ctx.device, ctx.generator).items():

@@ -158,3 +158,10 @@ def test_finish_exits_from_a_terminal_and_returns_in_a_notebook(monkeypatch):
     assert harness.finish(0) is None
     with pytest.raises(harness.LessonError, match="exit code 2"):
         harness.finish(2)
+
+
+def test_context_config_picks_quick_only_under_quick(tmp_path):
+    contexts = []
+    _run(tmp_path, contexts.append)
+    _run(tmp_path, contexts.append, "--quick")
+    assert [ctx.config("full", "quick") for ctx in contexts] == ["full", "quick"]
