@@ -1,30 +1,69 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`. The lessons are listed in course.py.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SCRIPTS := $(wildcard tensor_basics.py autograd_demo.py linear_regression_torch.py custom_nn_module.py dataset_loader_demo.py)
+OLDEST := .venv-oldest
+SCRIPTS := $(shell $(PYTHON) course.py)
 
-.PHONY: venv demo test lint timings clean
+.PHONY: venv venv-dev demo test test-fast test-oldest lint notebooks exercises timings gpu-check versions clean
 
-$(VENV)/.installed: requirements.txt
+# The lessons' requirements only (`make demo`), then the test, lint and notebook tools on top.
+$(VENV)/.lessons: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.dev: $(VENV)/.lessons requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.lessons
+venv-dev: $(VENV)/.dev
 
 demo: venv
 	@set -e; for script in $(SCRIPTS); do printf "\n##### %s\n" $$script; $(PY) $$script; done
 
-test: venv
+test: venv-dev
 	$(PY) -m pytest
 
-lint: venv
+# The local loop: skips whole-process, notebook and multi-process runs.
+test-fast: venv-dev
+	$(PY) -m pytest -m "not slow"
+
+# Every requirement at its lower bound, resolved by uv, in a venv without setuptools of its own
+# (what uv and `python -m venv` on Python 3.12+ make): the same suite and lint as `make test`.
+$(OLDEST)/.installed: requirements.txt requirements-dev.txt $(VENV)/.dev
+	rm -rf $(OLDEST)
+	$(VENV)/bin/uv venv --quiet --python $(PYTHON) $(OLDEST)
+	VIRTUAL_ENV=$(OLDEST) $(VENV)/bin/uv pip install --quiet --resolution lowest-direct -r requirements-dev.txt
+	touch $@
+
+test-oldest: $(OLDEST)/.installed
+	$(OLDEST)/bin/python -m ruff check .
+	$(OLDEST)/bin/python -m pytest
+
+lint: venv-dev
 	$(PY) -m ruff check .
+
+# Writes notebooks/<lesson>.ipynb from each script and executes it (full mode, CPU).
+notebooks: venv-dev
+	$(PY) tools/notebooks.py build
+
+exercises: venv-dev
+	$(PY) -m exercises.summary
 
 timings: venv
 	$(PY) tools/timings.py
 
+# On a CUDA machine: every lesson on the GPU (quick), then the suite (which covers cuda where present).
+gpu-check: venv-dev
+	@set -e; for script in $(SCRIPTS); do printf "\n##### %s --device cuda\n" $$script; \
+		$(PY) $$script --device cuda --quick --plots-dir $$(mktemp -d); done
+	$(PY) -m pytest -m "not slow"
+
+versions: venv-dev
+	$(PY) tools/versions.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache .hypothesis

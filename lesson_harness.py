@@ -6,6 +6,8 @@ Deliberately small and framework-free: read it once and every script's `main()` 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import platform
@@ -115,20 +117,33 @@ def seed_everything(seed: int) -> torch.Generator:
 # ------
 
 
-def _import_benchmark():
-    """`torch.utils.benchmark`, imported without its one known stray log line.
+CUDA_HOME_NOTICE = "No CUDA runtime is found, using CUDA_HOME="  # the one stray line dropped below
 
-    Importing it imports `torch.utils.cpp_extension`, which in CUDA builds of torch (seen in 2.13 to
-    2.15) logs "No CUDA runtime is found, using CUDA_HOME=..." to stderr on a machine that has a CUDA
-    toolkit but no GPU. Only that logger is raised to ERROR, and only for the import.
+
+def drop_cuda_home_notice(text: str) -> str:
+    """`text` without the lines that start with CUDA_HOME_NOTICE; everything else is kept."""
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(CUDA_HOME_NOTICE))
+
+
+def _import_benchmark():
+    """`torch.utils.benchmark`, imported without its one known stray message.
+
+    Importing it imports `torch.utils.cpp_extension`, which in CUDA builds of torch, on a machine
+    with a CUDA toolkit but no GPU, reports "No CUDA runtime is found, using CUDA_HOME=...":
+    torch 2.5 prints it to stderr, newer releases (seen in 2.13 to 2.15) log it as a warning.
+    For this import only, that logger is raised to ERROR and printed output is captured; every
+    captured line except that notice is written back to stderr.
     """
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    printed = io.StringIO()
     try:
-        from torch.utils import benchmark
+        with contextlib.redirect_stderr(printed):
+            from torch.utils import benchmark
     finally:
         logger.setLevel(level)
+        sys.stderr.write(drop_cuda_home_notice(printed.getvalue()))
     return benchmark
 
 
@@ -311,6 +326,27 @@ def lesson_argv(argv: Sequence[str] | None) -> Sequence[str] | None:
     return argv
 
 
+def share_notebook_with_workers(module_name: str) -> None:
+    """In a notebook, let worker processes find the lesson's classes and functions by module name.
+
+    DataLoader and DDP workers receive functions and objects by reference (module + name). Under
+    the spawn start method (macOS, Windows, Python 3.14's Linux default is forkserver) a worker
+    imports that module afresh, and a notebook's `__main__` cannot be imported. So the notebook
+    namespace is registered as `module_name` and what it defined is re-homed there: in the
+    notebook nothing changes, and a worker imports the lesson's own script under that name.
+    """
+    main = sys.modules["__main__"]
+    if sys.modules.get(module_name, main) is not main:
+        return  # the real module is already imported (e.g. by a test): nothing to share
+    sys.modules[module_name] = main
+    for value in list(vars(main).values()):
+        if getattr(value, "__module__", None) == "__main__" and (isinstance(value, type) or callable(value)):
+            try:
+                value.__module__ = module_name
+            except (AttributeError, TypeError):
+                pass  # builtins and other objects that cannot be re-homed are not the lesson's own
+
+
 def run_lesson(
     prog: str,
     description: str,
@@ -320,6 +356,8 @@ def run_lesson(
 ) -> int:
     """Parse the shared flags, set up device/seed/plots, run `lesson`; known failures exit 2."""
     args = build_parser(prog, description).parse_args(lesson_argv(argv))
+    if in_notebook() and lesson.__module__ == "__main__":
+        share_notebook_with_workers(Path(prog).stem)
     try:
         device = pick_device(args.device)
         plots_dir = prepare_plots_dir(args.plots_dir)

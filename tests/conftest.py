@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -18,6 +19,11 @@ ABSENT_ACCELERATORS = [name for name in ("cuda", "mps") if name not in DEVICES]
 LESSON_MODULES = [lesson.module for lesson in LESSONS]
 FAKE_MEDIAN_S = 1e-3  # what the fake timer reports for every benchmark median
 FAKE_WALL_S = 0.5  # what the fake stopwatch reports for every one-shot wall-clock timing
+
+
+def pytest_report_header(config):
+    """The versions this run tested, at the top of every pytest run (CI prints both environments)."""
+    return "tested with: " + runpy.run_path(str(ROOT / "tools" / "versions.py"))["versions"]()
 
 
 def pytest_configure(config):

@@ -14,16 +14,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Seconds allowed per script in full mode (the README states the same budget).
-FULL_BUDGET = {
-    "tensor_basics.py": 15,
-    "autograd_demo.py": 10,
-    "linear_regression_torch.py": 20,
-    "custom_nn_module.py": 15,
-    "dataset_loader_demo.py": 15,
-}
-FULL_TOTAL_BUDGET = 60  # all five in full mode
-QUICK_TOTAL_BUDGET = 25  # all five with --quick
+sys.path.insert(0, str(ROOT))
+from course import FULL_TOTAL_BUDGET_S, LESSONS, QUICK_TOTAL_BUDGET_S  # noqa: E402  (the repo root is not a package)
+
 TIMEOUT_S = 300  # a script that takes this long is broken, not slow
 
 
@@ -41,21 +34,21 @@ def time_script(script: str, quick: bool, plots_dir: Path) -> float:
 def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as plots_dir:
-        for script, budget in FULL_BUDGET.items():
-            full = time_script(script, quick=False, plots_dir=Path(plots_dir))
-            quick = time_script(script, quick=True, plots_dir=Path(plots_dir))
-            rows.append((script, full, budget, quick))
-            print(f"  measured {script}", file=sys.stderr)
+        for lesson in LESSONS:
+            full = time_script(lesson.script, quick=False, plots_dir=Path(plots_dir))
+            quick = time_script(lesson.script, quick=True, plots_dir=Path(plots_dir))
+            rows.append((lesson.script, full, lesson.full_budget_s, quick))
+            print(f"  measured {lesson.script}", file=sys.stderr)
     print(f"{'script':28s} {'full (s)':>9s} {'budget':>7s} {'quick (s)':>10s}")
     print("-" * 57)
     for script, full, budget, quick in rows:
         flag = "" if full <= budget else "  OVER"
-        print(f"{script:28s} {full:9.1f} {budget:7d} {quick:10.1f}{flag}")
+        print(f"{script:28s} {full:9.1f} {budget:7g} {quick:10.1f}{flag}")
     total_full, total_quick = sum(r[1] for r in rows), sum(r[3] for r in rows)
     print("-" * 57)
-    print(f"{'total':28s} {total_full:9.1f} {FULL_TOTAL_BUDGET:7d} {total_quick:10.1f}   "
-          f"(quick budget {QUICK_TOTAL_BUDGET})")
-    over = total_full > FULL_TOTAL_BUDGET or total_quick > QUICK_TOTAL_BUDGET or any(r[1] > r[2] for r in rows)
+    print(f"{'total':28s} {total_full:9.1f} {FULL_TOTAL_BUDGET_S:7g} {total_quick:10.1f}   "
+          f"(quick budget {QUICK_TOTAL_BUDGET_S})")
+    over = total_full > FULL_TOTAL_BUDGET_S or total_quick > QUICK_TOTAL_BUDGET_S or any(r[1] > r[2] for r in rows)
     print("over budget" if over else "within budget")
     return 0
 

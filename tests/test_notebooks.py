@@ -1,0 +1,70 @@
+"""Every lesson is also a notebook: prose in markdown cells, in sync with its script, and it runs (Run All)."""
+
+from __future__ import annotations
+
+import sys
+
+import jupytext
+import nbformat
+import pytest
+from conftest import LESSON_MODULES, ROOT
+
+import course
+
+sys.path.insert(0, str(ROOT / "tools"))
+import notebooks as notebook_tools  # noqa: E402  (tools/ is a folder of scripts, not a package)
+
+FIGURES = {lesson.module: lesson.figures for lesson in course.LESSONS}
+
+
+def _images(cell) -> int:
+    return sum("image/png" in output.get("data", {}) for output in cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("module", LESSON_MODULES)
+def test_prose_is_markdown_and_code_cells_hold_code(module):
+    cells = jupytext.read(ROOT / f"{module}.py", fmt="py:percent").cells
+    markdown = [cell for cell in cells if cell.cell_type == "markdown"]
+    assert len(markdown) >= 5, "each section opens with a markdown cell"
+    for cell in markdown:
+        assert cell.source.startswith("## "), f"a markdown cell without a heading: {cell.source[:60]!r}"
+        assert len(cell.source.splitlines()) >= 2, f"a heading with no prose under it: {cell.source!r}"
+    for cell in cells:
+        if cell.cell_type == "code":
+            lines = [line for line in cell.source.splitlines() if line.strip()]
+            assert lines and not all(line.lstrip().startswith("#") for line in lines), (
+                f"a code cell of comments only (should it be `# %% [markdown]`?): {cell.source[:80]!r}")
+
+
+@pytest.mark.parametrize("module", LESSON_MODULES)
+def test_committed_notebook_is_the_script_executed(module):
+    """notebooks/<lesson>.ipynb has exactly the script's cells (run `make notebooks` after editing a lesson)."""
+    committed = nbformat.read(ROOT / "notebooks" / f"{module}.ipynb", as_version=4)
+    expected = notebook_tools.notebook_from_script(module)
+    assert notebook_tools.cell_sources(committed) == notebook_tools.cell_sources(expected), (
+        f"notebooks/{module}.ipynb is out of date: run `make notebooks`")
+    code = [cell for cell in committed.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count is not None for cell in code), "committed without running every cell"
+    assert not any(output.output_type == "error" for cell in code for output in cell.outputs)
+    assert _images(code[-1]) == len(FIGURES[module]), "every figure is shown inline in the last cell"
+    assert "mode: full" in "".join(output.get("text", "") for output in code[-1].outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("where", "start_method"), [("repo root", "default"), ("notebooks/", "spawn")])
+@pytest.mark.parametrize("module", LESSON_MODULES)
+def test_lesson_runs_as_a_notebook(module, where, start_method, tmp_path):
+    """Run All in a fresh kernel, quick mode: the script as a notebook from the repository root under the
+    default start method, and the committed notebook from notebooks/ under spawn (as on macOS and Windows)."""
+    if where == "repo root":
+        notebook, cwd = notebook_tools.notebook_from_script(module), ROOT
+    else:
+        notebook, cwd = nbformat.read(ROOT / "notebooks" / f"{module}.ipynb", as_version=4), ROOT / "notebooks"
+    ran = notebook_tools.execute(notebook, cwd, f"--quick --device cpu --seed 1 --plots-dir {tmp_path}",
+                                 spawn=start_method == "spawn", timeout_s=300)
+    last = [cell for cell in ran.cells if cell.cell_type == "code"][-1]
+    printed = "".join(output.get("text", "") for output in last.outputs)
+    assert "mode: quick" in printed and "seed: 1" in printed  # LESSON_ARGS reached the lesson
+    assert _images(last) == len(FIGURES[module])
+    for name in FIGURES[module]:
+        assert (tmp_path / name).is_file(), f"{name} was not written"

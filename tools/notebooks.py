@@ -1,0 +1,100 @@
+"""Build and run the lessons as Jupyter notebooks.
+
+    python tools/notebooks.py build      # write notebooks/<lesson>.ipynb and execute them (full mode, CPU)
+
+Each notebook is what jupytext makes from the lesson script (`# %% [markdown]` cells become prose),
+plus one first cell that lets it run from `notebooks/`. The tests use `notebook_from_script`
+to check that the committed notebooks never drift from the scripts, and `execute` to run a
+lesson as a notebook in quick mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from course import LESSONS  # noqa: E402  (the repo root is not a package)
+
+NOTEBOOKS_DIR = ROOT / "notebooks"
+CELL_TIMEOUT_S = 600  # a cell that runs this long has hung: nbclient raises instead of waiting
+KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
+SETUP_CELL = """\
+# Run from notebooks/ as well as from the repository root: the lessons and lesson_harness.py
+# live one folder up. Flags come from the LESSON_ARGS environment variable, e.g. "--quick".
+import sys
+from pathlib import Path
+
+if not Path("lesson_harness.py").exists() and Path("../lesson_harness.py").exists():
+    sys.path.insert(0, str(Path("..").resolve()))"""
+SPAWN_CELL = """\
+import multiprocessing
+
+multiprocessing.set_start_method("spawn", force=True)  # as on macOS and Windows"""
+
+
+def notebook_from_script(module: str) -> nbformat.NotebookNode:
+    """The notebook for one lesson: the set-up cell, then jupytext's cells of `<module>.py`."""
+    notebook = jupytext.read(ROOT / f"{module}.py", fmt="py:percent")
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(SETUP_CELL))
+    notebook.metadata = {"kernelspec": KERNEL, "language_info": {"name": "python"}}
+    for cell in notebook.cells:
+        cell.metadata = {}
+        cell.pop("id", None)
+    return notebook
+
+
+def cell_sources(notebook: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """(type, source) of every cell: what must match between the committed notebook and the script."""
+    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+def execute(notebook: nbformat.NotebookNode, cwd: Path, lesson_args: str, spawn: bool = False,
+            timeout_s: float = CELL_TIMEOUT_S) -> nbformat.NotebookNode:
+    """Run every cell in a fresh ipykernel (Run All); raises nbclient's CellExecutionError on failure."""
+    if spawn:
+        notebook = nbformat.from_dict(notebook)  # a copy: the extra cell belongs to this run only
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(SPAWN_CELL))
+    env = {**os.environ, "LESSON_ARGS": lesson_args, "PYTHONPATH": ""}
+    env.pop("MPLBACKEND", None)
+    client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}})
+    saved = os.environ.copy()
+    os.environ.clear()
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return notebook
+
+
+def build(lesson_args: str) -> None:
+    NOTEBOOKS_DIR.mkdir(exist_ok=True)
+    for lesson in LESSONS:
+        notebook = execute(notebook_from_script(lesson.module), NOTEBOOKS_DIR, lesson_args)
+        for cell in notebook.cells:  # execution timing metadata would change on every build
+            cell.metadata.pop("execution", None)
+        nbformat.write(notebook, NOTEBOOKS_DIR / f"{lesson.module}.ipynb")
+        print(f"wrote notebooks/{lesson.module}.ipynb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["build"])
+    parser.add_argument("--lesson-args", default="--device cpu", help="flags for every lesson (default: full, CPU)")
+    args = parser.parse_args(argv)
+    build(args.lesson_args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
