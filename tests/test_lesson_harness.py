@@ -35,6 +35,22 @@ def test_unknown_device_name_is_a_value_error():
         harness.pick_device("tpu")
 
 
+def test_describe_device_names_the_hardware(monkeypatch):
+    assert harness.describe_device(torch.device("cpu")) == f"cpu ({harness.cpu_model()})"
+    assert harness.describe_device(torch.device("mps")) == "mps (Apple GPU)"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 9000")
+    assert harness.describe_device(torch.device("cuda")) == "cuda (Fake GPU 9000)"
+
+
+def test_cpu_model_reads_the_model_name_line(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 3.0GHz: rev 2\nflags\t: fpu\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
+                                                                          *a, **k))
+    assert harness.cpu_model() == "Example CPU @ 3.0GHz: rev 2"
+
+
 def test_as_device_accepts_names_and_devices():
     assert harness.as_device("cpu") == harness.as_device(torch.device("cpu")) == torch.device("cpu")
 
@@ -80,7 +96,7 @@ def test_importing_the_benchmark_module_prints_nothing_in_a_fresh_process():
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(2.5, "2.5 s"), (0.0123, "12.3 ms"), (4.56e-5, "45.6 µs"),
-                                                (7e-9, "7 ns")])
+                                                (7e-9, "7 ns"), (1.0, "1 s"), (1e-3, "1 ms"), (1e-6, "1 µs")])
 def test_fmt_seconds_picks_units(seconds, text):
     assert harness.fmt_seconds(seconds) == text
 
