@@ -55,11 +55,12 @@ def module_under_test(lesson: str):
     try:
         return importlib.import_module(f"{package}.{lesson}")
     except Exception as error:  # a learner's syntax error must read as a message, not a traceback
-        frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-        where = f" (line {error.lineno})" if isinstance(error, SyntaxError) else (
-            f" ({Path(frame.filename).name}, line {frame.lineno})" if frame else "")
-        pytest.fail(f"{path} cannot be imported: {type(error).__name__}: {error}{where}\n"
-                    f"Hint: fix that line, then run the checks again.", pytrace=False)
+        frames = traceback.extract_tb(error.__traceback__)
+        where = "" if isinstance(error, SyntaxError) or not frames else (
+            f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})")
+        message = f"{path} cannot be imported: {type(error).__name__}: {error}{where}"
+    # Outside the except block, so the report shows only the message.
+    pytest.fail(f"{message}\nHint: fix that line, then run the checks again.", pytrace=False)
 
 
 def pytest_generate_tests(metafunc) -> None:

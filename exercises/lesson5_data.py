@@ -69,8 +69,8 @@ class BucketBatchSampler(Sampler):
     exactly once per pass.
     Hint: order = sorted(range(n), key=lengths.__getitem__); batches = [order[i:i + batch_size] for i in
     range(0, n, batch_size)]; then visit them in torch.randperm(len(batches), generator=self.generator) order.
-    Draw only from the generator you were given (with None, make one seeded from torch.randint on the global
-    RNG, as RandomSampler does). Do not drop the last, smaller batch.
+    Draw only from the generator you were given (with None, make your own, seeded from torch's global RNG
+    as RandomSampler does). Do not drop the last, smaller batch.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None):
