@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-PREVIEW_ELEMENTS = 24  # tensors larger than this are summarised with "..." in messages
+PREVIEW_ELEMENTS = 24  # tensors with more values than this are shown by their first PREVIEW_HEAD values
+PREVIEW_HEAD = 6
 LABEL_WIDTH = 12  # "  expected: " and "  got:      " line up on this column
+_ABSENT = object()  # marks an attribute that `forbidden` found inherited rather than set on its owner
 
 
 def _show(value: object) -> str:
@@ -18,9 +21,12 @@ def _show(value: object) -> str:
         array = value.detach().cpu()
         if array.dtype in (torch.bfloat16, torch.float16):
             array = array.float()
-        text = np.array2string(array.numpy(), precision=4, threshold=PREVIEW_ELEMENTS, edgeitems=3,
-                               separator=", ", max_line_width=100)
-        return f"{text}  (shape {tuple(value.shape)}, {value.dtype})"
+        described = f"(shape {tuple(value.shape)}, {value.dtype})"
+        if array.numel() > PREVIEW_ELEMENTS:  # large: the first values in memory order are enough to compare
+            head = np.array2string(array.reshape(-1)[:PREVIEW_HEAD].numpy(), precision=4, separator=", ")
+            return f"{head[:-1]}, ...]  {described}, first {PREVIEW_HEAD} of {array.numel()} values"
+        text = np.array2string(array.numpy(), precision=4, separator=", ", max_line_width=100)
+        return f"{text}  {described}"
     if isinstance(value, str):
         return value
     if isinstance(value, np.ndarray):
@@ -115,3 +121,26 @@ def check_no_grad_history(got: torch.Tensor, *, what: str, hint: str = "") -> No
         fail(f"{what}: the result still carries an autograd graph (requires_grad=True).",
              expected="a detached tensor (requires_grad=False)", got=f"requires_grad=True, grad_fn={got.grad_fn}",
              hint="Return result.detach(), or compute the last step under torch.no_grad(). " + hint)
+
+
+@contextlib.contextmanager
+def forbidden(targets: list[tuple[object, str, str]], *, exercise: str, instead: str, hint: str):
+    """While active, calling any target (owner, attribute, label) fails the check: the exercise is to do it by hand."""
+    saved = [(owner, name, vars(owner).get(name, _ABSENT)) for owner, name, _ in targets]
+
+    def refuse(label: str):
+        def refused(*args, **kwargs):
+            fail(f"{exercise} called {label}, which this exercise asks you to do without.", expected=instead,
+                 got=f"a call to {label}", hint=hint)
+        return refused
+
+    try:
+        for owner, name, label in targets:
+            setattr(owner, name, refuse(label))
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            if original is _ABSENT:  # the attribute was inherited: drop the stand-in, the inherited one shows again
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from exercises.checks import check, check_close, check_equal, check_raises_value_error, fail
+from exercises.checks import check, check_close, check_equal, check_raises_value_error, fail, forbidden
 
 LESSON = "lesson1_tensors"
 
@@ -85,24 +85,32 @@ def test_broadcast_shape(answer):
                          "1 stretches to the other size (also to 0).")
 
 
+SOFTMAX_FUNCTIONS = [(torch, "softmax", "torch.softmax"), (torch.nn.functional, "softmax", "F.softmax"),
+                     (torch.Tensor, "softmax", "Tensor.softmax"), (torch.special, "softmax", "torch.special.softmax")]
+
+
 def test_stable_softmax(answer):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
-    for tensor, dim, label in [(x, -1, "(4, 6), dim=-1"), (x, 0, "(4, 6), dim=0"),
-                               (torch.randn(2, 3, 5, generator=gen, dtype=torch.float64), 1, "(2, 3, 5), dim=1")]:
-        check_close(answer(tensor, dim), torch.softmax(tensor, dim=dim), what=f"stable_softmax(x {label})",
-                    rtol=1e-10, atol=1e-12,
-                    hint="Normalise along `dim` only: sum(dim=dim, keepdim=True), and subtract the max along the "
-                         "same dim.")
     large = torch.tensor([[1000.0, 1001.0, 999.0], [-1000.0, -1002.0, -1001.0]])  # float32: exp(1000) = inf
-    check_close(answer(large, -1), torch.softmax(large.double(), dim=-1).float(),
-                what="stable_softmax of large values [[1000, 1001, 999], [-1000, -1002, -1001]] in float32",
-                rtol=1e-5, atol=1e-6,
-                hint="In float32 exp(1000) overflows to inf (and inf/inf is NaN): subtract x.amax(dim, keepdim=True) "
-                     "before exp().")
+    cases = [(x, -1, "x (4, 6), dim=-1"), (x, 0, "x (4, 6), dim=0"),
+             (torch.randn(2, 3, 5, generator=gen, dtype=torch.float64), 1, "x (2, 3, 5), dim=1"),
+             (large, -1, "large float32 values [[1000, 1001, 999], [-1000, -1002, -1001]], dim=-1")]
+    expected = [torch.softmax(t.double(), dim=dim).to(t.dtype) for t, dim, _ in cases]  # before the ban below
+    with forbidden(SOFTMAX_FUNCTIONS, exercise="stable_softmax", instead="exp and sum, written out",
+                   hint="Subtract x.amax(dim, keepdim=True), exponentiate, divide by the sum along dim."):
+        got = [answer(t, dim) for t, dim, _ in cases]
+    for (tensor, _, label), got_one, expected_one in zip(cases, got, expected):
+        large_case = tensor is large
+        check_close(got_one, expected_one, what=f"stable_softmax({label})", rtol=1e-5 if large_case else 1e-10,
+                    atol=1e-6 if large_case else 1e-12,
+                    hint="In float32 exp(1000) overflows to inf (and inf/inf is NaN): subtract x.amax(dim, "
+                         "keepdim=True) before exp()." if large_case else
+                         "Normalise along `dim` only: sum(dim=dim, keepdim=True), and subtract the max along the "
+                         "same dim.")
 
 
-def test_cholesky_solve(answer, monkeypatch):
+def test_cholesky_solve(answer):
     gen = torch.Generator().manual_seed(0)
     n, k = 6, 3
     M = torch.randn(n, n, generator=gen, dtype=torch.float64)
@@ -110,16 +118,12 @@ def test_cholesky_solve(answer, monkeypatch):
     B = torch.randn(n, k, generator=gen, dtype=torch.float64)
     expected = torch.from_numpy(np.linalg.solve(A.numpy(), B.numpy()))
 
-    def forbidden(name):
-        def refuse(*args, **kwargs):
-            fail(f"cholesky_solve called {name}.", expected="Cholesky factor + two triangular solves",
-                 got=name, hint="Use torch.linalg.cholesky(A), then torch.linalg.solve_triangular twice.")
-        return refuse
-
-    for module, name in [(torch.linalg, "solve"), (torch.linalg, "inv"), (torch.linalg, "lstsq"),
-                         (torch, "cholesky_solve"), (torch, "inverse")]:
-        monkeypatch.setattr(module, name, forbidden(f"torch.{'linalg.' if module is torch.linalg else ''}{name}"))
-    got = answer(A, B)
+    banned = [(torch.linalg, "solve", "torch.linalg.solve"), (torch.linalg, "inv", "torch.linalg.inv"),
+              (torch.linalg, "lstsq", "torch.linalg.lstsq"), (torch, "cholesky_solve", "torch.cholesky_solve"),
+              (torch, "inverse", "torch.inverse")]
+    with forbidden(banned, exercise="cholesky_solve", instead="the Cholesky factor and two triangular solves",
+                   hint="Use torch.linalg.cholesky(A), then torch.linalg.solve_triangular twice."):
+        got = answer(A, B)
     check_close(got, expected, what="cholesky_solve(A, B) for a 6×6 SPD A and B of shape (6, 3)",
                 rtol=1e-9, atol=1e-10,
                 hint="With A = L Lᵀ: first L Y = B (L is lower, upper=False), then Lᵀ X = Y (L.mT is upper, "

@@ -129,7 +129,7 @@ def test_Softplus(answer):
     expected_grad = torch.from_numpy(grad_output.numpy() / (1.0 + np.exp(-x.detach().numpy())))
     check_close(grad, expected_grad, what="the gradient from Softplus.backward, for a random grad_output",
                 rtol=1e-10, atol=1e-12,
-                hint="backward returns grad_output * sigmoid(x): the chain rule multiplies by grad_output.")
+                hint="Return grad_output * sigmoid(x) from backward: the chain rule multiplies by grad_output.")
     large = torch.tensor([-100.0, -30.0, 0.0, 30.0, 100.0], requires_grad=True)  # float32: exp(100) overflows
     y_large = answer.apply(large)
     check_close(y_large, torch.from_numpy(np.logaddexp(0.0, large.detach().numpy())),

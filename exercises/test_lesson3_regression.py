@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from exercises.checks import check, check_close, check_no_grad_history, fail
+from exercises.checks import check, check_close, check_no_grad_history, fail, forbidden
 
 LESSON = "lesson3_regression"
 
@@ -81,7 +81,10 @@ def test_fit_linear_gd(answer):
     X = torch.randn(40, 3, generator=gen)  # float32, standardised: lr = 0.1 is stable
     y = X @ torch.tensor([1.5, -2.0, 0.5]) + 0.7 + 0.1 * torch.randn(40, generator=gen)
     for epochs in (0, 1, 30):
-        w, b = answer(X, y, 0.1, epochs)
+        with forbidden([(torch.optim.Optimizer, "__init__", "a torch.optim optimizer")], exercise="fit_linear_gd",
+                       instead="the update written out: w -= lr * w.grad under torch.no_grad()",
+                       hint="Update w and b yourself inside `with torch.no_grad():`, then set w.grad = None."):
+            w, b = answer(X, y, 0.1, epochs)
         w_ref, b_ref = _numpy_gradient_descent(X.double().numpy(), y.double().numpy(), 0.1, epochs)
         hint = ("Start from zeros and take exactly `epochs` steps (range(epochs)). Clear the gradients after "
                 "each step (w.grad = None), or the old gradient is added to the new one. Use the mean loss.")
@@ -98,6 +101,9 @@ def test_MomentumSGD(answer):
           "MomentumSGD must be a subclass of torch.optim.Optimizer.",
           expected="class MomentumSGD(torch.optim.Optimizer)", got=answer,
           hint="Keep the class from the stub and fill in __init__ and step.")
+    check(not issubclass(answer, torch.optim.SGD), "MomentumSGD subclasses torch.optim.SGD.",
+          expected="class MomentumSGD(torch.optim.Optimizer) with its own step", got=answer.__mro__[1],
+          hint="Subclass torch.optim.Optimizer and write step() yourself.")
     gen = torch.Generator().manual_seed(0)
     X, Y = torch.randn(16, 3, generator=gen), torch.randn(16, 2, generator=gen)
     start = {"w": torch.randn(3, 2, generator=gen), "b": torch.randn(2, generator=gen),
@@ -108,15 +114,24 @@ def test_MomentumSGD(answer):
         groups = [{"params": [params["w"]]}, {"params": [params["b"], params["unused"]], "lr": 0.02}]
         return params, optimizer_class(groups, lr=0.05, momentum=0.9, weight_decay=0.1)
 
-    mine, my_optimizer = make(answer)
-    ref, ref_optimizer = make(torch.optim.SGD)
-    for step in range(1, 6):
-        for params, optimizer in ((mine, my_optimizer), (ref, ref_optimizer)):
+    def train(optimizer_class) -> list[dict[str, torch.Tensor]]:
+        params, optimizer = make(optimizer_class)
+        snapshots = []
+        for _ in range(5):
             optimizer.zero_grad()
             ((X @ params["w"] + params["b"] - Y) ** 2).mean().backward()
             optimizer.step()
+            snapshots.append({name: p.detach().clone() for name, p in params.items()})
+        return snapshots
+
+    with forbidden([(torch.optim.SGD, "__init__", "torch.optim.SGD")], exercise="MomentumSGD",
+                   instead="the momentum update written out in step()",
+                   hint="In step(): for each group and parameter, v = momentum·v + g; p -= lr·v."):
+        mine = train(answer)
+    reference = train(torch.optim.SGD)
+    for step, (my_params, ref_params) in enumerate(zip(mine, reference), start=1):
         for name in start:
-            check_close(mine[name].detach(), ref[name].detach(),
+            check_close(my_params[name], ref_params[name],
                         what=f"parameter {name} after step {step} of MomentumSGD (lr 0.05, second group lr 0.02, "
                              "momentum 0.9, weight_decay 0.1)", rtol=1e-5, atol=1e-6,
                         hint="Per step: g = p.grad + weight_decay·p; v = momentum·v + g (v = g the first time); "

@@ -60,7 +60,7 @@ def test_pad_and_sort_collate(answer):
     padded, got_lengths, labels = answer(batch)
     what = "pad_and_sort_collate(batch) for sequences of lengths [3, 5, 2, 5, 1] with labels [10, 11, 12, 13, 14]"
     check_close(got_lengths, torch.tensor([lengths[i] for i in order]), what=what + ": lengths", rtol=0, atol=0,
-                hint="lengths are the true lengths before padding, longest first, as int64.")
+                hint="Return the true lengths before padding, longest first, as int64.")
     check_close(padded, torch.from_numpy(expected_padded), what=what + ": padded", rtol=0, atol=0,
                 hint="Sort longest first, keeping equal lengths in batch order (a stable sort), and pad with zeros.")
     check_close(labels, torch.tensor([10 + i for i in order]), what=what + ": labels", rtol=0, atol=0,
@@ -82,7 +82,7 @@ def test_BucketBatchSampler(answer):
     sampler = answer(lengths, batch_size, generator=torch.Generator().manual_seed(0))
     n_batches = math.ceil(n / batch_size)
     check_equal(len(sampler), n_batches, what=f"len(BucketBatchSampler(38 lengths, batch_size={batch_size}))",
-                hint="ceil(n / batch_size): the last, smaller batch counts too.")
+                hint="There are ceil(n / batch_size) batches: the last, smaller batch counts too.")
     global_state = torch.get_rng_state()
     first = _batches(sampler)
     check(torch.equal(global_state, torch.get_rng_state()), "BucketBatchSampler drew from torch's global RNG although "

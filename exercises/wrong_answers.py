@@ -120,6 +120,12 @@ def stable_softmax__normalised_over_all(x, dim):
 
 
 @wrong_answer
+def stable_softmax__calls_torch_softmax(x, dim):
+    """Right numbers, but calls torch.softmax instead of writing it out."""
+    return torch.softmax(x, dim=dim)
+
+
+@wrong_answer
 def cholesky_solve__same_factor_twice(A, B):
     """Solves with L in both steps: computes L⁻¹L⁻¹B instead of L⁻ᵀL⁻¹B."""
     L = torch.linalg.cholesky(A)
@@ -396,6 +402,19 @@ def fit_linear_gd__summed_loss(X, y, lr, epochs):
     return w.detach(), b.detach()
 
 
+@wrong_answer
+def fit_linear_gd__uses_torch_optim(X, y, lr, epochs):
+    """Right numbers, but lets torch.optim.SGD take the steps."""
+    w = torch.zeros(X.shape[1], dtype=X.dtype, requires_grad=True)
+    b = torch.zeros((), dtype=X.dtype, requires_grad=True)
+    optimizer = torch.optim.SGD([w, b], lr=lr)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        ((X @ w + b - y) ** 2).mean().backward()
+        optimizer.step()
+    return w.detach(), b.detach()
+
+
 class _MomentumSGDBase(torch.optim.Optimizer):
     """Shared skeleton of the wrong optimizers below; `_direction` is where each goes wrong."""
 
@@ -445,7 +464,26 @@ class MomentumSGD__ignores_group_lr(_MomentumSGDBase):
         return self.defaults["lr"]
 
 
-for _optimizer in (MomentumSGD__dampened, MomentumSGD__decay_after_momentum, MomentumSGD__ignores_group_lr):
+class MomentumSGD__subclasses_torch_sgd(torch.optim.SGD):
+    """Right numbers, but inherits torch.optim.SGD's step instead of writing one."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class MomentumSGD__delegates_to_sgd(torch.optim.Optimizer):
+    """Right numbers, but hands every step to a torch.optim.SGD inside."""
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.inner = torch.optim.SGD(self.param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def step(self, closure=None):
+        return self.inner.step(closure)
+
+
+for _optimizer in (MomentumSGD__dampened, MomentumSGD__decay_after_momentum, MomentumSGD__ignores_group_lr,
+                   MomentumSGD__subclasses_torch_sgd, MomentumSGD__delegates_to_sgd):
     wrong_answer(_optimizer)
 
 
@@ -481,6 +519,15 @@ def parameter_count__counts_running_statistics(layers):
 def parameter_count__unknown_kind_is_zero(layers):
     """Counts unknown kinds as 0 instead of raising ValueError."""
     return sum(_PARAMETERS_PER_KIND.get(kind, lambda *s: 0)(*sizes) for kind, *sizes in layers)
+
+
+@wrong_answer
+def parameter_count__builds_modules(layers):
+    """Right numbers, but builds the modules and counts their parameters."""
+    modules = {"linear": nn.Linear, "linear_no_bias": lambda i, o: nn.Linear(i, o, bias=False),
+               "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm, "embedding": nn.Embedding,
+               "relu": nn.ReLU, "tanh": nn.Tanh, "dropout": nn.Dropout}
+    return sum(p.numel() for kind, *sizes in layers for p in modules[kind](*sizes).parameters())
 
 
 class _LayerNormBase(nn.Module):
@@ -537,8 +584,15 @@ class LayerNorm__ignores_eps_argument(_LayerNormBase):
         return (x - mean) / torch.sqrt(var + 1e-5) * self.weight + self.bias
 
 
+class LayerNorm__calls_F_layer_norm(_LayerNormBase):
+    """Right numbers, but hands the work to F.layer_norm."""
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
 for _layer_norm in (LayerNorm__unbiased_variance, LayerNorm__eps_outside_sqrt, LayerNorm__forgotten_keepdim,
-                    LayerNorm__plain_tensors, LayerNorm__ignores_eps_argument):
+                    LayerNorm__plain_tensors, LayerNorm__ignores_eps_argument, LayerNorm__calls_F_layer_norm):
     wrong_answer(_layer_norm)
 
 
@@ -656,8 +710,18 @@ class MultiHeadSelfAttention__mask_hides_diagonal(_AttentionBase):
         return torch.ones(seq, seq, dtype=torch.bool, device=device).triu(diagonal=0)
 
 
+class MultiHeadSelfAttention__uses_sdpa(_AttentionBase):
+    """Right numbers, but calls F.scaled_dot_product_attention for the attention itself."""
+
+    def forward(self, x, causal=False):
+        batch, seq, d_model = x.shape
+        q, k, v = (self._heads(t) for t in self.in_proj(x).chunk(3, dim=-1))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, seq, d_model))
+
+
 for _attention in (MultiHeadSelfAttention__heads_without_transpose, MultiHeadSelfAttention__scaled_by_d_model,
-                   MultiHeadSelfAttention__mask_hides_diagonal):
+                   MultiHeadSelfAttention__mask_hides_diagonal, MultiHeadSelfAttention__uses_sdpa):
     wrong_answer(_attention)
 
 

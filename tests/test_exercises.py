@@ -190,6 +190,12 @@ def test_readme_exercise_table_lists_every_exercise():
     listed = set(re.findall(r"`(\w+)`", readme))
     missing = [name for _, name in ALL_EXERCISES if name not in listed]
     assert not missing, f"README.md's exercise table lacks {missing}"
+    from exercises.wrong_answers import WRONG_ANSWERS
+
+    for pattern, actual in [(r"(\d+) exercises", len(ALL_EXERCISES)),
+                            (r"(\d+) plausible wrong answers", sum(map(len, WRONG_ANSWERS.values())))]:
+        for claimed in re.findall(pattern, readme):
+            assert int(claimed) == actual, f"README.md says {claimed} for {pattern!r}; there are {actual}"
 
 
 # Runs of the checks -------------------------------------------------------------------------------
