@@ -23,8 +23,9 @@ def vector_jacobian_product(f: Callable[[torch.Tensor], torch.Tensor], x: torch.
     Signature: vector_jacobian_product(f, x, v) -> Tensor
     Shapes: x (any shape), v (shape of f(x)) -> shape of x. Entry i is Σ_k v_k ∂f_k/∂x_i.
     Return a detached tensor, and leave the caller's x as it was (do not switch on its requires_grad).
-    Hint: work on `x.detach().requires_grad_()`, then either `y.backward(gradient=v)` and read `.grad`,
-    or `torch.autograd.grad(y, x_copy, grad_outputs=v)`. Summing y first would give 1ᵀJ, not vᵀJ.
+    Hint: work on a new leaf, x_copy = x.detach().requires_grad_(), with y = f(x_copy); then either
+    y.backward(gradient=v) and read x_copy.grad, or torch.autograd.grad(y, x_copy, grad_outputs=v).
+    Summing y first would give 1ᵀJ, not vᵀJ.
     """
     raise NotImplementedError
 

@@ -23,8 +23,8 @@ class CharDataset(Dataset):
     Section: "Text: character-level tokens" in dataset_loader_demo.py (lesson 5).
     Signature: CharDataset(text, seq_len); len(dataset); dataset[i] -> (x, y); attribute vocab (list of str)
     Shapes: x (seq_len,) int64, y (seq_len,) int64. The vocabulary is sorted(set(text)) and a character's
-    token is its index there. There are len(text) − seq_len items. Negative i counts from the end (like a
-    list); any other i out of range raises IndexError. Raise ValueError naming seq_len unless
+    token is its index there. There are len(text) − seq_len items. A negative i counts from the end (like a
+    list); i ≥ len(dataset) or i < −len(dataset) raises IndexError. Raise ValueError naming seq_len unless
     1 ≤ seq_len < len(text).
     Hint: encode the whole text once in __init__ (torch.tensor([...], dtype=torch.long)); then an item is two
     slices. The last item's target must end at the last character: count the items again if it comes up short.
