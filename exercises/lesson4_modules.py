@@ -1,0 +1,96 @@
+"""Exercises for lesson 4, custom_nn_module.py: parameter counts, a custom layer, hooks, multi-head attention.
+
+Replace each `raise NotImplementedError` with your code, then check your answers:
+    make exercises                                          (a table of all exercises)
+    python -m pytest exercises/test_lesson4_modules.py      (this lesson, with messages)
+    python -m pytest exercises -k LayerNorm                 (one exercise)
+Reference solutions: exercises/solutions/lesson4_modules.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def parameter_count(layers: Sequence[tuple]) -> int:
+    """Task: the number of trainable parameters in a stack of layers described as tuples, from the formulas
+    alone (build no modules).
+
+    Section: "A configurable MLP" in custom_nn_module.py (lesson 4).
+    Signature: parameter_count(layers) -> int
+    Shapes: the layer descriptions are
+        ("linear", in_features, out_features)           nn.Linear with a bias
+        ("linear_no_bias", in_features, out_features)   nn.Linear(..., bias=False)
+        ("batchnorm", num_features)                     nn.BatchNorm1d
+        ("layernorm", normalized_size)                  nn.LayerNorm
+        ("embedding", num_embeddings, embedding_dim)    nn.Embedding
+        ("relu",) ("tanh",) ("dropout", p)              no parameters
+    Any other kind raises ValueError naming it. An empty list has 0 parameters.
+    Example: parameter_count([("linear", 4, 3), ("relu",)]) -> 15
+    Hint: a Linear has in·out weights plus out biases. BatchNorm and LayerNorm learn a scale and a shift per
+    feature; BatchNorm's running mean and variance are buffers, not parameters.
+    """
+    raise NotImplementedError
+
+
+class LayerNorm(nn.Module):
+    """Task: layer normalisation over the last dimension, equal to nn.LayerNorm(normalized_size, eps), written
+    with tensor operations (no nn.LayerNorm, no F.layer_norm).
+
+    Section: "Custom layers: Swish and inverted dropout" in custom_nn_module.py (lesson 4).
+    Signature: LayerNorm(normalized_size, eps=1e-5); forward(x) -> Tensor
+    Shapes: x (..., normalized_size) -> same shape; parameters weight (normalized_size,) initialised to ones
+    and bias (normalized_size,) initialised to zeros.
+    y = (x − mean) / sqrt(var + eps) · weight + bias, with mean and var over the last dimension.
+    Hint: register weight and bias as nn.Parameter so .parameters() and optimizers see them. Use the biased
+    variance (divide by n: x.var(dim=-1, unbiased=False, keepdim=True)), keep the reduced dimension
+    (keepdim=True) so it broadcasts, and add eps inside the square root.
+    """
+
+    def __init__(self, normalized_size: int, eps: float = 1e-5):
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def record_output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Task: run model(x) once and record the output shape of every leaf module (one without children) with
+    forward hooks; remove every hook before returning, even if the forward pass raises.
+
+    Section: "Looking inside: hooks" in custom_nn_module.py (lesson 4).
+    Signature: record_output_shapes(model, x) -> dict[str, tuple[int, ...]]
+    Shapes: keys are the names from model.named_modules() (e.g. "0", "2.1"), values tuple(output.shape).
+    Example: for nn.Sequential(nn.Linear(6, 5), nn.ReLU()) and x (3, 6): {"0": (3, 5), "1": (3, 5)}
+    Hint: module.register_forward_hook(hook) calls hook(module, inputs, output) after each forward and returns a
+    handle; collect the handles and call handle.remove() on each in a `finally:` block. Skip the containers:
+    `not list(module.children())` picks the leaves. A hook left behind fires on every later call.
+    """
+    raise NotImplementedError
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Task: multi-head self-attention with an optional causal mask, equal to nn.MultiheadAttention(d_model,
+    n_heads, batch_first=True) given the same weights, written with tensor operations.
+
+    Section: "Self-attention" in custom_nn_module.py (lesson 4).
+    Signature: MultiHeadSelfAttention(d_model, n_heads); forward(x, causal=False) -> Tensor. Attributes
+    in_proj = nn.Linear(d_model, 3 * d_model) (q, k, v stacked in that order) and
+    out_proj = nn.Linear(d_model, d_model). Raise ValueError if n_heads does not divide d_model.
+    Shapes: x (batch, seq, d_model) -> (batch, seq, d_model); per head, q, k, v are (batch, n_heads, seq,
+    head_dim) with head_dim = d_model // n_heads, and the scores (batch, n_heads, seq, seq).
+    Hint: q, k, v = self.in_proj(x).chunk(3, dim=-1); split heads with .view(batch, seq, n_heads, head_dim)
+    .transpose(1, 2) (a plain view to (batch, n_heads, seq, head_dim) mixes positions and heads).
+    Scale the scores by 1 / sqrt(head_dim), not d_model. Causal: position i may attend to j ≤ i, so fill
+    the scores above the diagonal with -inf before the softmax. Merge heads back with
+    .transpose(1, 2).reshape(batch, seq, d_model), then out_proj.
+    """
+
+    def __init__(self, d_model: int, n_heads: int):
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,100 @@
+"""Exercises for lesson 5, dataset_loader_demo.py: a Dataset, a collate function, a sampler, and training.
+
+Replace each `raise NotImplementedError` with your code, then check your answers:
+    make exercises                                          (a table of all exercises)
+    python -m pytest exercises/test_lesson5_data.py         (this lesson, with messages)
+    python -m pytest exercises -k BucketBatchSampler        (one exercise)
+Reference solutions: exercises/solutions/lesson5_data.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Sampler
+
+
+class CharDataset(Dataset):
+    """Task: a map-style Dataset of next-character prediction pairs from a text: item i is the tokens of
+    text[i : i + seq_len] and, as targets, the tokens of text[i + 1 : i + seq_len + 1].
+
+    Section: "Text: character-level tokens" in dataset_loader_demo.py (lesson 5).
+    Signature: CharDataset(text, seq_len); len(dataset); dataset[i] -> (x, y); attribute vocab (list of str)
+    Shapes: x (seq_len,) int64, y (seq_len,) int64. The vocabulary is sorted(set(text)) and a character's
+    token is its index there. There are len(text) − seq_len items. A negative i counts from the end (like a
+    list); i ≥ len(dataset) or i < −len(dataset) raises IndexError. Raise ValueError naming seq_len unless
+    1 ≤ seq_len < len(text).
+    Hint: encode the whole text once in __init__ (torch.tensor([...], dtype=torch.long)); then an item is two
+    slices. The last item's target must end at the last character: count the items again if it comes up short.
+    """
+
+    def __init__(self, text: str, seq_len: int):
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+def pad_and_sort_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Task: a DataLoader collate_fn for sequences of different lengths: pad them with zeros to the longest,
+    and order the batch by length, longest first (as pack_padded_sequence(..., enforce_sorted=True) wants).
+
+    Section: "Collation: padding variable-length sequences" in dataset_loader_demo.py (lesson 5).
+    Signature: pad_and_sort_collate(batch) -> (padded, lengths, labels)
+    Shapes: batch is a list of B pairs (sequence (T_i,) float, label () int64) -> padded (B, T_max) with the
+    dtype of the sequences, lengths (B,) int64 (the true lengths, descending), labels (B,) int64. Sequences of
+    equal length keep their order in the batch (a stable sort).
+    Hint: order = sorted(range(B), key=lambda i: -len(batch[i][0])) is stable; then
+    torch.nn.utils.rnn.pad_sequence([...], batch_first=True) pads. Reorder the labels with the same order as
+    the sequences, or every label lands on the wrong sequence.
+    """
+    raise NotImplementedError
+
+
+class BucketBatchSampler(Sampler):
+    """Task: a batch sampler that groups sequences of similar length, to waste little padding: sort the indices
+    by length, cut them into consecutive batches of batch_size (the last one may be smaller), and yield the
+    batches in a random order drawn from `generator`, a new order on each pass.
+
+    Section: "Sampling: balancing classes, sharding for distributed training" in dataset_loader_demo.py (lesson 5).
+    Signature: BucketBatchSampler(lengths, batch_size, generator=None); iter(sampler) yields lists of int
+    indices; len(sampler) is the number of batches. Use it as DataLoader(dataset, batch_sampler=sampler).
+    Shapes: lengths is a sequence of n ints -> ceil(n / batch_size) batches; every index 0 … n−1 appears
+    exactly once per pass.
+    Hint: order = sorted(range(n), key=lengths.__getitem__); batches = [order[i:i + batch_size] for i in
+    range(0, n, batch_size)]; then visit them in torch.randperm(len(batches), generator=self.generator) order.
+    Draw only from the generator you were given (with None, make your own, seeded from torch's global RNG
+    as RandomSampler does). Do not drop the last, smaller batch.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None):
+        raise NotImplementedError
+
+    def __iter__(self):
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+def train_digits_classifier(X_train: torch.Tensor, y_train: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Task: train a classifier for scikit-learn's 8×8 digits that reaches at least 95 % accuracy on held-out
+    digits, reproducibly (same seed, same model) and without touching torch's global random state.
+
+    Section: "Images: scikit-learn's 8×8 digits" in dataset_loader_demo.py (lesson 5).
+    Signature: train_digits_classifier(X_train, y_train, seed=0) -> nn.Module (the trained model)
+    Shapes: X_train (n, 64) float32 pixels in [0, 1], y_train (n,) int64 labels 0–9; the model maps (batch, 64)
+    to (batch, 10) logits. The check trains on 75 % of the 1797 digits and tests on the rest, within seconds.
+    Hint: an MLP 64 → 128 → 10 with ReLU, Adam (lr 5e-3), cross-entropy, about 10 epochs of mini-batches of 64
+    (index X_train[idx] with idx from torch.randperm(n, generator=gen): fast, no DataLoader needed).
+    optimizer.zero_grad() every step. nn.Linear draws its initial weights from the global RNG: build the model
+    inside `with torch.random.fork_rng(devices=[]):` after torch.manual_seed(seed), and shuffle with a
+    torch.Generator seeded with `seed`.
+    """
+    raise NotImplementedError

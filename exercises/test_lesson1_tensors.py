@@ -1,0 +1,131 @@
+"""Checks for exercises/lesson1_tensors.py, each against NumPy, torch built-ins or a closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from exercises.checks import check, check_close, check_equal, check_raises_value_error, fail, forbidden
+
+LESSON = "lesson1_tensors"
+
+
+def test_vandermonde(answer):
+    x = torch.tensor([-1.5, 0.0, 0.5, 2.0, 3.0], dtype=torch.float64)
+    for degree in (3, 0):
+        expected = torch.from_numpy(np.vander(x.numpy(), degree + 1, increasing=True))  # (n, degree + 1)
+        check_close(answer(x, degree), expected, what=f"vandermonde(x, degree={degree}) with x = {x.tolist()}",
+                    rtol=1e-12, atol=1e-12,
+                    hint="Column j is x**j for j = 0 … degree: degree + 1 columns, and column 0 is all ones.")
+    x32 = torch.linspace(-1, 1, 4)
+    expected32 = torch.from_numpy(np.vander(x32.numpy(), 3, increasing=True)).to(torch.float32)
+    check_close(answer(x32, 2), expected32, what="vandermonde(float32 x, degree=2)", rtol=1e-6, atol=1e-6,
+                hint="The result keeps x's dtype; float32 in, float32 out.")
+
+
+def test_sliding_windows(answer):
+    cases = [(10, 3, 2), (9, 3, 3), (7, 7, 1), (6, 1, 4)]  # (n, size, step): with a remainder, exact fit, one window
+    for n, size, step in cases:
+        x = torch.arange(n, dtype=torch.float32) * 1.5
+        expected = torch.from_numpy(np.lib.stride_tricks.sliding_window_view(x.numpy(), size)[::step].copy())
+        got = answer(x, size, step)
+        check_close(got, expected, what=f"sliding_windows(x of length {n}, size={size}, step={step})",
+                    rtol=0, atol=0,
+                    hint="There are (n - size) // step + 1 windows: the last one starts at "
+                         "((n - size) // step) * step. Count again (off by one?).")
+        shares = got.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        check(shares, f"sliding_windows(x of length {n}, size={size}, step={step}) copied the data.",
+              expected="a view of x (same storage, no copy)", got="a new tensor with its own storage",
+              hint="Use x.unfold(0, size, step) or x.as_strided(...): they return views; torch.stack and "
+                   "torch.cat copy.")
+    x = torch.arange(5.0)
+    for size, step, argument in [(6, 1, "size"), (0, 1, "size"), (2, 0, "step")]:
+        check_raises_value_error(lambda size=size, step=step: answer(x, size, step), argument=argument,
+                                 what=f"sliding_windows(x of length 5, size={size}, step={step})",
+                                 hint="Check size >= 1, step >= 1 and size <= len(x) first, and raise ValueError "
+                                      "naming the argument otherwise.")
+
+
+def _random_shape_pairs(count: int, seed: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Pairs that mostly broadcast (sizes from one base shape, some replaced by 1 or dropped), some that do not."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(count):
+        base = tuple(int(s) for s in rng.integers(0, 4, size=rng.integers(0, 5)))
+        a = tuple(1 if rng.random() < 0.3 else s for s in base)[rng.integers(0, len(base) + 1):]
+        b = tuple(1 if rng.random() < 0.3 else (s if rng.random() < 0.9 else s + 2) for s in base)
+        pairs.append((a, b) if rng.random() < 0.5 else (b, a))
+    return pairs
+
+
+def test_broadcast_shape(answer):
+    fixed = [((8, 1, 6), (7, 1)), ((), (3,)), ((5,), ()), ((2, 1), (1, 3)), ((0,), (1,)), ((1, 0), (4, 1)),
+             ((3,), (4,)), ((0,), (3,)), ((2, 3), (3, 2)), ((4, 1, 3), (2, 1))]
+    for shape_a, shape_b in fixed + _random_shape_pairs(300, seed=0):
+        try:
+            expected = tuple(int(size) for size in np.broadcast_shapes(shape_a, shape_b))
+        except ValueError:
+            expected = None
+        call = f"broadcast_shape({shape_a}, {shape_b})"
+        if expected is None:
+            try:
+                got = answer(shape_a, shape_b)
+            except ValueError:
+                continue
+            fail(f"{call} should raise ValueError: the shapes do not broadcast.", expected="ValueError",
+                 got=got, hint="After right-aligning, two sizes that differ and are both not 1 cannot broadcast "
+                               "(0 vs 3 included).")
+        try:
+            got = answer(shape_a, shape_b)
+        except ValueError as error:
+            fail(f"{call} raised ValueError, but these shapes do broadcast.", expected=expected, got=str(error),
+                 hint="A size of 1 stretches to any size (also to 0); missing leading sizes count as 1.")
+        check_equal(tuple(got) if isinstance(got, list) else got, expected, what=call,
+                    hint="Align the shapes on the right, not the left; missing leading sizes count as 1, and "
+                         "1 stretches to the other size (also to 0).")
+
+
+SOFTMAX_FUNCTIONS = [(torch, "softmax", "torch.softmax"), (torch.nn.functional, "softmax", "F.softmax"),
+                     (torch.Tensor, "softmax", "Tensor.softmax"), (torch.special, "softmax", "torch.special.softmax")]
+
+
+def test_stable_softmax(answer):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    large = torch.tensor([[1000.0, 1001.0, 999.0], [-1000.0, -1002.0, -1001.0]])  # float32: exp(1000) = inf
+    cases = [(x, -1, "x (4, 6), dim=-1"), (x, 0, "x (4, 6), dim=0"),
+             (torch.randn(2, 3, 5, generator=gen, dtype=torch.float64), 1, "x (2, 3, 5), dim=1"),
+             (large, -1, "large float32 values [[1000, 1001, 999], [-1000, -1002, -1001]], dim=-1")]
+    expected = [torch.softmax(t.double(), dim=dim).to(t.dtype) for t, dim, _ in cases]  # before the ban below
+    with forbidden(SOFTMAX_FUNCTIONS, exercise="stable_softmax", instead="exp and sum, written out",
+                   hint="Subtract x.amax(dim, keepdim=True), exponentiate, divide by the sum along dim."):
+        got = [answer(t, dim) for t, dim, _ in cases]
+    for (tensor, _, label), got_one, expected_one in zip(cases, got, expected):
+        large_case = tensor is large
+        check_close(got_one, expected_one, what=f"stable_softmax({label})", rtol=1e-5 if large_case else 1e-10,
+                    atol=1e-6 if large_case else 1e-12,
+                    hint="In float32 exp(1000) overflows to inf (and inf/inf is NaN): subtract x.amax(dim, "
+                         "keepdim=True) before exp()." if large_case else
+                         "Normalise along `dim` only: sum(dim=dim, keepdim=True), and subtract the max along the "
+                         "same dim.")
+
+
+def test_cholesky_solve(answer):
+    gen = torch.Generator().manual_seed(0)
+    n, k = 6, 3
+    M = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    A = M @ M.mT + n * torch.eye(n, dtype=torch.float64)  # symmetric positive definite, well conditioned
+    B = torch.randn(n, k, generator=gen, dtype=torch.float64)
+    expected = torch.from_numpy(np.linalg.solve(A.numpy(), B.numpy()))
+
+    banned = [(torch.linalg, "solve", "torch.linalg.solve"), (torch.linalg, "inv", "torch.linalg.inv"),
+              (torch.linalg, "lstsq", "torch.linalg.lstsq"), (torch, "cholesky_solve", "torch.cholesky_solve"),
+              (torch, "inverse", "torch.inverse")]
+    with forbidden(banned, exercise="cholesky_solve", instead="the Cholesky factor and two triangular solves",
+                   hint="Use torch.linalg.cholesky(A), then torch.linalg.solve_triangular twice."):
+        got = answer(A, B)
+    check_close(got, expected, what="cholesky_solve(A, B) for a 6×6 SPD A and B of shape (6, 3)",
+                rtol=1e-9, atol=1e-10,
+                hint="With A = L Lᵀ: first L Y = B (L is lower, upper=False), then Lᵀ X = Y (L.mT is upper, "
+                     "upper=True). Solving with L twice, or skipping the second solve, gives these numbers.")
+

@@ -1,0 +1,163 @@
+"""Checks for exercises/lesson5_data.py, against plain Python, NumPy, torch.utils.data and held-out digits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+from torch.utils.data import DataLoader, TensorDataset
+
+from exercises.checks import check, check_close, check_equal, check_raises_value_error
+
+LESSON = "lesson5_data"
+TEXT = "the café in 東京 is the cafe"  # repeated and non-ASCII characters: one token per code point
+TARGET_ACCURACY = 0.95  # held-out accuracy train_digits_classifier must reach
+
+
+def test_CharDataset(answer):
+    seq_len = 4
+    dataset = answer(TEXT, seq_len)
+    vocab = sorted(set(TEXT))
+    tokens = [vocab.index(ch) for ch in TEXT]  # the reference encoding, straight from the definition
+    check_equal(list(dataset.vocab), vocab, what="CharDataset(text, 4).vocab",
+                hint="The vocabulary is sorted(set(text)): sorted, so the tokens do not depend on the text's order.")
+    check_equal(len(dataset), len(TEXT) - seq_len, what=f"len(CharDataset(text of {len(TEXT)} characters, "
+                f"seq_len=4))", hint="Item i needs text[i : i + seq_len + 1]: the last i is len(text) − seq_len − 1, "
+                                     "so there are len(text) − seq_len items.")
+    for i in range(len(TEXT) - seq_len):
+        x, y = dataset[i]
+        what = f"CharDataset(text, 4)[{i}] for text = {TEXT!r}"
+        check_close(x, torch.tensor(tokens[i:i + seq_len]), what=what + ", the input x", rtol=0, atol=0,
+                    hint="x holds the tokens of text[i : i + seq_len], as int64.")
+        check_close(y, torch.tensor(tokens[i + 1:i + seq_len + 1]), what=what + ", the target y", rtol=0, atol=0,
+                    hint="y is x shifted by one character: the tokens of text[i + 1 : i + seq_len + 1].")
+    check_close(dataset[-1][1], torch.tensor(tokens[-seq_len:]), what="CharDataset(text, 4)[-1], the target y",
+                rtol=0, atol=0, hint="A negative index counts from the end: dataset[-1] is dataset[len(dataset) - 1].")
+    try:
+        dataset[len(TEXT) - seq_len]
+    except IndexError:
+        pass
+    else:
+        check(False, f"CharDataset(text, 4)[{len(TEXT) - seq_len}] should raise IndexError (one past the end).",
+              expected="IndexError", got="an item", hint="Check the index against len(self) and raise IndexError.")
+    x_batch, y_batch = next(iter(DataLoader(dataset, batch_size=3)))
+    check_equal(tuple(x_batch.shape), (3, seq_len), what="the shape of a DataLoader batch of 3 items",
+                hint="Each item is a (seq_len,) tensor; the default collate stacks them.")
+    check_raises_value_error(lambda: answer("abc", 3), what="CharDataset('abc', seq_len=3)", argument="seq_len",
+                             hint="seq_len must be between 1 and len(text) − 1: raise ValueError naming seq_len.")
+
+
+def test_pad_and_sort_collate(answer):
+    lengths = [3, 5, 2, 5, 1]
+    gen = torch.Generator().manual_seed(0)
+    batch = [(torch.randn(n, generator=gen), torch.tensor(10 + i)) for i, n in enumerate(lengths)]
+    order = np.argsort(-np.array(lengths), kind="stable")  # [1, 3, 0, 2, 4]: longest first, ties in batch order
+    expected_padded = np.zeros((len(batch), max(lengths)), dtype=np.float32)
+    for row, i in enumerate(order):
+        expected_padded[row, :lengths[i]] = batch[i][0].numpy()
+    padded, got_lengths, labels = answer(batch)
+    what = "pad_and_sort_collate(batch) for sequences of lengths [3, 5, 2, 5, 1] with labels [10, 11, 12, 13, 14]"
+    check_close(got_lengths, torch.tensor([lengths[i] for i in order]), what=what + ": lengths", rtol=0, atol=0,
+                hint="Return the true lengths before padding, longest first, as int64.")
+    check_close(padded, torch.from_numpy(expected_padded), what=what + ": padded", rtol=0, atol=0,
+                hint="Sort longest first, keeping equal lengths in batch order (a stable sort), and pad with zeros.")
+    check_close(labels, torch.tensor([10 + i for i in order]), what=what + ": labels", rtol=0, atol=0,
+                hint="Reorder the labels with the same order as the sequences, so each stays with its sequence.")
+    pack_padded_sequence(padded.unsqueeze(-1), got_lengths, batch_first=True, enforce_sorted=True)  # must not raise
+    loader = DataLoader(batch, batch_size=5, collate_fn=answer)
+    loaded_padded, _, _ = next(iter(loader))
+    check_equal(tuple(loaded_padded.shape), (5, 5), what="the padded batch from DataLoader(..., collate_fn=...)",
+                hint="The collate function receives the list of items of one batch.")
+
+
+def _batches(sampler) -> list[list[int]]:
+    return [[int(i) for i in batch] for batch in sampler]
+
+
+def test_BucketBatchSampler(answer):
+    n, batch_size = 38, 4  # 9 full batches and one of 2
+    lengths = (torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 1).tolist()  # distinct lengths
+    sampler = answer(lengths, batch_size, generator=torch.Generator().manual_seed(0))
+    n_batches = math.ceil(n / batch_size)
+    check_equal(len(sampler), n_batches, what=f"len(BucketBatchSampler(38 lengths, batch_size={batch_size}))",
+                hint="There are ceil(n / batch_size) batches: the last, smaller batch counts too.")
+    global_state = torch.get_rng_state()
+    first = _batches(sampler)
+    check(torch.equal(global_state, torch.get_rng_state()), "BucketBatchSampler drew from torch's global RNG although "
+          "it was given a generator.", expected="the global RNG untouched", got="the global RNG advanced",
+          hint="Pass generator=self.generator to torch.randperm.")
+    check_equal(sorted(i for batch in first for i in batch), list(range(n)),
+                what="all indices of one pass, sorted", hint="Every index exactly once per pass: do not drop the "
+                                                             "last batch, and do not repeat indices.")
+    sorted_order = np.argsort(lengths, kind="stable").tolist()
+    expected_batches = [sorted(sorted_order[i:i + batch_size]) for i in range(0, n, batch_size)]
+    got_batches = sorted(sorted(batch) for batch in first)
+    check(got_batches == sorted(expected_batches), "BucketBatchSampler's batches are not neighbours in length order.",
+          expected=sorted(expected_batches)[:3], got=got_batches[:3],
+          hint="Sort the indices by length first, then cut consecutive runs of batch_size; shuffle only the order "
+               "of the batches, not their contents.")
+    batch_order = [sorted_order.index(batch[0]) // batch_size for batch in first]  # position of each batch
+    check(batch_order != sorted(batch_order), "BucketBatchSampler yields its batches in length order, unshuffled.",
+          expected="the batches in a random order", got=f"batch positions {batch_order}",
+          hint="Visit the batches in torch.randperm(len(batches), generator=...) order.")
+    second = _batches(sampler)
+    check(second != first, "Two passes over BucketBatchSampler gave the same batch order.",
+          expected="a new order each pass", got=f"the same order twice: {first[:3]} ...",
+          hint="Draw the permutation in __iter__ (not once in __init__), from the same generator: it advances.")
+    again = _batches(answer(lengths, batch_size, generator=torch.Generator().manual_seed(0)))
+    check(again == first, "Two BucketBatchSamplers with generators seeded alike gave different orders.",
+          expected=first[:3], got=again[:3], hint="Draw only from the generator you were given.")
+    other = _batches(answer(lengths, batch_size, generator=torch.Generator().manual_seed(1)))
+    check(other != first, "BucketBatchSamplers with seeds 0 and 1 gave the same order.",
+          expected="different orders for different seeds", got=f"{first[:3]} ... both times",
+          hint="Draw the order from the generator you were given.")
+    dataset = TensorDataset(torch.arange(n), torch.tensor(lengths))
+    loader = DataLoader(dataset, batch_sampler=answer(lengths, batch_size, generator=torch.Generator().manual_seed(0)))
+    loaded = [batch[0].tolist() for batch in loader]
+    check(loaded == first, "DataLoader(dataset, batch_sampler=BucketBatchSampler(...)) did not load your batches.",
+          expected=first[:3], got=loaded[:3], hint="__iter__ must yield lists of indices, one list per batch.")
+
+
+def _digits_split():
+    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    X = (digits.data / 16.0).astype(np.float32)  # (1797, 64) in [0, 1]
+    X_train, X_test, y_train, y_test = train_test_split(X, digits.target.astype(np.int64), test_size=0.25,
+                                                        stratify=digits.target, random_state=0)
+    return tuple(torch.from_numpy(a) for a in (X_train, X_test, y_train, y_test))
+
+
+def _logits(model, X: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(X)
+
+
+def test_train_digits_classifier(answer):
+    X_train, X_test, y_train, y_test = _digits_split()
+    global_state = torch.get_rng_state()
+    model = answer(X_train, y_train, seed=0)
+    check(torch.equal(global_state, torch.get_rng_state()), "train_digits_classifier changed torch's global RNG.",
+          expected="the caller's random state untouched", got="torch.get_rng_state() changed",
+          hint="Use a torch.Generator for shuffling, and build the model inside `with torch.random.fork_rng("
+               "devices=[]):` after torch.manual_seed(seed); never reseed the global RNG for the caller.")
+    logits = _logits(model, X_test)
+    check_equal(tuple(logits.shape), (len(X_test), 10), what="the model's output for the 450 test digits",
+                hint="The model maps (batch, 64) pixels to (batch, 10) logits, one per digit class.")
+    accuracy = (logits.argmax(dim=1) == y_test).double().mean().item()
+    check(accuracy >= TARGET_ACCURACY, f"the trained model's held-out accuracy is {accuracy:.1%}, below the target.",
+          expected=f"at least {TARGET_ACCURACY:.0%} on 450 held-out digits", got=f"{accuracy:.1%}",
+          hint="Train longer or with a larger step (Adam, lr 5e-3, ~10 epochs of batches of 64), shuffle every "
+               "epoch, and call optimizer.zero_grad() before each backward.")
+    repeat = _logits(answer(X_train, y_train, seed=0), X_test)
+    check(torch.equal(repeat, logits), "train_digits_classifier with the same seed gave a different model.",
+          expected="identical logits for seed=0 twice", got=f"max difference {(repeat - logits).abs().max():.3g}",
+          hint="Every random choice (initial weights, shuffling) must come from `seed`.")
+    other = _logits(answer(X_train, y_train, seed=1), X_test)
+    check(not torch.equal(other, logits), "train_digits_classifier gave the same model for seeds 0 and 1.",
+          expected="different models for different seeds", got="identical logits",
+          hint="Use `seed` for the initial weights and the shuffling instead of a fixed number.")
