@@ -114,9 +114,12 @@ def stub_problems(lesson: str, name: str) -> list[str]:
 
 
 def assert_untouched_stubs(exercises) -> None:
+    """The stub checks need untouched stubs: a learner's answers skip them; in CI (CI=true) they must be there."""
     problems = [problem for lesson, name in exercises for problem in stub_problems(lesson, name)]
-    assert not problems, (f"these checks need the untouched stubs, and {problems} (your answers?). Check your "
-                          "answers with `make exercises`; `git stash` sets them aside while you run the test suite.")
+    if problems and not os.environ.get("CI"):
+        pytest.skip(f"your answers are in exercises/ ({len(problems)} stub(s) changed): check them with "
+                    "`make exercises`; these checks run on the untouched stubs")
+    assert not problems, f"these checks need the untouched stubs, and {problems}"
 
 
 @pytest.mark.parametrize(("lesson", "name"), ALL_EXERCISES)
