@@ -73,8 +73,8 @@ SERIES_HORIZON = 4  # future steps it predicts
 TEXT_SEQ_LEN = 32  # characters per text item
 SHARD_INDICES, SHARD_REPLICAS = 12, 3  # a dataset size and rank count small enough to print the shards
 MEMMAP_FEATURES = 16  # float32 columns of the memory-mapped file
-FOOTPRINT_MIB = 40  # size of the file in the memory measurement: above glibc's largest malloc mmap threshold
-FOOTPRINT_FEATURES = 4096  # (32 MiB), so the in-memory copy gets fresh pages; rows of 16 KiB
+FOOTPRINT_MIB = 40  # file in the memory measurement: > 32 MiB, so glibc's malloc maps fresh pages for the copy
+FOOTPRINT_FEATURES = 4096  # its float32 columns: rows of 16 KiB
 BREAKDOWN_BATCH = 128  # batch size of the per-step time breakdown
 SAMPLE_TEXT = (  # for the character-level dataset; includes non-ASCII so Unicode is exercised
     "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
@@ -94,7 +94,7 @@ def _check_index(index: int, length: int) -> int:
 # ## Tabular data, and transforms fitted on the training split
 #
 # A map-style Dataset needs `__len__` and `__getitem__(i)`. A transform is any callable applied
-# per sample. One class serves every in-memory dataset here: inputs, targets and a transform.
+# per sample. One class serves the tabular data and the images below: inputs, targets and a transform.
 # Statistics for standardisation must come from the training split only: computing them on all
 # the data leaks information about the validation set into training.
 
@@ -327,13 +327,14 @@ class CharTextDataset(Dataset):
 # reads a row's bytes from disk (or the OS page cache) only when indexed. The dataset opens the
 # map lazily, so each DataLoader worker opens its own instead of pickling the data.
 #
-# Mapping is not free. `tracemalloc` counts only Python's heap, so it sees the in-memory copy but
-# not the mapped pages. The resident set size (RSS) sees both: once every row has been read, the
-# whole file is resident. The difference is the kind of memory: mapped pages are file-backed page
-# cache that the kernel can drop under pressure and read again from the file, while the copy is
-# anonymous memory that can only go to swap. On Linux `/proc/self/status` splits RSS into the two
-# kinds (`RssAnon`; `RssFile`, plus `RssShmem` for a file on tmpfs); elsewhere this lesson falls
-# back to `resource.getrusage`, whose `ru_maxrss` is only the peak of the whole resident set.
+# Mapping is not free. `tracemalloc` counts memory allocated through Python's allocators (NumPy
+# reports its array buffers there too), so it sees the in-memory copy but not the mapped pages.
+# The resident set size (RSS) sees both: once every row has been read, the whole file is
+# resident. The difference is the kind of memory: mapped pages are file-backed page cache that
+# the kernel can drop under pressure and read again from the file, while the copy is anonymous
+# memory that can only go to swap. On Linux `/proc/self/status` splits RSS into the two kinds
+# (`RssAnon`; `RssFile`, plus `RssShmem` for a file on tmpfs); elsewhere this lesson falls back to
+# `resource.getrusage`, whose `ru_maxrss` is only the peak of the whole resident set.
 
 # %%
 def write_memmap(path: str | os.PathLike, array) -> Path:
@@ -413,8 +414,8 @@ def _read_every_mapped_row(path: Path, n_features: int, probe: Callable[[], obje
 def memmap_footprint(path: Path, n_features: int) -> dict[str, dict[str, int]]:
     """Bytes added by loading the file into memory vs by reading every row through the map.
 
-    Per approach: "heap peak" (tracemalloc) and the growth of each kind of resident memory while the data is
-    alive (see `resident_memory`).
+    Per approach: the peak of Python's heap ("tracemalloc peak") and the growth of each kind of resident memory
+    ("RSS ...", see `resident_memory`) while the data is in use.
     """
     warm_up = MemmapDataset(path, n_features)
     warm_up[0].sum()  # the first map pays for code pages (file-backed too): keep them out of the measurement
@@ -429,7 +430,8 @@ def memmap_footprint(path: Path, n_features: int) -> dict[str, dict[str, int]]:
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        footprint[name] = {"heap peak": peak - baseline, **{kind: after[kind] - before[kind] for kind in before}}
+        footprint[name] = {"tracemalloc peak": peak - baseline,
+                           **{f"RSS {kind}": after[kind] - before[kind] for kind in before}}
     return footprint
 
 
@@ -520,12 +522,13 @@ def distributed_shards(n: int, num_replicas: int, epoch: int = 0, seed: int = 0)
 # process. Whenever it starts workers (each epoch, or once with `persistent_workers=True`),
 # DataLoader draws a base seed from `generator=` and seeds torch, NumPy and `random` in worker k
 # from that seed and k, so random augmentations differ between workers and repeat from run to
-# run (the `seed_worker` recipe of older tutorials is not needed since torch 1.9; all three are seeded
-# by DataLoader itself). On macOS and Windows workers are started
-# with spawn, which re-imports this script: that is why all work sits under
-# `if __name__ == "__main__":` and every Dataset and transform is defined at the top level.
-# `pin_memory=True` only helps when copying to a GPU (and warns without one); `timeout=` makes
-# a hung worker an error instead of a hang.
+# run. (The `seed_worker` recipe of older tutorials has not been needed since torch 1.9, which
+# seeds all three itself.) On macOS and Windows workers are started with spawn, which re-imports
+# the script: that is why all work sits under `if __name__ == "__main__":` and every Dataset and
+# transform is defined at the top level of this module. A notebook cannot be re-imported, so there
+# import them from this module instead of defining them in a cell. `pin_memory=True` only helps
+# when copying to a GPU (and warns without one); `timeout=` makes a hung worker an error instead
+# of a hang.
 
 # %%
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
@@ -845,11 +848,12 @@ def plot_analysis(counts, stats, series, class_balance, throughput, footprint, f
     for k, measure in enumerate(measures):
         values = [footprint[a][measure] / 2**20 for a in approaches]
         bars = ax_memory.bar(np.arange(len(approaches)) + (k - (len(measures) - 1) / 2) * width, values, width,
-                             label=measure if measure != "heap peak" else "heap peak (tracemalloc)")
+                             label=measure)
         ax_memory.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax_memory.axhline(file_bytes / 2**20, color="black", linestyle="--", linewidth=1, label="file size")
+    ax_memory.axhline(file_bytes / 2**20, color="black", linestyle="--", linewidth=1,
+                      label=f"file size ({file_bytes / 2**20:.0f} MiB)")
     ax_memory.set_xticks(range(len(approaches)), ["load a copy", "read every row\nthrough the map"])
-    ax_memory.set(title="Memory: heap (tracemalloc) vs resident set", ylabel="MiB added",
+    ax_memory.set(title="Memory added while the data is in use", ylabel="MiB added",
                   ylim=(0, file_bytes / 2**20 * 1.6))
     ax_memory.legend(fontsize=7, loc="upper center", ncols=2)
     for ax in axes.flat:
