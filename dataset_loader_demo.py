@@ -422,15 +422,14 @@ def memmap_footprint(path: Path, n_features: int) -> dict[str, dict[str, int]]:
     del warm_up
     footprint = {}
     for name, approach in (("in-memory copy", _copy_into_memory), ("memory map", _read_every_mapped_row)):
-        tracemalloc.start()
+        tracemalloc.start()  # traces allocations from here on: its peak is what this approach adds
         try:
-            baseline, _ = tracemalloc.get_traced_memory()
             before = resident_memory()
             after = approach(path, n_features, resident_memory)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        footprint[name] = {"tracemalloc peak": peak - baseline,
+        footprint[name] = {"tracemalloc peak": peak,
                            **{f"RSS {kind}": after[kind] - before[kind] for kind in before}}
     return footprint
 
@@ -558,7 +557,7 @@ def first_batch_labels(dataset: Dataset, batch_size: int, seed: int, epochs: int
 
 
 def augmented_epoch_checksums(dataset: Dataset, batch_size: int, num_workers: int, seed: int) -> list[float]:
-    """Sum of each batch's inputs over one epoch with `num_workers` workers: equal lists mean equal data."""
+    """Sum of each batch's inputs over one epoch with `num_workers` workers: a fingerprint of the epoch's data."""
     loader = make_loader(dataset, batch_size, num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
     sums = [batch[0].sum().item() for batch in loader]
     del loader  # shuts the persistent workers down
@@ -767,8 +766,9 @@ def show_memmap(cfg: Config, generator: torch.Generator) -> tuple[dict[str, dict
         path = write_memmap(Path(tmp) / "big.f32", big)
         footprint, file_bytes = memmap_footprint(path, FOOTPRINT_FEATURES), path.stat().st_size
     measures = list(footprint["in-memory copy"])
-    print_table(f"MiB added while a {file_bytes / 2**20:.0f} MiB file is in use", ["approach", *measures],
-                [[name, *(f"{v / 2**20:.1f}" for v in values.values())] for name, values in footprint.items()])
+    print_table(f"MiB added while a {file_bytes / 2**20:.0f} MiB file is in use (to the nearest MiB; other "
+                "allocations add up to a few hundred KiB)", ["approach", *measures],
+                [[name, *(f"{v / 2**20:.0f}" for v in values.values())] for name, values in footprint.items()])
     return footprint, file_bytes
 
 
@@ -849,7 +849,7 @@ def plot_analysis(counts, stats, series, class_balance, throughput, footprint, f
         values = [footprint[a][measure] / 2**20 for a in approaches]
         bars = ax_memory.bar(np.arange(len(approaches)) + (k - (len(measures) - 1) / 2) * width, values, width,
                              label=measure)
-        ax_memory.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax_memory.bar_label(bars, fmt="%.0f", fontsize=7)
     ax_memory.axhline(file_bytes / 2**20, color="black", linestyle="--", linewidth=1,
                       label=f"file size ({file_bytes / 2**20:.0f} MiB)")
     ax_memory.set_xticks(range(len(approaches)), ["load a copy", "read every row\nthrough the map"])

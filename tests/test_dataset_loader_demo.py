@@ -90,6 +90,13 @@ def test_standardize_uses_the_training_rows_only():
                                rtol=1e-5)
 
 
+def test_standardisation_stats_report_the_largest_absolute_mean():
+    features = torch.tensor([[-6.0, 1.0], [-4.0, 3.0], [-5.0, 2.0]])  # column means -5 and 2
+    identity = dl.Standardize(torch.zeros(2), torch.ones(2))
+    stats = dl.standardisation_stats(features, [0, 1, 2], identity)
+    assert stats["raw max |mean|"] == stats["standardised max |mean|"] == pytest.approx(5.0, rel=1e-12)
+
+
 def test_show_tabular_fits_on_the_training_split(capsys):
     _, stats = dl.show_tabular(dl.QUICK, 0, torch.Generator().manual_seed(0))
     assert stats["standardised max |mean|"] < 1e-6  # fitted on all rows, the train means would be ~1e-2
@@ -247,6 +254,19 @@ def test_memmap_footprint_resident_memory_vs_heap(tmp_path):
     assert abs(copy["RSS file-backed"]) < 0.02 * size
     assert 0.98 * size < mapped["RSS file-backed"] < 1.05 * size  # every row read: the whole file is resident
     assert abs(mapped["RSS anonymous"]) < 0.02 * size
+
+
+def test_a_mapped_file_on_tmpfs_counts_as_file_backed():
+    shm = Path("/dev/shm")
+    if _proc_status_kib("RssAnon", "RssFile", "RssShmem") is None or not shm.is_dir():
+        pytest.skip("needs /proc/self/status with RssShmem and a tmpfs at /dev/shm")
+    path = shm / f"dataset_loader_test_{id(shm)}.f32"
+    try:
+        dl.write_memmap(path, np.ones((512, 4096), dtype=np.float32))  # 8 MiB
+        footprint = dl.memmap_footprint(path, 4096)
+    finally:
+        path.unlink(missing_ok=True)
+    assert 0.98 * 8 * 2**20 < footprint["memory map"]["RSS file-backed"] < 1.05 * 8 * 2**20  # as RssShmem
 
 
 def test_pad_collate_matches_hand_padding_and_default_collate_fails():
@@ -442,27 +462,20 @@ def _readme_lesson_block() -> str:
     return section.split("Results from a full run (seed 0")[1].split("```")[1]
 
 
-def test_readme_numbers_match_the_full_run(tmp_path):
-    block = _readme_lesson_block()
-    imbalanced = dl.SyntheticDataset(dl.FULL.n_samples, dl.FULL.n_features, dl.FULL.n_classes, seed=0,
-                                     class_weights=dl.IMBALANCED_CLASS_WEIGHTS)
-    counts = dl.weighted_class_counts(imbalanced.targets, dl.FULL.n_classes, seed=0)
-    table = re.sub(r" {2,}", "  ", block)
-    for c in range(dl.FULL.n_classes):
-        dataset, drawn = (counts[key][c] / dl.FULL.n_samples for key in ("dataset", "weighted sampler"))
-        assert f"\n{c}  {dataset:.3f}  {drawn:.3f}\n" in table
-    shards = dl.distributed_shards(dl.SHARD_INDICES, dl.SHARD_REPLICAS, epoch=0, seed=0)
-    assert f"epoch 0: {shards}" in block
-    assert f"epoch 1: {dl.distributed_shards(dl.SHARD_INDICES, dl.SHARD_REPLICAS, epoch=1, seed=0)}" in block
+def _normalized(line: str) -> str:
+    return re.sub(r"\s+", " ", line).strip()
 
 
-def test_readme_memory_table_matches_the_measurement(tmp_path):
-    if _proc_status_kib("RssAnon", "RssFile") is None:
-        pytest.skip("the README's table was measured on Linux")
-    rows = dl.FOOTPRINT_MIB * 2**20 // (4 * dl.FOOTPRINT_FEATURES)
-    path = dl.write_memmap(tmp_path / "big.f32", np.zeros((rows, dl.FOOTPRINT_FEATURES), dtype=np.float32))
-    footprint = dl.memmap_footprint(path, dl.FOOTPRINT_FEATURES)
-    table = re.sub(r" {2,}", "  ", _readme_lesson_block())
-    assert f"a {dl.FOOTPRINT_MIB} MiB file" in table
-    for name, values in footprint.items():
-        assert f"\n{name}  " + "  ".join(f"{v / 2**20:.1f}" for v in values.values()) + "\n" in table
+def test_readme_numbers_match_the_full_run(capsys):
+    """Every line of the README's result block is printed by the sections of a full run with seed 0."""
+    sampling, memory = _readme_lesson_block().split("MiB added while")
+    dl.show_sampling(dl.FULL, seed=0)
+    expected = [line for line in sampling.splitlines() if line.strip()]
+    if _proc_status_kib("RssAnon", "RssFile") is not None:  # the memory table was measured on Linux
+        dl.show_memmap(dl.FULL, torch.Generator().manual_seed(0))
+        expected += ["MiB added while" + line for line in memory.splitlines()[:1]]
+        expected += [line for line in memory.splitlines()[1:] if line.strip()]
+    printed = {_normalized(line) for line in capsys.readouterr().out.splitlines()}
+    assert len(expected) >= 8
+    for line in expected:
+        assert _normalized(line) in printed, line
