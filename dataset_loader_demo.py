@@ -10,7 +10,7 @@ Figures: plots/dataset_loader_analysis.png, plots/digits_samples.png.
 from __future__ import annotations
 
 import os
-import random
+import sys
 import tempfile
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
@@ -54,13 +54,28 @@ class Config:
     throughput_samples: int = 10_000  # rows loaded per epoch in the throughput benchmark
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256)  # batch sizes in the throughput benchmark
     worker_counts: tuple[int, ...] = (0, 2)  # num_workers values for the default DataLoader
-    memmap_rows: int = 20_000  # rows written to the memory-mapped file
+    memmap_rows: int = 20_000  # rows written to the memory-mapped file read by workers
     min_run_time: float = 0.15  # seconds per throughput measurement
 
 
 FULL = Config()
 QUICK = Config(n_samples=400, throughput_samples=1_000, batch_sizes=(32, 128), memmap_rows=2_000, min_run_time=0.01)
 LOADER_TIMEOUT_S = 60  # a worker that produces no batch for this long has hung: fail instead of waiting
+VAL_FRACTION = 0.2  # share of the tabular rows held out for validation
+IMBALANCED_CLASS_WEIGHTS = (0.7, 0.2, 0.07, 0.03)  # class shares of the imbalanced dataset (one per class)
+BATCH_SIZE = 64  # batch size of the DataLoader basics
+ORDER_BATCH = 8  # labels shown when comparing shuffled orders
+AUGMENT_BATCH = 256  # batch size of the two-worker augmentation run over the digits
+NOISE_STD = 0.05  # std of the Gaussian noise augmentations
+SERIES_LENGTH = 500  # steps in the synthetic time series
+SERIES_WINDOW = 24  # past steps each time-series item holds
+SERIES_HORIZON = 4  # future steps it predicts
+TEXT_SEQ_LEN = 32  # characters per text item
+SHARD_INDICES, SHARD_REPLICAS = 12, 3  # a dataset size and rank count small enough to print the shards
+MEMMAP_FEATURES = 16  # float32 columns of the memory-mapped file
+FOOTPRINT_MIB = 40  # file in the memory measurement: > 32 MiB, so glibc's malloc maps fresh pages for the copy
+FOOTPRINT_FEATURES = 4096  # its float32 columns: rows of 16 KiB
+BREAKDOWN_BATCH = 128  # batch size of the per-step time breakdown
 SAMPLE_TEXT = (  # for the character-level dataset; includes non-ASCII so Unicode is exercised
     "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
     "the slings and arrows of outrageous fortune. Naïve café owners in Zürich say «ça va» — "
@@ -79,11 +94,33 @@ def _check_index(index: int, length: int) -> int:
 # ## Tabular data, and transforms fitted on the training split
 #
 # A map-style Dataset needs `__len__` and `__getitem__(i)`. A transform is any callable applied
-# per sample. Statistics for standardisation must come from the training split only: computing
-# them on all the data leaks information about the validation set into training.
+# per sample. One class serves the tabular data and the images below: inputs, targets and a transform.
+# Statistics for standardisation must come from the training split only: computing them on all
+# the data leaks information about the validation set into training.
 
 # %%
-class SyntheticDataset(Dataset):
+class LabelledTensorDataset(Dataset):
+    """Row i of `inputs` (transformed, if a transform is given) with `targets[i]`."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, transform: Callable | None = None):
+        if len(inputs) != len(targets):
+            raise ValueError(f"inputs has {len(inputs)} rows but targets has {len(targets)}")
+        self.inputs, self.targets, self.transform = inputs, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = _check_index(index, len(self))
+        x = self.inputs[index]
+        return (self.transform(x) if self.transform else x), self.targets[index]
+
+    def with_transform(self, transform: Callable | None) -> LabelledTensorDataset:
+        """The same tensors (shared, not copied) with another transform."""
+        return LabelledTensorDataset(self.inputs, self.targets, transform)
+
+
+class SyntheticDataset(LabelledTensorDataset):
     """Gaussian class clusters (scikit-learn's make_classification): float32 features, int64 labels."""
 
     def __init__(self, n_samples: int, n_features: int, n_classes: int, transform: Callable | None = None,
@@ -95,18 +132,9 @@ class SyntheticDataset(Dataset):
                              f"n_features={n_features}, n_classes={n_classes}")
         X, y = make_classification(n_samples=n_samples, n_features=n_features, n_informative=n_features,
                                    n_redundant=0, n_classes=n_classes, n_clusters_per_class=1,
-                                   weights=class_weights, random_state=seed)
-        self.features = torch.from_numpy(X.astype(np.float32) * 3 + 5)  # (n, f), off-centre: worth standardising
-        self.targets = torch.from_numpy(y.astype(np.int64))  # (n,)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = _check_index(index, len(self))
-        x = self.features[index]
-        return (self.transform(x) if self.transform else x), self.targets[index]
+                                   weights=None if class_weights is None else list(class_weights), random_state=seed)
+        features = torch.from_numpy(X.astype(np.float32) * 3 + 5)  # (n, f), off-centre: worth standardising
+        super().__init__(features, torch.from_numpy(y.astype(np.int64)), transform)  # targets (n,)
 
 
 class Standardize:
@@ -124,15 +152,18 @@ class Standardize:
 
 
 class AddGaussianNoise:
-    """Additive N(0, std²) noise, drawn from torch's RNG (which DataLoader seeds in every worker)."""
+    """Additive N(0, std²) noise from torch's RNG (which DataLoader seeds in every worker), optionally clamped."""
 
-    def __init__(self, std: float):
+    def __init__(self, std: float, clamp: tuple[float, float] | None = None):
         if std < 0:
             raise ValueError(f"noise std={std} must be non-negative")
-        self.std = std
+        if clamp is not None and not clamp[0] < clamp[1]:
+            raise ValueError(f"clamp={clamp} must be a (low, high) pair with low < high")
+        self.std, self.clamp = std, clamp
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.std * torch.randn_like(x)
+        noisy = x + self.std * torch.randn_like(x)
+        return noisy if self.clamp is None else noisy.clamp(*self.clamp)
 
 
 class Compose:
@@ -146,36 +177,43 @@ class Compose:
 
 
 def split_indices(n: int, val_fraction: float, generator: torch.Generator | None = None) -> tuple[list, list]:
+    """A random (train, validation) split of range(n); round(n · val_fraction) rows go to validation."""
     order = torch.randperm(n, generator=generator).tolist()
     n_val = round(n * val_fraction)
     return order[n_val:], order[:n_val]
+
+
+def standardisation_stats(features: torch.Tensor, train_idx: Sequence[int],
+                          standardize: Standardize) -> dict[str, object]:
+    """Per-feature mean and std of the training rows before and after `standardize`, and the largest |mean|s."""
+    raw, after = features[train_idx].double(), standardize(features[train_idx]).double()  # (n_train, f)
+    stats = {"raw mean": raw.mean(0).numpy(), "raw std": raw.std(0).numpy(),
+             "standardised mean": after.mean(0).numpy(), "standardised std": after.std(0).numpy()}
+    return {**stats, "raw max |mean|": float(np.abs(stats["raw mean"]).max()),
+            "standardised max |mean|": float(np.abs(stats["standardised mean"]).max())}
+
+
+def class_counts(targets: torch.Tensor, n_classes: int) -> list[int]:
+    """Samples per class 0..n_classes-1."""
+    return torch.bincount(targets, minlength=n_classes).tolist()
 
 
 # %% [markdown]
 # ## Images: scikit-learn's 8×8 digits
 #
 # Images are (channels, height, width) float tensors, scaled to [0, 1]. Augmentations make new
-# training images from old ones; they must keep shape and value range.
+# training images from old ones; they must keep shape and value range (hence noise clamped to [0, 1]).
 
 # %%
-class DigitsDataset(Dataset):
+class DigitsDataset(LabelledTensorDataset):
     """1 797 handwritten digits shipped with scikit-learn: ((1, 8, 8) float32 in [0, 1], int64 label)."""
 
     def __init__(self, transform: Callable | None = None):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        self.images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # (n, 1, 8, 8)
-        self.targets = torch.from_numpy(digits.target.astype(np.int64))  # (n,)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = _check_index(index, len(self))
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.targets[index]
+        images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # (n, 1, 8, 8)
+        super().__init__(images, torch.from_numpy(digits.target.astype(np.int64)), transform)  # targets (n,)
 
 
 class RandomShift:
@@ -191,14 +229,27 @@ class RandomShift:
         return padded[..., m - dy:m - dy + h, m - dx:m - dx + w]
 
 
-class ClampedNoise:
-    """Gaussian pixel noise, clamped back into [0, 1]."""
+def digits_augmentation() -> Compose:
+    """Shift by up to one pixel, then add pixel noise clamped back into [0, 1]."""
+    return Compose(RandomShift(1), AddGaussianNoise(NOISE_STD, clamp=(0.0, 1.0)))
 
-    def __init__(self, std: float = 0.05):
-        self.std = std
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return (image + self.std * torch.randn_like(image)).clamp(0.0, 1.0)
+def digit_examples(dataset: LabelledTensorDataset, augmented: LabelledTensorDataset,
+                   draws: int = 2) -> tuple[list[int], list[list[torch.Tensor]]]:
+    """The first image of each digit: labels, and rows [originals, then `draws` augmented versions]."""
+    first = [int((dataset.targets == digit).nonzero()[0]) for digit in range(10)]  # one sample per class
+    rows = [[dataset[i][0] for i in first]] + [[augmented[i][0] for i in first] for _ in range(draws)]
+    return [dataset.targets[i].item() for i in first], rows
+
+
+def digit_mosaic(rows: Sequence[Sequence[torch.Tensor]], gap: int = 1) -> np.ndarray:
+    """Tile (1, 8, 8) images into one array, NaN between tiles (drawn as background)."""
+    h, w = rows[0][0].shape[-2:]
+    mosaic = np.full((len(rows) * (h + gap) - gap, len(rows[0]) * (w + gap) - gap), np.nan, dtype=np.float32)
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image.squeeze(0).numpy()
+    return mosaic
 
 
 # %% [markdown]
@@ -275,6 +326,15 @@ class CharTextDataset(Dataset):
 # For data larger than memory, write it once as a raw float32 file and map it: `numpy.memmap`
 # reads a row's bytes from disk (or the OS page cache) only when indexed. The dataset opens the
 # map lazily, so each DataLoader worker opens its own instead of pickling the data.
+#
+# Mapping is not free. `tracemalloc` counts memory allocated through Python's allocators (NumPy
+# reports its array buffers there too), so it sees the in-memory copy but not the mapped pages.
+# The resident set size (RSS) sees both: once every row has been read, the whole file is
+# resident. The difference is the kind of memory: mapped pages are file-backed page cache that
+# the kernel can drop under pressure and read again from the file, while the copy is anonymous
+# memory that can only go to swap. On Linux `/proc/self/status` splits RSS into the two kinds
+# (`RssAnon`; `RssFile`, plus `RssShmem` for a file on tmpfs); elsewhere this lesson falls back to
+# `resource.getrusage`, whose `ru_maxrss` is only the peak of the whole resident set.
 
 # %%
 def write_memmap(path: str | os.PathLike, array) -> Path:
@@ -314,6 +374,66 @@ class MemmapDataset(Dataset):
         return {**self.__dict__, "_rows": None}
 
 
+def loaded_through_workers(dataset: MemmapDataset, batch_size: int, num_workers: int) -> torch.Tensor:
+    """Every row of `dataset`, in order, read by `num_workers` worker processes."""
+    return torch.cat(list(make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)))
+
+
+def resident_memory() -> dict[str, int]:
+    """This process's resident memory in bytes, by kind (see the section's text for the sources)."""
+    try:
+        with open("/proc/self/status") as status:
+            fields = {key: int(value.split()[0]) * 1024 for key, _, value in (line.partition(":") for line in status)
+                      if key in ("RssAnon", "RssFile", "RssShmem")}  # the file gives kB
+    except OSError:
+        fields = {}
+    if "RssAnon" in fields and "RssFile" in fields:
+        return {"anonymous": fields["RssAnon"], "file-backed": fields["RssFile"] + fields.get("RssShmem", 0)}
+    try:
+        import resource
+    except ImportError:  # Windows
+        return {}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return {"peak (getrusage)": peak if sys.platform == "darwin" else peak * 1024}
+
+
+def _copy_into_memory(path: Path, n_features: int, probe: Callable[[], object]) -> object:
+    copy = np.fromfile(path, dtype="<f4").reshape(-1, n_features)  # (rows, features), read into anonymous memory
+    result = probe()  # while the copy is alive
+    del copy
+    return result
+
+
+def _read_every_mapped_row(path: Path, n_features: int, probe: Callable[[], object]) -> object:
+    dataset = MemmapDataset(path, n_features)
+    for i in range(len(dataset)):
+        dataset[i].sum()  # touches every byte of row i
+    return probe()  # while the map is open
+
+
+def memmap_footprint(path: Path, n_features: int) -> dict[str, dict[str, int]]:
+    """Bytes added by loading the file into memory vs by reading every row through the map.
+
+    Per approach: the peak of Python's heap ("tracemalloc peak") and the growth of each kind of resident memory
+    ("RSS ...", see `resident_memory`) while the data is in use.
+    """
+    warm_up = MemmapDataset(path, n_features)
+    warm_up[0].sum()  # the first map pays for code pages (file-backed too): keep them out of the measurement
+    del warm_up
+    footprint = {}
+    for name, approach in (("in-memory copy", _copy_into_memory), ("memory map", _read_every_mapped_row)):
+        tracemalloc.start()  # traces allocations from here on: its peak is what this approach adds
+        try:
+            before = resident_memory()
+            after = approach(path, n_features, resident_memory)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        footprint[name] = {"tracemalloc peak": peak,
+                           **{f"RSS {kind}": after[kind] - before[kind] for kind in before}}
+    return footprint
+
+
 # %% [markdown]
 # ## Collation: padding variable-length sequences
 #
@@ -347,6 +467,15 @@ class VariableLengthDataset(Dataset):
         return sequence, sequence.sum()
 
 
+def default_collate_error(dataset: Dataset, batch_size: int) -> str:
+    """The first line of the error `default_collate` raises on the first batch ('' if it stacks)."""
+    try:
+        next(iter(DataLoader(dataset, batch_size=batch_size)))
+    except RuntimeError as err:
+        return str(err).splitlines()[0]
+    return ""
+
+
 # %% [markdown]
 # ## Sampling: balancing classes, sharding for distributed training
 #
@@ -367,6 +496,13 @@ def make_weighted_sampler(targets, num_samples: int | None = None,
     return WeightedRandomSampler(weights, num_samples or len(targets), replacement=True, generator=generator)
 
 
+def weighted_class_counts(targets: torch.Tensor, n_classes: int, seed: int) -> dict[str, list[int]]:
+    """Samples per class in the dataset, and in one epoch drawn by the class-balancing sampler."""
+    sampler = make_weighted_sampler(targets, generator=torch.Generator().manual_seed(seed))
+    drawn = targets[torch.tensor(list(sampler))]  # (len(targets),) labels of the drawn samples
+    return {"dataset": class_counts(targets, n_classes), "weighted sampler": class_counts(drawn, n_classes)}
+
+
 def distributed_shards(n: int, num_replicas: int, epoch: int = 0, seed: int = 0) -> list[list[int]]:
     """The indices each rank gets in `epoch`, without any process group."""
     shards = []
@@ -380,29 +516,52 @@ def distributed_shards(n: int, num_replicas: int, epoch: int = 0, seed: int = 0)
 # %% [markdown]
 # ## DataLoader: seeds and workers
 #
-# `shuffle=True` draws the order from `generator=`: same seed, same order. With `num_workers>0`
-# each worker is a separate process; DataLoader seeds torch in each from the generator, and
-# `seed_worker` seeds NumPy and `random` too. On macOS and Windows workers are started with
-# spawn, which re-imports this script: that is why all work sits under
-# `if __name__ == "__main__":`. `pin_memory=True` only helps when copying to a GPU (and warns
-# without one); `timeout=` makes a hung worker an error instead of a hang.
+# `shuffle=True` draws a new order every epoch from `generator=`: the same seed repeats the
+# sequence of orders, another seed gives others. With `num_workers>0` each worker is a separate
+# process. Whenever it starts workers (each epoch, or once with `persistent_workers=True`),
+# DataLoader draws a base seed from `generator=` and seeds torch, NumPy and `random` in worker k
+# from that seed and k, so random augmentations differ between workers and repeat from run to
+# run. (The `seed_worker` recipe of older tutorials has not been needed since torch 1.9, which
+# seeds all three itself.) On macOS and Windows workers are started with spawn, which re-imports
+# the script: that is why all work sits under `if __name__ == "__main__":` and every Dataset and
+# transform is defined at the top level of this module. A notebook cannot be re-imported, so there
+# import them from this module instead of defining them in a cell. `pin_memory=True` only helps
+# when copying to a GPU (and warns without one); `timeout=` makes a hung worker an error instead
+# of a hang.
 
 # %%
-def seed_worker(worker_id: int) -> None:
-    worker_seed = torch.initial_seed() % 2**32  # DataLoader already set torch's seed for this worker
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)
-
-
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
                 generator: torch.Generator | None = None, device: torch.device | None = None, **kwargs) -> DataLoader:
-    """A DataLoader with the safe defaults: seeded, seeded workers, a timeout, pinning only for CUDA."""
+    """A DataLoader with the safe defaults: seeded, persistent workers, a timeout, pinning only for CUDA."""
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
-        worker_init_fn=seed_worker if num_workers else None, persistent_workers=num_workers > 0,
-        timeout=LOADER_TIMEOUT_S if num_workers else 0,
+        persistent_workers=num_workers > 0, timeout=LOADER_TIMEOUT_S if num_workers else 0,
         pin_memory=device is not None and device.type == "cuda", **kwargs,
     )
+
+
+def batching_facts(dataset: Dataset, batch_size: int, seed: int) -> dict[str, object]:
+    """Shapes of the first batch, batches per epoch, rows in the last one, and batches with drop_last=True."""
+    loader = make_loader(dataset, batch_size, generator=torch.Generator().manual_seed(seed))
+    batches = list(loader)
+    sizes, (xb, yb) = [len(y) for _, y in batches], batches[0]
+    dropping = make_loader(dataset, batch_size, generator=torch.Generator().manual_seed(seed), drop_last=True)
+    return {"x shape": tuple(xb.shape), "y shape": tuple(yb.shape), "batches": len(sizes), "last batch": sizes[-1],
+            "batches with drop_last": sum(1 for _ in dropping)}
+
+
+def first_batch_labels(dataset: Dataset, batch_size: int, seed: int, epochs: int = 2) -> list[list[int]]:
+    """Labels of the first batch in each of `epochs` epochs of one loader shuffled by `seed`."""
+    loader = make_loader(dataset, batch_size, generator=torch.Generator().manual_seed(seed))
+    return [next(iter(loader))[1].tolist() for _ in range(epochs)]
+
+
+def augmented_epoch_checksums(dataset: Dataset, batch_size: int, num_workers: int, seed: int) -> list[float]:
+    """Sum of each batch's inputs over one epoch with `num_workers` workers: a fingerprint of the epoch's data."""
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
+    sums = [batch[0].sum().item() for batch in loader]
+    del loader  # shuts the persistent workers down
+    return sums
 
 
 # %% [markdown]
@@ -449,7 +608,7 @@ def batch_sampler_loader(dataset: TensorDataset, batch_size: int, generator: tor
 
 
 def loader_throughput(loader, min_run_time: float = 0.1) -> float:
-    """Samples per second over full epochs (median of Timer runs)."""
+    """Samples (not batches) per second over full epochs (median of Timer runs)."""
     samples = sum(len(batch[0]) for batch in loader)  # one warm-up epoch that also counts the samples
 
     def epoch() -> None:
@@ -459,8 +618,12 @@ def loader_throughput(loader, min_run_time: float = 0.1) -> float:
     return samples / time_median(epoch, "cpu", min_run_time)
 
 
+DEFAULT_LOADER = "default, 0 workers"  # the reference every other loader is compared with
+
+
 def throughput_table(n_samples: int, n_features: int, batch_sizes, worker_counts, min_run_time: float,
                      seed: int = 0) -> list[dict[str, object]]:
+    """Samples/s of each loader at each batch size, and its ratio to the default loader at that batch size."""
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(n_samples, n_features, generator=gen)
     y = torch.randint(0, 4, (n_samples,), generator=gen)
@@ -476,12 +639,20 @@ def throughput_table(n_samples: int, n_features: int, batch_sizes, worker_counts
             rows.append({"batch_size": batch_size, "loader": name,
                          "samples_per_s": loader_throughput(loader, min_run_time)})
             del loader  # shuts persistent workers down before anything else is measured
-    return rows
+    return add_speedups(rows)
 
 
-def time_breakdown(n_samples: int, n_features: int, batch_size: int, min_run_time: float) -> dict[str, float]:
+def add_speedups(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Each row with "vs default": its samples/s over the default loader's at the same batch size."""
+    default = {r["batch_size"]: r["samples_per_s"] for r in rows if r["loader"] == DEFAULT_LOADER}
+    return [{**r, "vs default": r["samples_per_s"] / default[r["batch_size"]]} for r in rows]
+
+
+def time_breakdown(n_samples: int, n_features: int, batch_size: int, min_run_time: float,
+                   generator: torch.Generator | None = None) -> dict[str, float]:
     """Seconds per sample spent in __getitem__ and in default_collate, vs one batched index."""
-    X, y = torch.randn(n_samples, n_features), torch.randint(0, 4, (n_samples,))
+    X = torch.randn(n_samples, n_features, generator=generator)  # (n, f)
+    y = torch.randint(0, 4, (n_samples,), generator=generator)  # (n,)
     dataset = TensorDataset(X, y)
     samples = [dataset[i] for i in range(batch_size)]
     idx = torch.arange(batch_size)
@@ -493,55 +664,155 @@ def time_breakdown(n_samples: int, n_features: int, batch_size: int, min_run_tim
     }
 
 
-def memmap_footprint(path: Path, n_features: int) -> dict[str, int]:
-    """Peak heap bytes (tracemalloc) to load the file into memory vs to read every row through the map."""
-    tracemalloc.start()
+# %% [markdown]
+# ## The sections, one function each
+#
+# Each `show_*` function runs one section of the lesson: it calls the functions above, prints
+# what they return, and hands back what the figures need.
+
+# %%
+def show_tabular(cfg: Config, seed: int, generator: torch.Generator) -> tuple[SyntheticDataset, dict]:
+    print_section("Tabular data with a transform fitted on the training split")
+    raw = SyntheticDataset(cfg.n_samples, cfg.n_features, cfg.n_classes, seed=seed)
+    train_idx, _ = split_indices(len(raw), VAL_FRACTION, generator)
+    standardize = Standardize.fit(raw.inputs[train_idx])
+    train = raw.with_transform(Compose(standardize, AddGaussianNoise(NOISE_STD)))
+    x, y = train[train_idx[0]]
+    print(f"{len(raw)} samples, {cfg.n_features} features, {cfg.n_classes} classes; item {train_idx[0]}: "
+          f"x {tuple(x.shape)} {x.dtype}, y {y.item()} ({y.dtype})")
+    stats = standardisation_stats(raw.inputs, train_idx, standardize)
+    print(f"train feature means {stats['raw max |mean|']:.2f} (max |mean|) → {stats['standardised max |mean|']:.1e} "
+          f"after standardising; the {len(raw) - len(train_idx)} validation rows are never seen by fit()")
+    return raw, stats
+
+
+def show_loaders(dataset: Dataset, seed: int, device: torch.device) -> None:
+    print_section("DataLoader basics")
+    facts = batching_facts(dataset, BATCH_SIZE, seed)
+    print(f"batch {BATCH_SIZE}: x {facts['x shape']}, y {facts['y shape']}; {facts['batches']} batches per epoch "
+          f"(last one {facts['last batch']} rows); drop_last=True gives {facts['batches with drop_last']}")
+    seeded, again, other = (first_batch_labels(dataset, ORDER_BATCH, s) for s in (seed, seed, seed + 1))  # 2 epochs
+    print(f"first-batch labels, seed {seed}: epoch 1 {seeded[0]}, epoch 2 {seeded[1]}")
+    print(f"a new loader with seed {seed} repeats both: {again == seeded}; seed {seed + 1}, epoch 1: {other[0]}")
+    print(f"pin_memory: {make_loader(dataset, BATCH_SIZE, device=device).pin_memory} "
+          f"(only when the device is CUDA: {device.type})")
+
+
+def show_digits(seed: int) -> tuple[list[int], list[list[torch.Tensor]], list[int]]:
+    digits = DigitsDataset()
+    augmented = digits.with_transform(digits_augmentation())
+    image, label = digits[0]
+    print(f"\ndigits: {len(digits)} images, item 0 is {tuple(image.shape)} {image.dtype} in "
+          f"[{image.min().item():.1f}, {image.max().item():.1f}], label {label.item()}")
+    first, second = (augmented_epoch_checksums(augmented, AUGMENT_BATCH, 2, seed) for _ in range(2))
+    print(f"2 seeded workers, random augmentation: two runs with one seed identical: {first == second}")
+    return (*digit_examples(digits, augmented), class_counts(digits.targets, 10))
+
+
+def show_series_and_text(generator: torch.Generator) -> torch.Tensor:
+    print_section("Time series and text")
+    series = make_series(SERIES_LENGTH, generator)
+    windows = TimeSeriesDataset(series, SERIES_WINDOW, SERIES_HORIZON)
+    wx, wy = windows[10]
+    print(f"series of {len(series)}, window {SERIES_WINDOW}, horizon {SERIES_HORIZON} → {len(windows)} items; "
+          f"item 10: x {tuple(wx.shape)}, y {tuple(wy.shape)}")
+    text = CharTextDataset(SAMPLE_TEXT, TEXT_SEQ_LEN)
+    tx, ty = text[0]
+    print(f"text: {len(SAMPLE_TEXT)} characters, vocabulary {len(text.vocab)}, {len(text)} items")
+    print(f"item 0  x: {text.decode(tx)!r}\n        y: {text.decode(ty)!r}")
+    sample = "café 東京 🚀"
+    print(f"decode(encode({sample!r})) == {sample!r}: {text.decode(text.encode(sample)) == sample}")
     try:
-        in_memory = np.fromfile(path, dtype="<f4").reshape(-1, n_features)
-        _, loaded_peak = tracemalloc.get_traced_memory()
-        del in_memory
-        tracemalloc.reset_peak()
-        baseline, _ = tracemalloc.get_traced_memory()
-        dataset = MemmapDataset(path, n_features)
-        checksum = 0.0
-        for i in range(len(dataset)):
-            checksum += float(dataset[i][0])
-        _, mapped_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return {"in-memory array": loaded_peak, "memory-mapped dataset": max(mapped_peak - baseline, 0),
-            "file on disk": path.stat().st_size}
+        text.encode("Ω")
+    except ValueError as err:
+        print(f"encode('Ω'): ValueError: {err}")
+    return series
+
+
+def show_collation(seed: int) -> None:
+    print_section("Collation of variable-length sequences")
+    variable = VariableLengthDataset(64, seed)
+    print(f"default_collate: RuntimeError: {default_collate_error(variable, 4)}")
+    padded, lengths, targets = next(iter(DataLoader(variable, batch_size=4, collate_fn=pad_collate)))
+    print(f"pad_collate: padded {tuple(padded.shape)}, lengths {lengths.tolist()}, targets {tuple(targets.shape)}")
+
+
+def show_sampling(cfg: Config, seed: int) -> dict[str, list[int]]:
+    print_section("Weighted sampling of an imbalanced dataset")
+    imbalanced = SyntheticDataset(cfg.n_samples, cfg.n_features, cfg.n_classes, seed=seed,
+                                  class_weights=IMBALANCED_CLASS_WEIGHTS)
+    counts = weighted_class_counts(imbalanced.targets, cfg.n_classes, seed)
+    print_table("Class frequencies", ["class", "in the dataset", "drawn by the sampler"],
+                [[c, f"{counts['dataset'][c] / len(imbalanced):.3f}",
+                  f"{counts['weighted sampler'][c] / len(imbalanced):.3f}"] for c in range(cfg.n_classes)])
+
+    print_section("DistributedSampler without a process group")
+    shards = distributed_shards(SHARD_INDICES, SHARD_REPLICAS, epoch=0, seed=seed)
+    print(f"{SHARD_INDICES} indices on {SHARD_REPLICAS} ranks, epoch 0: {shards}")
+    print(f"epoch 1: {distributed_shards(SHARD_INDICES, SHARD_REPLICAS, epoch=1, seed=seed)}")
+    print(f"disjoint and complete: {sorted(i for s in shards for i in s) == list(range(SHARD_INDICES))}")
+    return counts
+
+
+def show_memmap(cfg: Config, generator: torch.Generator) -> tuple[dict[str, dict[str, int]], int]:
+    print_section("Memory-mapped data")
+    with tempfile.TemporaryDirectory() as tmp:
+        array = torch.randn(cfg.memmap_rows, MEMMAP_FEATURES, generator=generator).numpy()  # (rows, features)
+        mapped = MemmapDataset(write_memmap(Path(tmp) / "rows.f32", array), MEMMAP_FEATURES)
+        loaded = loaded_through_workers(mapped, 512, num_workers=2)
+        equal = torch.equal(loaded, torch.from_numpy(array))
+        print(f"{len(mapped)} rows via 2 workers equal the array written: {equal}")
+        big = np.zeros((FOOTPRINT_MIB * 2**20 // (4 * FOOTPRINT_FEATURES), FOOTPRINT_FEATURES), dtype=np.float32)
+        path = write_memmap(Path(tmp) / "big.f32", big)
+        footprint, file_bytes = memmap_footprint(path, FOOTPRINT_FEATURES), path.stat().st_size
+    measures = list(footprint["in-memory copy"])
+    print_table(f"MiB added while a {file_bytes / 2**20:.0f} MiB file is in use (to the nearest MiB; other "
+                "allocations add up to a few hundred KiB)", ["approach", *measures],
+                [[name, *(f"{v / 2**20:.0f}" for v in values.values())] for name, values in footprint.items()])
+    return footprint, file_bytes
+
+
+def show_throughput(cfg: Config, seed: int, generator: torch.Generator) -> list[dict[str, object]]:
+    print_section("Throughput")
+    breakdown = time_breakdown(cfg.throughput_samples, cfg.n_features, BREAKDOWN_BATCH, cfg.min_run_time, generator)
+    print_table(f"Where the time goes at batch {BREAKDOWN_BATCH}", ["step", "per sample"],
+                [[name, fmt_seconds(seconds)] for name, seconds in breakdown.items()])
+    throughput = throughput_table(cfg.throughput_samples, cfg.n_features, cfg.batch_sizes, cfg.worker_counts,
+                                  cfg.min_run_time, seed)
+    print_table(f"{cfg.throughput_samples:,} in-memory samples per epoch (median of Timer runs)",
+                ["batch", "loader", "samples/s", "vs default"],
+                [[r["batch_size"], r["loader"], fmt_timing(r["samples_per_s"], ",.0f"),
+                  fmt_timing(r["vs default"], ".1f", "×")] for r in throughput])
+    return throughput
 
 
 # %% [markdown]
 # ## Figures
 
 # %%
-def plot_analysis(synthetic, train_idx, standardize, series, window, horizon, class_counts, throughput, footprint):
+def plot_analysis(counts, stats, series, class_balance, throughput, footprint, file_bytes):
     from matplotlib.ticker import NullLocator
 
     fig, axes = new_figure(2, 3, "Datasets and DataLoaders: data, transforms, sampling, throughput and memory")
     ax_classes, ax_stats, ax_series, ax_sampler, ax_speed, ax_memory = axes.flat
 
-    counts = torch.bincount(synthetic.targets).tolist()
     bars = ax_classes.bar(range(len(counts)), counts, color="tab:blue")
     ax_classes.bar_label(bars)
     ax_classes.set(title="Synthetic data: samples per class", xlabel="class", ylabel="samples",
                    xticks=range(len(counts)))
 
-    raw = synthetic.features[train_idx].numpy()
-    standardized = standardize(synthetic.features[train_idx]).numpy()
-    features = np.arange(raw.shape[1])
-    ax_stats.errorbar(features - 0.15, raw.mean(0), yerr=raw.std(0), fmt="o", capsize=3, label="raw")
-    ax_stats.errorbar(features + 0.15, standardized.mean(0), yerr=standardized.std(0), fmt="s", capsize=3,
-                      label="standardised (train statistics)")
-    ax_stats.set(title="Feature mean ± std, before and after the transform", xlabel="feature", ylabel="value",
-                 xticks=features, ylim=(min(-3.0, float((raw.mean(0) - raw.std(0)).min()) - 1),
-                                        float((raw.mean(0) + raw.std(0)).max()) + 5))
+    raw_mean, raw_std = stats["raw mean"], stats["raw std"]
+    features = np.arange(len(raw_mean))
+    ax_stats.errorbar(features - 0.15, raw_mean, yerr=raw_std, fmt="o", capsize=3, label="raw")
+    ax_stats.errorbar(features + 0.15, stats["standardised mean"], yerr=stats["standardised std"], fmt="s",
+                      capsize=3, label="standardised (train statistics)")
+    ax_stats.set(title="Training features: mean ± std, before and after", xlabel="feature", ylabel="value",
+                 xticks=features, ylim=(min(-3.0, float((raw_mean - raw_std).min()) - 1),
+                                        float((raw_mean + raw_std).max()) + 5))
     ax_stats.legend(fontsize=8, loc="upper center", ncols=2)
 
-    t = np.arange(len(series))
-    ax_series.plot(t, series, color="grey", linewidth=1, label="series")
+    window, horizon = SERIES_WINDOW, SERIES_HORIZON
+    ax_series.plot(np.arange(len(series)), series, color="grey", linewidth=1, label="series")
     for k, (start, color) in enumerate([(20, "tab:blue"), (60, "tab:orange")]):
         ax_series.axvspan(start, start + window, color=color, alpha=0.2, label=f"window of item {start}")
         ax_series.plot(range(start + window, start + window + horizon),
@@ -551,8 +822,8 @@ def plot_analysis(synthetic, train_idx, standardize, series, window, horizon, cl
                   xlim=(0, min(len(series), 150)), ylim=(float(series.min()) - 0.2, float(series.max()) + 1.2))
     ax_series.legend(fontsize=7, loc="upper center", ncols=2)
 
-    classes = np.arange(len(class_counts["dataset"]))
-    for offset, (name, values) in zip((-0.2, 0.2), class_counts.items()):
+    classes = np.arange(len(class_balance["dataset"]))
+    for offset, (name, values) in zip((-0.2, 0.2), class_balance.items()):
         ax_sampler.bar(classes + offset, np.array(values) / sum(values), 0.4, label=name)
     ax_sampler.axhline(1 / len(classes), color="black", linestyle="--", linewidth=1, label="balanced")
     ax_sampler.set(title="Imbalanced data: class frequencies", xlabel="class", ylabel="fraction of samples",
@@ -571,46 +842,41 @@ def plot_analysis(synthetic, train_idx, standardize, series, window, horizon, cl
     ax_speed.set_ylim(min(rates) / 2, max(rates) * 30)  # headroom for the legend above the lines
     ax_speed.legend(fontsize=7, loc="upper left", ncols=2)
 
-    names = list(footprint)
-    bars = ax_memory.bar(range(len(names)), [footprint[n] / 2**20 for n in names],
-                         color=["tab:red", "tab:green", "tab:grey"])
-    ax_memory.bar_label(bars, labels=[f"{footprint[n] / 2**20:.2f} MiB" for n in names], fontsize=8)
-    ax_memory.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names])
-    ax_memory.set(title="Memory: load everything vs map the file", ylabel="peak heap (MiB, tracemalloc)")
+    approaches = list(footprint)
+    measures = list(footprint[approaches[0]])
+    width = 0.8 / len(measures)
+    for k, measure in enumerate(measures):
+        values = [footprint[a][measure] / 2**20 for a in approaches]
+        bars = ax_memory.bar(np.arange(len(approaches)) + (k - (len(measures) - 1) / 2) * width, values, width,
+                             label=measure)
+        ax_memory.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax_memory.axhline(file_bytes / 2**20, color="black", linestyle="--", linewidth=1,
+                      label=f"file size ({file_bytes / 2**20:.0f} MiB)")
+    ax_memory.set_xticks(range(len(approaches)), ["load a copy", "read every row\nthrough the map"])
+    ax_memory.set(title="Memory added while the data is in use", ylabel="MiB added",
+                  ylim=(0, file_bytes / 2**20 * 1.6))
+    ax_memory.legend(fontsize=7, loc="upper center", ncols=2)
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
     return fig
 
 
-def digit_mosaic(rows: Sequence[Sequence[torch.Tensor]], gap: int = 1) -> np.ndarray:
-    """Tile (1, 8, 8) images into one array, NaN between tiles (drawn as background)."""
-    h, w = rows[0][0].shape[-2:]
-    mosaic = np.full((len(rows) * (h + gap) - gap, len(rows[0]) * (w + gap) - gap), np.nan, dtype=np.float32)
-    for r, images in enumerate(rows):
-        for c, image in enumerate(images):
-            mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image.squeeze(0).numpy()
-    return mosaic
-
-
-def plot_digits(dataset: DigitsDataset, augmented: DigitsDataset):
+def plot_digits(labels: Sequence[int], rows: Sequence[Sequence[torch.Tensor]], counts: Sequence[int]):
     fig, axes = new_figure(1, 2, "scikit-learn digits: samples, augmentations and class counts", figsize=(15, 4.2),
                            width_ratios=[2.3, 1])
     ax_images, ax_counts = axes[0]
-    first = [int((dataset.targets == digit).nonzero()[0]) for digit in range(10)]  # one sample per class
-    rows = [[dataset[i][0] for i in first], [augmented[i][0] for i in first], [augmented[i][0] for i in first]]
     from matplotlib import colormaps
 
     cmap = colormaps["gray_r"].with_extremes(bad="#5b8fd1")  # NaN gaps between tiles show as blue lines
     ax_images.imshow(digit_mosaic(rows), cmap=cmap, vmin=0, vmax=1)
-    ax_images.set_xticks([4 + 9 * c for c in range(10)], [f"label {dataset.targets[i].item()}" for i in first],
-                         fontsize=8)
-    ax_images.set_yticks([4 + 9 * r for r in range(3)], ["original", "shift + noise", "again (new draw)"])
+    ax_images.set_xticks([4 + 9 * c for c in range(len(labels))], [f"label {label}" for label in labels], fontsize=8)
+    ax_images.set_yticks([4 + 9 * r for r in range(len(rows))],
+                         ["original", "shift + noise"] + ["again (new draw)"] * (len(rows) - 2))
     ax_images.tick_params(length=0)
     ax_images.set_title("Each image is (1, 8, 8) float32 in [0, 1]; augmentations keep shape and range")
-    counts = torch.bincount(dataset.targets).tolist()
-    ax_counts.bar(range(10), counts, color="tab:blue")
-    ax_counts.set(title=f"Samples per class ({len(dataset)} images)", xlabel="digit", ylabel="images",
-                  xticks=range(10))
+    ax_counts.bar(range(len(counts)), counts, color="tab:blue")
+    ax_counts.set(title=f"Samples per class ({sum(counts)} images)", xlabel="digit", ylabel="images",
+                  xticks=range(len(counts)))
     ax_counts.grid(True, axis="y", alpha=0.3)
     return fig
 
@@ -621,113 +887,20 @@ def plot_digits(dataset: DigitsDataset, augmented: DigitsDataset):
 # %%
 def run(ctx: LessonContext) -> None:
     cfg = ctx.config(FULL, QUICK)
-
-    print_section("Tabular data with a transform fitted on the training split")
-    raw = SyntheticDataset(cfg.n_samples, cfg.n_features, cfg.n_classes, seed=ctx.seed)
-    train_idx, val_idx = split_indices(len(raw), 0.2, ctx.generator)
-    standardize = Standardize.fit(raw.features[train_idx])
-    train = SyntheticDataset(cfg.n_samples, cfg.n_features, cfg.n_classes, seed=ctx.seed,
-                             transform=Compose(standardize, AddGaussianNoise(0.05)))
-    x0, y0 = train[train_idx[0]]
-    print(f"{len(raw)} samples, {cfg.n_features} features, {cfg.n_classes} classes; item 0: x {tuple(x0.shape)} "
-          f"{x0.dtype}, y {y0.item()} ({y0.dtype})")
-    after = standardize(raw.features[train_idx])
-    print(f"train feature means {raw.features[train_idx].mean(0).abs().max().item():.2f} (max |mean|) → "
-          f"{after.mean(0).abs().max().item():.1e} after standardising; validation rows never seen by fit()")
-
-    print_section("DataLoader basics")
-    loader = make_loader(raw, batch_size=64, generator=torch.Generator().manual_seed(ctx.seed), device=ctx.device)
-    xb, yb = next(iter(loader))
-    print(f"batch: x {tuple(xb.shape)}, y {tuple(yb.shape)}; {len(loader)} batches per epoch "
-          f"(last one {len(raw) % 64 or 64} rows); drop_last=True gives {len(raw) // 64}")
-    orders = [next(iter(make_loader(raw, 8, generator=torch.Generator().manual_seed(s))))[1].tolist()
-              for s in (ctx.seed, ctx.seed, ctx.seed + 1)]
-    print(f"first labels, seed {ctx.seed}: {orders[0]}; again: {orders[1]}; seed {ctx.seed + 1}: {orders[2]}")
-    print(f"pin_memory: {loader.pin_memory} (only when the device is CUDA: {ctx.device.type})")
-
-    digits = DigitsDataset()
-    augmented = DigitsDataset(transform=Compose(RandomShift(1), ClampedNoise(0.05)))
-    image, label = digits[0]
-    print(f"\ndigits: {len(digits)} images, item 0 is {tuple(image.shape)} {image.dtype} in "
-          f"[{image.min().item():.1f}, {image.max().item():.1f}], label {label.item()}")
-    worker_loader = make_loader(augmented, 256, num_workers=2, generator=torch.Generator().manual_seed(ctx.seed))
-    epoch_a = [b[0].sum().item() for b in worker_loader]
-    worker_loader = make_loader(augmented, 256, num_workers=2, generator=torch.Generator().manual_seed(ctx.seed))
-    epoch_b = [b[0].sum().item() for b in worker_loader]
-    del worker_loader
-    print(f"2 seeded workers, random augmentation: two runs with one seed identical: {epoch_a == epoch_b}")
-
-    print_section("Time series and text")
-    series = make_series(500, ctx.generator)
-    windows = TimeSeriesDataset(series, window=24, horizon=4)
-    wx, wy = windows[10]
-    print(f"series of {len(series)}, window 24, horizon 4 → {len(windows)} items; item 10: x {tuple(wx.shape)}, "
-          f"y {tuple(wy.shape)}")
-    text = CharTextDataset(SAMPLE_TEXT, seq_len=32)
-    tx, ty = text[0]
-    print(f"text: {len(SAMPLE_TEXT)} characters, vocabulary {len(text.vocab)}, {len(text)} items")
-    print(f"item 0  x: {text.decode(tx)!r}\n        y: {text.decode(ty)!r}")
-    sample = "café 東京 🚀"
-    print(f"decode(encode({sample!r})) == {sample!r}: {text.decode(text.encode(sample)) == sample}")
-    try:
-        text.encode("Ω")
-    except ValueError as err:
-        print(f"encode('Ω'): ValueError: {err}")
-
-    print_section("Collation of variable-length sequences")
-    variable = VariableLengthDataset(64, ctx.seed)
-    try:
-        next(iter(DataLoader(variable, batch_size=4)))
-    except RuntimeError as err:
-        print(f"default_collate: RuntimeError: {str(err).splitlines()[0]}")
-    padded, lengths, targets = next(iter(DataLoader(variable, batch_size=4, collate_fn=pad_collate)))
-    print(f"pad_collate: padded {tuple(padded.shape)}, lengths {lengths.tolist()}, targets {tuple(targets.shape)}")
-
-    print_section("Weighted sampling of an imbalanced dataset")
-    imbalanced = SyntheticDataset(cfg.n_samples, cfg.n_features, cfg.n_classes, seed=ctx.seed,
-                                  class_weights=[0.7, 0.2, 0.07, 0.03])
-    sampler = make_weighted_sampler(imbalanced.targets, generator=torch.Generator().manual_seed(ctx.seed))
-    drawn = imbalanced.targets[torch.tensor(list(sampler))]
-    class_counts = {"dataset": torch.bincount(imbalanced.targets, minlength=cfg.n_classes).tolist(),
-                    "weighted sampler": torch.bincount(drawn, minlength=cfg.n_classes).tolist()}
-    print_table("Class frequencies", ["class", "in the dataset", "drawn by the sampler"],
-                [[c, f"{class_counts['dataset'][c] / len(imbalanced):.3f}",
-                  f"{class_counts['weighted sampler'][c] / len(drawn):.3f}"] for c in range(cfg.n_classes)])
-
-    print_section("DistributedSampler without a process group")
-    shards = distributed_shards(12, num_replicas=3, epoch=0, seed=ctx.seed)
-    print(f"12 indices on 3 ranks, epoch 0: {shards}")
-    print(f"epoch 1: {distributed_shards(12, 3, epoch=1, seed=ctx.seed)}")
-    print(f"disjoint and complete: {sorted(i for s in shards for i in s) == list(range(12))}")
-
-    print_section("Memory-mapped data")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_memmap(Path(tmp) / "rows.f32", torch.randn(cfg.memmap_rows, 16, generator=ctx.generator).numpy())
-        mapped = MemmapDataset(path, 16)
-        reference = np.fromfile(path, dtype="<f4").reshape(-1, 16)
-        loaded = torch.cat(list(make_loader(mapped, 512, shuffle=False, num_workers=2)))
-        print(f"{len(mapped)} rows via 2 workers equal the in-memory array: "
-              f"{torch.equal(loaded, torch.from_numpy(reference))}")
-        footprint = memmap_footprint(path, 16)
-    print_table("Peak heap while loading vs while reading every row (tracemalloc)", ["approach", "MiB"],
-                [[name, f"{value / 2**20:.2f}"] for name, value in footprint.items()])
-
-    print_section("Throughput")
-    breakdown = time_breakdown(cfg.throughput_samples, cfg.n_features, 128, cfg.min_run_time)
-    print_table("Where the time goes at batch 128", ["step", "per sample"],
-                [[name, fmt_seconds(seconds)] for name, seconds in breakdown.items()])
-    throughput = throughput_table(cfg.throughput_samples, cfg.n_features, cfg.batch_sizes, cfg.worker_counts,
-                                  cfg.min_run_time, ctx.seed)
-    default = {r["batch_size"]: r["samples_per_s"] for r in throughput if r["loader"] == "default, 0 workers"}
-    print_table(f"{cfg.throughput_samples:,} in-memory samples per epoch (median of Timer runs)",
-                ["batch", "loader", "samples/s", "vs default"],
-                [[r["batch_size"], r["loader"], fmt_timing(r["samples_per_s"], ",.0f"),
-                  fmt_timing(r["samples_per_s"] / default[r["batch_size"]], ".1f", "×")] for r in throughput])
+    raw, stats = show_tabular(cfg, ctx.seed, ctx.generator)
+    show_loaders(raw, ctx.seed, ctx.device)
+    digit_labels, digit_rows, digit_counts = show_digits(ctx.seed)
+    series = show_series_and_text(ctx.generator)
+    show_collation(ctx.seed)
+    class_balance = show_sampling(cfg, ctx.seed)
+    footprint, file_bytes = show_memmap(cfg, ctx.generator)
+    throughput = show_throughput(cfg, ctx.seed, ctx.generator)
 
     print_section("Figures")
-    fig = plot_analysis(raw, train_idx, standardize, series.numpy(), 24, 4, class_counts, throughput, footprint)
+    fig = plot_analysis(class_counts(raw.targets, cfg.n_classes), stats, series.numpy(), class_balance, throughput,
+                        footprint, file_bytes)
     save_figure(fig, "dataset_loader_analysis.png", ctx.plots_dir)
-    save_figure(plot_digits(digits, augmented), "digits_samples.png", ctx.plots_dir)
+    save_figure(plot_digits(digit_labels, digit_rows, digit_counts), "digits_samples.png", ctx.plots_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

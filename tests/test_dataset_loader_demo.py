@@ -1,69 +1,163 @@
 """dataset_loader_demo: every Dataset against direct slicing, samplers against their definitions.
 
-The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+The quick end-to-end run of main() (figures, exact repeat with one seed) is in test_reliability.py.
 """
 
 from __future__ import annotations
 
 import math
+import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 import dataset_loader_demo as dl
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 
-def test_synthetic_dataset_items_and_transform():
+
+class WorkerDraws(Dataset):
+    """Item i: (the id of the worker that made it, a draw from torch's, NumPy's and Python's global RNG)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int):
+        info = torch.utils.data.get_worker_info()
+        return (torch.tensor(-1 if info is None else info.id), torch.rand(()), torch.tensor(np.random.rand()),
+                torch.tensor(random.random()))
+
+
+def test_labelled_tensor_dataset_items_transform_and_bad_sizes():
+    inputs, targets = torch.arange(12.0).reshape(6, 2), torch.arange(6)
+    dataset = dl.LabelledTensorDataset(inputs, targets)
+    assert len(dataset) == 6
+    for i in (0, 3, -1):
+        x, y = dataset[i]
+        torch.testing.assert_close(x, inputs[i], rtol=0, atol=0)
+        assert y.item() == targets[i].item()
+    with pytest.raises(IndexError, match="index 6 is out of range for a dataset of length 6"):
+        dataset[6]
+    doubled = dataset.with_transform(lambda x: 2 * x)
+    assert doubled.inputs.data_ptr() == inputs.data_ptr()  # shared, not copied
+    torch.testing.assert_close(doubled[4][0], 2 * inputs[4], rtol=0, atol=0)
+    torch.testing.assert_close(dataset[4][0], inputs[4], rtol=0, atol=0)  # the original keeps no transform
+    with pytest.raises(ValueError, match="inputs has 6 rows but targets has 5"):
+        dl.LabelledTensorDataset(inputs, targets[:5])
+
+
+def test_synthetic_dataset_items_and_split():
     raw = dl.SyntheticDataset(120, 5, 3, seed=1)
     assert len(raw) == 120
     x, y = raw[7]
     assert x.shape == (5,) and x.dtype == torch.float32 and y.dtype == torch.int64
-    torch.testing.assert_close(x, raw.features[7], rtol=0, atol=0)
     assert set(raw.targets.tolist()) == {0, 1, 2}
     train_idx, val_idx = dl.split_indices(120, 0.25, torch.Generator().manual_seed(0))
     assert sorted(train_idx + val_idx) == list(range(120)) and len(val_idx) == 30
-    standardize = dl.Standardize.fit(raw.features[train_idx])
-    scaled = dl.SyntheticDataset(120, 5, 3, seed=1, transform=standardize)
-    train_rows = torch.stack([scaled[i][0] for i in train_idx])
-    torch.testing.assert_close(train_rows.mean(0), torch.zeros(5), rtol=0, atol=1e-5)
-    torch.testing.assert_close(train_rows.std(0), torch.ones(5), rtol=1e-5, atol=1e-5)
-    assert raw[-1][1] == raw[119][1]
-    with pytest.raises(IndexError, match="index 120"):
-        raw[120]
+    assert len(dl.split_indices(10, 0.25)[1]) == round(10 * 0.25)
+    assert dl.split_indices(50, 0.2, torch.Generator().manual_seed(0)) != dl.split_indices(
+        50, 0.2, torch.Generator().manual_seed(1))
 
 
 def test_synthetic_dataset_respects_class_weights_and_rejects_bad_sizes():
-    imbalanced = dl.SyntheticDataset(1000, 4, 2, seed=0, class_weights=[0.9, 0.1])
+    imbalanced = dl.SyntheticDataset(1000, 4, 2, seed=0, class_weights=(0.9, 0.1))
     assert abs((imbalanced.targets == 1).float().mean().item() - 0.1) < 0.03
     with pytest.raises(ValueError, match="n_classes=1"):
         dl.SyntheticDataset(10, 4, 1)
 
 
+def test_standardize_uses_the_training_rows_only():
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 3, generator=gen) * torch.tensor([1.0, 2.0, 3.0]) + 4
+    features[40:] += 100  # validation rows far off: statistics over all rows would differ a lot
+    train_idx = list(range(40))
+    standardize = dl.Standardize.fit(features[train_idx])
+    train = features[:40].double().numpy()
+    stats = dl.standardisation_stats(features, train_idx, standardize)
+    np.testing.assert_allclose(stats["raw mean"], train.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["raw std"], train.std(0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(stats["standardised mean"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(stats["standardised std"], 1.0, rtol=1e-6)
+    assert stats["raw max |mean|"] == pytest.approx(np.abs(train.mean(0)).max(), rel=1e-6)
+    assert stats["standardised max |mean|"] < 1e-6
+    scaled = standardize(features[45]).double().numpy()
+    np.testing.assert_allclose(scaled, (features[45].double().numpy() - train.mean(0)) / train.std(0, ddof=1),
+                               rtol=1e-5)
+
+
+def test_standardisation_stats_report_the_largest_absolute_mean():
+    features = torch.tensor([[-6.0, 1.0], [-4.0, 3.0], [-5.0, 2.0]])  # column means -5 and 2
+    identity = dl.Standardize(torch.zeros(2), torch.ones(2))
+    stats = dl.standardisation_stats(features, [0, 1, 2], identity)
+    assert stats["raw max |mean|"] == stats["standardised max |mean|"] == pytest.approx(5.0, rel=1e-12)
+
+
+def test_show_tabular_fits_on_the_training_split(capsys):
+    _, stats = dl.show_tabular(dl.QUICK, 0, torch.Generator().manual_seed(0))
+    assert stats["standardised max |mean|"] < 1e-6  # fitted on all rows, the train means would be ~1e-2
+    np.testing.assert_allclose(stats["standardised std"], 1.0, rtol=1e-5)
+    assert f"the {round(dl.QUICK.n_samples * dl.VAL_FRACTION)} validation rows" in capsys.readouterr().out
+
+
+def test_gaussian_noise_has_the_stated_std_and_optional_clamp():
+    torch.manual_seed(0)
+    x = torch.full((200_000,), 0.5)
+    noise = dl.AddGaussianNoise(0.2)(x) - x
+    # standard error of a std estimate from n samples: std / sqrt(2n) ≈ 3e-4; allow 5 of them
+    assert noise.std().item() == pytest.approx(0.2, abs=5 * 0.2 / math.sqrt(4e5))
+    assert abs(noise.mean().item()) < 5 * 0.2 / math.sqrt(2e5)
+    clamped = dl.AddGaussianNoise(0.5, clamp=(0.0, 1.0))(x)
+    assert clamped.min().item() == 0.0 and clamped.max().item() == 1.0  # 0.5 ± 0.5 is crossed often
+    # P(0.5 + 0.5 Z < 0) = Φ(-1) ≈ 0.1587: that share lands exactly on the lower bound
+    assert (clamped == 0).double().mean().item() == pytest.approx(0.1587, abs=0.005)
+    torch.manual_seed(1)
+    clamped = dl.AddGaussianNoise(0.5, clamp=(0.0, 1.0))(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(clamped, dl.AddGaussianNoise(0.5)(x).clamp(0.0, 1.0), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="std=-1"):
+        dl.AddGaussianNoise(-1)
+    with pytest.raises(ValueError, match=r"clamp=\(1.0, 0.0\)"):
+        dl.AddGaussianNoise(0.1, clamp=(1.0, 0.0))
+
+
 def test_digits_dataset_items_and_augmentations_keep_shape_and_range():
+    from sklearn.datasets import load_digits
+
     digits = dl.DigitsDataset()
+    reference = load_digits()
     assert len(digits) == 1797
     image, label = digits[0]
     assert image.shape == (1, 8, 8) and image.dtype == torch.float32 and label.dtype == torch.int64
-    assert 0.0 <= image.min().item() and image.max().item() <= 1.0
-    from sklearn.datasets import load_digits
-    np.testing.assert_allclose(digits[5][0].squeeze(0).numpy(), load_digits().images[5] / 16.0, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(digits[5][0].squeeze(0).numpy(), reference.images[5] / 16.0, rtol=0, atol=1e-7)
+    assert dl.class_counts(digits.targets, 10) == np.bincount(reference.target, minlength=10).tolist()
     torch.manual_seed(0)
-    augmented = dl.DigitsDataset(transform=dl.Compose(dl.RandomShift(1), dl.ClampedNoise(0.1)))
+    augmented = digits.with_transform(dl.digits_augmentation())
+    changed = 0
     for i in range(50):
         img, _ = augmented[i]
         assert img.shape == (1, 8, 8) and 0.0 <= img.min().item() and img.max().item() <= 1.0
+        changed += not torch.equal(img, digits[i][0])
+    assert changed == 50
+    labels, rows = dl.digit_examples(digits, augmented, draws=2)
+    assert labels == list(range(10)) and len(rows) == 3
+    assert all(torch.equal(image, digits.inputs[reference.target.tolist().index(d)]) for d, image in enumerate(rows[0]))
+    assert not torch.equal(rows[1][0], rows[2][0])  # two draws of the augmentation differ
 
 
 def test_random_shift_moves_pixels_by_at_most_the_shift():
     image = torch.zeros(1, 8, 8)
     image[0, 4, 4] = 1.0
     torch.manual_seed(0)
-    for _ in range(30):
-        (rows, cols) = dl.RandomShift(1)(image)[0].nonzero()[0].tolist()
-        assert abs(rows - 4) <= 1 and abs(cols - 4) <= 1
+    moves = set()
+    for _ in range(60):
+        (row, col) = dl.RandomShift(1)(image)[0].nonzero()[0].tolist()
+        moves.add((row - 4, col - 4))
+    assert moves == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
 
 
 def test_time_series_windows_match_sliding_window_view():
@@ -71,6 +165,7 @@ def test_time_series_windows_match_sliding_window_view():
     dataset = dl.TimeSeriesDataset(series, window=5, horizon=3)
     assert len(dataset) == 30 - 5 - 3 + 1
     windows = sliding_window_view(series, 5 + 3)  # (items, window + horizon)
+    assert len(windows) == len(dataset)
     for i in range(len(dataset)):
         x, y = dataset[i]
         np.testing.assert_array_equal(x.numpy(), windows[i, :5])
@@ -92,13 +187,13 @@ def test_char_dataset_round_trips_and_shifts_targets():
     text = dl.SAMPLE_TEXT
     dataset = dl.CharTextDataset(text, seq_len=10)
     assert len(dataset) == len(text) - 10
+    assert len(dataset.vocab) == len(set(text))
     assert dataset.decode(dataset.encode(text)) == text
     assert dataset.decode(dataset.encode("東京 🚀 café")) == "東京 🚀 café"
     for i in (0, 17, len(dataset) - 1):
         x, y = dataset[i]
         assert dataset.decode(x) == text[i:i + 10]
         assert dataset.decode(y) == text[i + 1:i + 11]
-        torch.testing.assert_close(x[1:], y[:-1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="'Ω'"):
         dataset.encode("Ω")
     with pytest.raises(ValueError, match="seq_len"):
@@ -108,12 +203,12 @@ def test_char_dataset_round_trips_and_shifts_targets():
 def test_memmap_dataset_equals_the_array_with_and_without_workers(tmp_path):
     array = np.random.default_rng(0).standard_normal((257, 6)).astype(np.float32)
     path = dl.write_memmap(tmp_path / "rows.f32", array)
+    assert path.stat().st_size == array.nbytes
     dataset = dl.MemmapDataset(path, 6)
     assert len(dataset) == 257
     np.testing.assert_array_equal(dataset[100].numpy(), array[100])
     for workers in (0, 2):
-        loaded = torch.cat(list(dl.make_loader(dataset, 64, shuffle=False, num_workers=workers)))
-        np.testing.assert_array_equal(loaded.numpy(), array)
+        np.testing.assert_array_equal(dl.loaded_through_workers(dataset, 64, workers).numpy(), array)
 
 
 def test_memmap_rejects_a_partial_row(tmp_path):
@@ -123,28 +218,82 @@ def test_memmap_rejects_a_partial_row(tmp_path):
         dl.MemmapDataset(path, 6)
 
 
-def test_memmap_footprint_is_smaller_than_loading(tmp_path):
-    path = dl.write_memmap(tmp_path / "rows.f32", np.zeros((5000, 8), dtype=np.float32))
-    footprint = dl.memmap_footprint(path, 8)
-    assert footprint["file on disk"] == 5000 * 8 * 4
-    assert footprint["in-memory array"] >= footprint["file on disk"]
-    assert footprint["memory-mapped dataset"] < footprint["file on disk"] / 10
+def _proc_status_kib(*keys: str) -> dict[str, int] | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = dict(re.findall(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE))
+    return {key: int(found[key]) for key in keys} if all(key in found for key in keys) else None
 
 
-def test_pad_collate_shapes_lengths_and_values():
+def test_resident_memory_reads_proc_status_in_bytes():
+    fields = _proc_status_kib("VmRSS", "RssAnon", "RssFile", "RssShmem")
+    if fields is None:
+        pytest.skip("/proc/self/status has no RssAnon/RssFile here")
+    resident = dl.resident_memory()
+    vm_rss = fields["VmRSS"] * 1024  # VmRSS = RssAnon + RssFile + RssShmem
+    assert set(resident) == {"anonymous", "file-backed"}
+    assert abs(resident["anonymous"] + resident["file-backed"] - vm_rss) < 4 * 2**20
+    assert abs(resident["anonymous"] - fields["RssAnon"] * 1024) < 4 * 2**20
+
+
+def test_memmap_footprint_resident_memory_vs_heap(tmp_path):
+    rows, features = 36 * 2**20 // (4 * 4096), 4096  # 36 MiB: above glibc's 32 MiB mmap threshold
+    path = dl.write_memmap(tmp_path / "rows.f32", np.ones((rows, features), dtype=np.float32))
+    size = path.stat().st_size
+    footprint = dl.memmap_footprint(path, features)
+    copy, mapped = footprint["in-memory copy"], footprint["memory map"]
+    assert size <= copy["tracemalloc peak"] < 1.05 * size  # tracemalloc sees the copy...
+    assert mapped["tracemalloc peak"] < size / 100  # ...but not the mapped pages
+    if _proc_status_kib("RssAnon", "RssFile") is None:
+        pytest.skip("/proc/self/status has no RssAnon/RssFile here")
+    # Generous bounds for other allocations; 0.98 fails if only part of each row is read (the kernel maps the
+    # neighbours of a touched page, so touching one value per 16 KiB row already makes ~94% resident).
+    assert 0.98 * size < copy["RSS anonymous"] < 1.05 * size
+    assert abs(copy["RSS file-backed"]) < 0.02 * size
+    assert 0.98 * size < mapped["RSS file-backed"] < 1.05 * size  # every row read: the whole file is resident
+    assert abs(mapped["RSS anonymous"]) < 0.02 * size
+
+
+def test_a_mapped_file_on_tmpfs_counts_as_file_backed():
+    shm = Path("/dev/shm")
+    if _proc_status_kib("RssAnon", "RssFile", "RssShmem") is None or not shm.is_dir():
+        pytest.skip("needs /proc/self/status with RssShmem and a tmpfs at /dev/shm")
+    path = shm / f"dataset_loader_test_{id(shm)}.f32"
+    try:
+        dl.write_memmap(path, np.ones((512, 4096), dtype=np.float32))  # 8 MiB
+        footprint = dl.memmap_footprint(path, 4096)
+    finally:
+        path.unlink(missing_ok=True)
+    assert 0.98 * 8 * 2**20 < footprint["memory map"]["RSS file-backed"] < 1.05 * 8 * 2**20  # as RssShmem
+
+
+def test_pad_collate_matches_hand_padding_and_default_collate_fails():
     batch = [(torch.tensor([1.0, 2.0]), torch.tensor(0)), (torch.tensor([3.0, 4.0, 5.0, 6.0]), torch.tensor(1)),
              (torch.tensor([7.0]), torch.tensor(2))]
     padded, lengths, targets = dl.pad_collate(batch)
-    assert padded.shape == (3, 4)
     assert lengths.tolist() == [2, 4, 1] and targets.tolist() == [0, 1, 2]
     torch.testing.assert_close(padded, torch.tensor([[1.0, 2, 0, 0], [3, 4, 5, 6], [7, 0, 0, 0]]), rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
-        default_collate(batch)
-    dataset = dl.VariableLengthDataset(20)
+    with pytest.raises(ValueError, match="empty batch"):
+        dl.pad_collate([])
+    dataset = dl.VariableLengthDataset(20, seed=3)
+    items = [dataset[i] for i in range(5)]
     padded, lengths, targets = next(iter(DataLoader(dataset, batch_size=5, collate_fn=dl.pad_collate)))
-    for row, length, target in zip(padded, lengths, targets):
-        torch.testing.assert_close(row[:length].sum(), target, rtol=1e-6, atol=1e-6)
-        assert torch.all(row[length:] == 0)
+    expected = torch.zeros(5, max(len(s) for s, _ in items))
+    for row, (sequence, _) in enumerate(items):
+        expected[row, :len(sequence)] = sequence
+    torch.testing.assert_close(padded, expected, rtol=0, atol=0)
+    assert lengths.tolist() == [len(s) for s, _ in items]
+    torch.testing.assert_close(targets, torch.stack([s.sum() for s, _ in items]), rtol=0, atol=0)
+    assert {len(s) for s in dl.VariableLengthDataset(300).sequences} == set(range(3, 13))  # lengths 3..12
+    assert dl.default_collate_error(dataset, 5).startswith("stack expects each tensor to be equal size")
+    assert dl.default_collate_error(dl.LabelledTensorDataset(torch.zeros(4, 2), torch.zeros(4)), 2) == ""
+
+
+def test_class_counts_match_numpy_bincount():
+    targets = torch.tensor([2, 0, 2, 2, 1, 0, 2])
+    assert dl.class_counts(targets, 4) == np.bincount(targets.numpy(), minlength=4).tolist() == [2, 1, 4, 0]
 
 
 def test_weighted_sampler_balances_classes():
@@ -159,42 +308,82 @@ def test_weighted_sampler_balances_classes():
         dl.make_weighted_sampler(torch.tensor([0.5, 1.5]))
 
 
-@pytest.mark.parametrize(("n", "replicas"), [(12, 3), (40, 4), (9, 1)])
-def test_distributed_shards_are_disjoint_and_cover_everything(n, replicas):
+def test_weighted_class_counts_against_bincount_and_the_balanced_expectation():
+    targets = torch.tensor([0] * 1400 + [1] * 400 + [2] * 140 + [3] * 60)
+    counts = dl.weighted_class_counts(targets, 4, seed=0)
+    assert counts["dataset"] == np.bincount(targets.numpy()).tolist()
+    n = len(targets)
+    assert sum(counts["weighted sampler"]) == n  # one epoch: as many draws as samples
+    tolerance = 5 * math.sqrt(0.25 * 0.75 * n)  # binomial(n, 1/4) counts, 5 standard deviations
+    assert all(abs(c - n / 4) < tolerance for c in counts["weighted sampler"])
+    assert dl.weighted_class_counts(targets, 4, seed=0) == counts
+    assert dl.weighted_class_counts(targets, 4, seed=1) != counts
+
+
+@pytest.mark.parametrize(("n", "replicas"), [(12, 3), (40, 4), (10, 3), (9, 1)])
+def test_distributed_shards_follow_the_documented_algorithm(n, replicas):
+    per_rank = math.ceil(n / replicas)
     for epoch in (0, 1):
         shards = dl.distributed_shards(n, replicas, epoch=epoch, seed=3)
-        assert len(shards) == replicas and all(len(s) == n // replicas for s in shards)
-        assert sorted(i for s in shards for i in s) == list(range(n))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(3 + epoch)).tolist()
+        order += order[:per_rank * replicas - n]  # an uneven split repeats the first indices
+        assert shards == [order[rank::replicas] for rank in range(replicas)]
+        assert sorted(set(i for s in shards for i in s)) == list(range(n))
     if replicas > 1:
         assert dl.distributed_shards(n, replicas, epoch=0) != dl.distributed_shards(n, replicas, epoch=1)
 
 
-def test_seeded_loaders_repeat_and_different_seeds_differ():
-    dataset = dl.SyntheticDataset(200, 4, 2, seed=0)
+@pytest.mark.parametrize(("n", "batch_size"), [(100, 32), (96, 32), (5, 8)])
+def test_batching_facts_match_the_arithmetic(n, batch_size):
+    dataset = dl.LabelledTensorDataset(torch.zeros(n, 3), torch.arange(n))
+    facts = dl.batching_facts(dataset, batch_size, seed=0)
+    assert facts["x shape"] == (min(batch_size, n), 3) and facts["y shape"] == (min(batch_size, n),)
+    assert facts["batches"] == math.ceil(n / batch_size)
+    assert facts["last batch"] == n - (math.ceil(n / batch_size) - 1) * batch_size
+    assert facts["batches with drop_last"] == n // batch_size
 
-    def order(seed: int) -> list[int]:
-        loader = dl.make_loader(dataset, 16, generator=torch.Generator().manual_seed(seed))
-        return torch.cat([y for _, y in loader]).tolist() + [float(x.sum()) for x, _ in loader]
 
-    assert order(5) == order(5)
-    assert order(5) != order(6)
+def test_shuffled_orders_differ_across_epochs_and_repeat_with_the_seed():
+    n = 40
+    dataset = dl.LabelledTensorDataset(torch.zeros(n, 1), torch.arange(n))  # label = index
+    orders = dl.first_batch_labels(dataset, n, seed=5, epochs=3)  # one batch = the whole epoch's order
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    assert dl.first_batch_labels(dataset, n, seed=5, epochs=3) == orders
+    assert dl.first_batch_labels(dataset, n, seed=6, epochs=3)[0] != orders[0]
+
+
+def _worker_draws(seed: int) -> dict[int, torch.Tensor]:
+    loader = dl.make_loader(WorkerDraws(), 2, shuffle=False, num_workers=2,
+                            generator=torch.Generator().manual_seed(seed))
+    batches = [torch.stack(batch, dim=1) for batch in loader]  # (2, 4): worker id, torch, NumPy, random
+    del loader
+    draws = torch.cat(batches)
+    return {worker: draws[draws[:, 0] == worker, 1:] for worker in (0, 1)}
+
+
+def test_worker_rng_streams_differ_across_workers_and_repeat_across_runs():
+    first, again, other = _worker_draws(7), _worker_draws(7), _worker_draws(8)
+    for column in range(3):  # torch, NumPy and Python's random: each seeded per worker by DataLoader
+        assert not torch.equal(first[0][:, column], first[1][:, column])
+        assert not torch.equal(first[0][:, column], other[0][:, column])
+    for worker in (0, 1):
+        torch.testing.assert_close(first[worker], again[worker], rtol=0, atol=0)
 
 
 def test_seeded_workers_repeat_random_augmentation():
-    noisy = dl.SyntheticDataset(64, 4, 2, transform=dl.AddGaussianNoise(1.0))
-
-    def epoch(seed: int) -> torch.Tensor:
-        loader = dl.make_loader(noisy, 16, num_workers=2, generator=torch.Generator().manual_seed(seed))
-        return torch.cat([x for x, _ in loader])
-
-    torch.testing.assert_close(epoch(1), epoch(1), rtol=0, atol=0)
-    assert not torch.equal(epoch(1), epoch(2))
+    noisy = dl.LabelledTensorDataset(torch.zeros(64, 4), torch.zeros(64), dl.AddGaussianNoise(1.0))
+    first = dl.augmented_epoch_checksums(noisy, 16, 2, seed=1)
+    assert len(first) == 4
+    assert dl.augmented_epoch_checksums(noisy, 16, 2, seed=1) == first
+    assert dl.augmented_epoch_checksums(noisy, 16, 2, seed=2) != first
 
 
 def test_pin_memory_only_for_cuda():
-    dataset = dl.SyntheticDataset(20, 4, 2)
+    dataset = dl.LabelledTensorDataset(torch.zeros(20, 4), torch.zeros(20))
     assert dl.make_loader(dataset, 4, device=torch.device("cpu")).pin_memory is False
     assert dl.make_loader(dataset, 4, device=torch.device("cuda")).pin_memory is True
+    assert dl.make_loader(dataset, 4, num_workers=2).timeout == dl.LOADER_TIMEOUT_S
 
 
 @pytest.mark.parametrize(("n", "batch_size"), [(100, 32), (96, 32), (5, 8)])
@@ -203,21 +392,90 @@ def test_fast_path_covers_every_sample_once_per_epoch(n, batch_size):
     y = torch.arange(n)
     loader = dl.fast_batch_loader(X, y, batch_size, generator=torch.Generator().manual_seed(0))
     assert len(loader) == math.ceil(n / batch_size)
-    for _ in range(2):  # two epochs, two different orders, each complete
-        seen = torch.cat([yb for _, yb in loader])
-        assert sorted(seen.tolist()) == list(range(n))
-        assert all(torch.equal(xb.squeeze(1), yb.float()) for xb, yb in loader)
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader) and all(len(yb) <= batch_size for _, yb in batches)
+        assert all(torch.equal(xb.squeeze(1), yb.float()) for xb, yb in batches)
+        epochs.append(torch.cat([yb for _, yb in batches]).tolist())
+        assert sorted(epochs[-1]) == list(range(n))
+    if n > 5:
+        assert epochs[0] != epochs[1] and epochs[0] != list(range(n))  # shuffled, differently each epoch
+    ordered = dl.fast_batch_loader(X, y, batch_size, shuffle=False)
+    assert torch.cat([yb for _, yb in ordered]).tolist() == list(range(n))
 
 
 def test_batch_sampler_loader_covers_every_sample():
     X = torch.arange(50, dtype=torch.float32).unsqueeze(1)
     loader = dl.batch_sampler_loader(torch.utils.data.TensorDataset(X, torch.arange(50)), 16)
+    assert [len(y) for _, y in loader] == [16, 16, 16, 2]
     assert sorted(torch.cat([y for _, y in loader]).tolist()) == list(range(50))
 
 
-def test_throughput_numbers_are_positive_and_finite():
-    rows = dl.throughput_table(256, 4, [32], [0], min_run_time=0.005)
-    assert [r["loader"] for r in rows] == ["default, 0 workers", "BatchSampler, batch_size=None",
-                                           "fast path (X[idx])"]
-    assert all(math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0 for r in rows)
-    assert all(v > 0 for v in dl.time_breakdown(256, 4, 32, min_run_time=0.005).values())
+def _fake_median(*medians: float):
+    """A stand-in for time_median that runs fn once and reports the given medians in turn (the last repeats)."""
+    remaining = list(medians)
+
+    def fake(fn, device="cpu", min_run_time=0.2) -> float:
+        fn()
+        return remaining.pop(0) if len(remaining) > 1 else remaining[0]
+
+    return fake
+
+
+def test_loader_throughput_is_per_sample(monkeypatch):
+    monkeypatch.setattr(dl, "time_median", _fake_median(0.01))
+    loader = dl.fast_batch_loader(torch.zeros(100, 2), torch.zeros(100), 32)  # 4 batches
+    assert dl.loader_throughput(loader) == pytest.approx(100 / 0.01, rel=1e-12)  # per batch would be 400
+
+
+def test_time_breakdown_divides_each_median_by_the_batch_size(monkeypatch):
+    monkeypatch.setattr(dl, "time_median", _fake_median(2e-3))
+    breakdown = dl.time_breakdown(256, 4, 32, min_run_time=0.01)
+    assert list(breakdown) == ["__getitem__ per sample", "default_collate per sample", "X[idx], y[idx] per sample"]
+    assert all(seconds == pytest.approx(2e-3 / 32, rel=1e-12) for seconds in breakdown.values())
+
+
+def test_throughput_table_rates_and_speedups_from_known_timings(monkeypatch):
+    # per batch size, in the table's order: default, BatchSampler, fast path
+    monkeypatch.setattr(dl, "time_median", _fake_median(0.04, 0.01, 0.001, 0.02, 0.004, 0.0005))
+    rows = dl.throughput_table(256, 4, [32, 128], [0], min_run_time=0.01)
+    assert [(r["batch_size"], r["loader"]) for r in rows] == [
+        (b, name) for b in (32, 128) for name in ("default, 0 workers", "BatchSampler, batch_size=None",
+                                                  "fast path (X[idx])")]
+    expected_rates = [256 / t for t in (0.04, 0.01, 0.001, 0.02, 0.004, 0.0005)]
+    assert [r["samples_per_s"] for r in rows] == pytest.approx(expected_rates, rel=1e-12)
+    assert [r["vs default"] for r in rows] == pytest.approx([1, 4, 40, 1, 5, 40], rel=1e-12)
+
+
+def test_two_seeds_print_different_output(capsys, tmp_path, fake_timings):
+    outputs = []
+    for seed in (1, 2):
+        assert dl.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0
+        outputs.append(capsys.readouterr().out.split("--- Throughput")[0])
+    assert outputs[0].replace("seed: 1", "seed: 2") != outputs[1]
+
+
+def _readme_lesson_block() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Lesson 5:")[1].split("\n## ")[0]
+    return section.split("Results from a full run (seed 0")[1].split("```")[1]
+
+
+def _normalized(line: str) -> str:
+    return re.sub(r"\s+", " ", line).strip()
+
+
+def test_readme_numbers_match_the_full_run(capsys):
+    """Every line of the README's result block is printed by the sections of a full run with seed 0."""
+    sampling, memory = _readme_lesson_block().split("MiB added while")
+    dl.show_sampling(dl.FULL, seed=0)
+    expected = [line for line in sampling.splitlines() if line.strip()]
+    if _proc_status_kib("RssAnon", "RssFile") is not None:  # the memory table was measured on Linux
+        dl.show_memmap(dl.FULL, torch.Generator().manual_seed(0))
+        expected += ["MiB added while" + line for line in memory.splitlines()[:1]]
+        expected += [line for line in memory.splitlines()[1:] if line.strip()]
+    printed = {_normalized(line) for line in capsys.readouterr().out.splitlines()}
+    assert len(expected) >= 8
+    for line in expected:
+        assert _normalized(line) in printed, line
