@@ -462,7 +462,8 @@ def make_spd_matrix(
     if n < 1:
         raise ValueError(f"n={n} must be at least 1")
     m = torch.randn(n, n, generator=generator, dtype=dtype)
-    return m @ m.mT / n + torch.eye(n, dtype=dtype)
+    gram = m @ m.mT / n  # symmetric only up to round-off: BLAS may sum (i, j) and (j, i) in different orders
+    return (gram + gram.mT) / 2 + torch.eye(n, dtype=dtype)
 
 
 def linalg_report(A: torch.Tensor) -> dict[str, float]:
@@ -713,60 +714,91 @@ def plot_matmul_benchmark(rows: list[dict[str, object]]):
 # %% [markdown]
 # ## Putting it together
 #
-# `run` only wires: each section's function returns data, and the helpers below print it.
+# `run` only wires: each section's function returns data, and the helpers after it print it.
 
 # %%
 def run(ctx: LessonContext) -> None:
     cfg = ctx.config(FULL, QUICK)
-    print_table("Creating tensors (random ones drawn from the seeded CPU generator)",
-                ["constructor", "shape", "dtype", "device", "values (first 4)"],
-                [[name, str(tuple(t.shape)), _dtype_name(t.dtype), t.device.type, _fmt(t.flatten()[:4])]
-                 for name, t in creation_examples(ctx.device, ctx.generator).items()])
+    _print_creation(creation_examples(ctx.device, ctx.generator))
     A = make_spd_matrix(LINALG_SIZE, ctx.generator)  # drawn before the draws whose size depends on --quick
     _print_pairs("Reshaping, indexing and combining", manipulation_examples())
     _print_pairs("Memory sharing (write to one side, read the other)", memory_sharing_facts())
     _print_pairs("Broadcasting: broadcast_shape by hand, then torch.broadcast_shapes",
                  {f"{row['shapes']}{by}": row[key] for row in broadcast_examples()
                   for by, key in (("", "by hand"), ("  (torch)", "torch"))})
-    print_table(f"Reductions on x = torch.tensor({REDUCTION_INPUT}), a = x.numpy()", ["torch", "NumPy", "result"],
-                [[expr, REDUCTIONS[expr], _fmt(value)] for expr, value in reduction_examples().items()])
-    print_table(f"Python numbers from t = torch.tensor({PYTHON_NUMBER_INPUT}), a = t.numpy()",
-                ["torch", "value", "type", "NumPy"],
-                [[expr, _fmt(value) if isinstance(value, Exception) else repr(value), type(value).__name__,
-                  PYTHON_NUMBERS[expr]]
-                 for expr, value in python_number_examples().items()])
-    print_table("In-place updates bump the version counter (NumPy has none)",
-                ["torch", "NumPy", "t afterwards", "t._version"],
-                [[r["torch"], r["numpy"], _fmt(r["values"]), r["t._version"]] for r in inplace_version_steps()])
+    _print_reductions(reduction_examples())
+    _print_python_numbers(python_number_examples())
+    _print_inplace_steps(inplace_version_steps())
     _print_pairs("In-place writes and autograd", inplace_autograd_errors())
-
-    dtypes = dtype_report(cfg.dtype_elements, ctx.generator)
-    print_table(f"Dtypes: {cfg.dtype_elements:,} elements of randn, converted from float32",
-                ["dtype", "bytes/elem", "total bytes", "max rel. round-trip error*", "eps", "max"],
-                [[r["dtype"], r["element_size"], r["nbytes"], _sci(r["max_rel_roundtrip_error"]), _sci(r["eps"]),
-                  f"{r['max']:.3g}"] for r in dtypes])
-    print("* over values in the dtype's normal range; rounding to nearest keeps it below eps/2")
-    print_table("Type promotion", ["operands", "torch", "torch.result_type", "NumPy"],
-                [[r["operands"], r["torch"], r["torch.result_type"], r["NumPy"]] for r in type_promotion_examples()])
-
-    print_table(f"torch.linalg on a {LINALG_SIZE}×{LINALG_SIZE} SPD matrix A, condition number "
-                f"{condition_number(A):.3g}: relative errors", ["check", *map(_dtype_name, LINALG_DTYPES)],
-                [[check, *map(_sci, errors.values())] for check, errors in linalg_errors_by_dtype(A).items()])
-    determinants = determinant_table(A)
-    print_table("Determinants overflow, log-determinants do not", list(determinants[0]),
-                [[row["matrix"], *map(_fmt, list(row.values())[1:])] for row in determinants])
-
+    _print_dtypes(dtype_report(cfg.dtype_elements, ctx.generator))
+    _print_type_promotion(type_promotion_examples())
+    _print_linalg(condition_number(A), linalg_errors_by_dtype(A), determinant_table(A))
     devices = ["cpu"] + ([ctx.device] if ctx.device.type != "cpu" else [])
     rows = benchmark_matmul(cfg.matmul_sizes, devices, cfg.min_run_time, ctx.seed)
-    print_table(f"Matmul benchmark (float32, median of Timer runs, {torch.get_num_threads()} threads)",
-                ["size", "backend", "median", "GFLOP/s", "vs NumPy"],
-                [[f"{r['size']}×{r['size']}", r["backend"], fmt_seconds(r["seconds"]), fmt_timing(r["gflops"], ".1f"),
-                  fmt_timing(r["speedup_vs_numpy"], ".2f", "×")] for r in rows])
-
+    _print_benchmark(rows)
     print_section("Figures")
     save_figure(plot_tensor_operations(tensor_operations_data(ctx.generator)), "tensor_operations_visualization.png",
                 ctx.plots_dir)
     save_figure(plot_matmul_benchmark(rows), "matmul_benchmark.png", ctx.plots_dir)
+
+
+# %% [markdown]
+# ## Printing
+#
+# Each helper formats one section's data as a table or a list; none computes anything.
+
+# %%
+def _print_creation(examples: dict[str, torch.Tensor]) -> None:
+    print_table("Creating tensors (random ones drawn from the seeded CPU generator)",
+                ["constructor", "shape", "dtype", "device", "values (first 4)"],
+                [[name, str(tuple(t.shape)), _dtype_name(t.dtype), t.device.type, _fmt(t.flatten()[:4])]
+                 for name, t in examples.items()])
+
+
+def _print_reductions(results: dict[str, torch.Tensor]) -> None:
+    print_table(f"Reductions on x = torch.tensor({REDUCTION_INPUT}), a = x.numpy()", ["torch", "NumPy", "result"],
+                [[expr, REDUCTIONS[expr], _fmt(value)] for expr, value in results.items()])
+
+
+def _print_python_numbers(results: dict[str, object]) -> None:
+    print_table(f"Python numbers from t = torch.tensor({PYTHON_NUMBER_INPUT}), a = t.numpy()",
+                ["torch", "value", "type", "NumPy"],
+                [[expr, _fmt(value) if isinstance(value, Exception) else repr(value), type(value).__name__,
+                  PYTHON_NUMBERS[expr]] for expr, value in results.items()])
+
+
+def _print_inplace_steps(rows: list[dict[str, object]]) -> None:
+    print_table("In-place updates bump the version counter (NumPy has none)",
+                ["torch", "NumPy", "t afterwards", "t._version"],
+                [[r["torch"], r["numpy"], _fmt(r["values"]), r["t._version"]] for r in rows])
+
+
+def _print_dtypes(rows: list[dict[str, object]]) -> None:
+    print_table(f"Dtypes: {rows[0]['nbytes'] // rows[0]['element_size']:,} elements of randn, converted from float32",
+                ["dtype", "bytes/elem", "total bytes", "max rel. round-trip error*", "eps", "max"],
+                [[r["dtype"], r["element_size"], r["nbytes"], _sci(r["max_rel_roundtrip_error"]), _sci(r["eps"]),
+                  f"{r['max']:.3g}"] for r in rows])
+    print("* over values in the dtype's normal range; rounding to nearest keeps it below eps/2")
+
+
+def _print_type_promotion(rows: list[dict[str, object]]) -> None:
+    print_table("Type promotion", ["operands", "torch", "torch.result_type", "NumPy"],
+                [[r["operands"], r["torch"], r["torch.result_type"], r["NumPy"]] for r in rows])
+
+
+def _print_linalg(condition: float, errors: dict[str, dict[str, float]], determinants: list[dict[str, object]]) -> None:
+    print_table(f"torch.linalg on a {LINALG_SIZE}×{LINALG_SIZE} SPD matrix A, condition number {condition:.3g}: "
+                "relative errors", ["check", *map(_dtype_name, LINALG_DTYPES)],
+                [[check, *map(_sci, by_dtype.values())] for check, by_dtype in errors.items()])
+    print_table("Determinants overflow, log-determinants do not", list(determinants[0]),
+                [[row["matrix"], *map(_fmt, list(row.values())[1:])] for row in determinants])
+
+
+def _print_benchmark(rows: list[dict[str, object]]) -> None:
+    print_table(f"Matmul benchmark (float32, median of Timer runs, {torch.get_num_threads()} threads)",
+                ["size", "backend", "median", "GFLOP/s", "vs NumPy"],
+                [[f"{r['size']}×{r['size']}", r["backend"], fmt_seconds(r["seconds"]), fmt_timing(r["gflops"], ".1f"),
+                  fmt_timing(r["speedup_vs_numpy"], ".2f", "×")] for r in rows])
 
 
 def _print_pairs(title: str, pairs: dict[str, object]) -> None:
