@@ -410,10 +410,10 @@ def dtype_report(n_elements: int, generator: torch.Generator | None = None) -> l
 # float32. A zero-dimensional tensor is treated the same way when a tensor with dimensions
 # sits next to it. `/` is true division and gives a float even for two integer tensors.
 # `torch.result_type(a, b)` gives the promoted dtype without computing anything; true
-# division then turns an integer result into the default float dtype, which is why its column
-# says int64 in the last row while `/` returns float32. NumPy
-# disagrees in three places below: it widens int64 + float32 to float64, its default float
-# is float64, and a NumPy float64 scalar does widen a float32 array.
+# division then turns an integer result into the default float dtype, which is why that
+# column says int64 in the last row while `/` returns float32. NumPy disagrees in four rows,
+# for three reasons: it widens int64 + float32 to float64, its default float is float64, and
+# a NumPy float64 scalar does widen a float32 array.
 
 # %%
 def type_promotion_examples() -> list[dict[str, object]]:
@@ -440,8 +440,9 @@ def type_promotion_examples() -> list[dict[str, object]]:
 # %% [markdown]
 # ## Linear algebra with torch.linalg, in float64 and float32
 #
-# `torch.linalg` mirrors `numpy.linalg`; the old `torch.eig` and `torch.symeig` are gone and
-# `torch.svd` is deprecated. The honest way to trust a decomposition is to rebuild the matrix
+# `torch.linalg` mirrors `numpy.linalg`. The old `torch.eig` and `torch.symeig` were removed
+# (calling them raises an error that says so), and the docs deprecate `torch.svd` in favour of
+# `torch.linalg.svd`. The honest way to trust a decomposition is to rebuild the matrix
 # from it and measure the relative error. Round-off sets the floor: for this well-conditioned
 # matrix every error below is under 100 machine epsilons of its dtype, so around 1e-15 in
 # float64 (eps 2.2e-16) and 1e-7 to 1e-6 in float32 (eps 1.2e-7).

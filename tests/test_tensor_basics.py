@@ -76,6 +76,12 @@ def test_manipulation_examples_match_numpy():
     assert got["stack([grid, grid]).shape"] == np.stack([reference, reference]).shape
     assert got["unsqueeze(0).shape"] == np.expand_dims(reference, 0).shape
     assert got["unsqueeze(0).squeeze(0).shape"] == reference.shape
+    # The prose: slices and a contiguous reshape are views of t's storage, advanced indexing copies.
+    storage = got["view(3, 4)"].untyped_storage().data_ptr()
+    for view in ("reshape(2, 6)", "grid[1:, ::2]"):
+        assert got[view].untyped_storage().data_ptr() == storage, view
+    for copy in ("grid[[0, 2]] (fancy)", "grid[grid > 8] (boolean)", "permute(1, 0).contiguous().view(12)"):
+        assert got[copy].untyped_storage().data_ptr() != storage, copy
 
 
 def test_memory_sharing_facts():
@@ -155,6 +161,7 @@ def test_reductions_match_numpy_and_their_labels():
     assert got["x.argmax()"].item() == 5
     torch.testing.assert_close(got["x.std(dim=1)"], torch.tensor([math.sqrt(13 / 3), 4.0]), rtol=1e-6, atol=0)
     assert got["x - x.mean(dim=1, keepdim=True)"].sum(dim=1).abs().max().item() < 1e-6  # centred rows
+    assert not np.allclose(a.std(axis=1), got["x.std(dim=1)"].numpy())  # the trap: np.std divides by n
 
 
 def test_python_numbers_match_numpy_values_and_types():
@@ -189,6 +196,9 @@ def test_inplace_version_steps_match_numpy_and_count_writes():
 
 
 def test_inplace_autograd_errors():
+    x = torch.tensor([0.5, 1.0], requires_grad=True)
+    y = x.exp()
+    assert torch.equal(y.grad_fn._saved_result, y)  # the prose: exp saves its output for backward
     got = tb.inplace_autograd_errors()
     assert got["y = x.exp(); y._version when exp saved y"] == 0
     assert got["y._version after y.add_(1)"] == 1
@@ -238,6 +248,7 @@ def test_type_promotion_examples():
     assert {r["operands"]: (r["torch"], r["torch.result_type"], r["NumPy"]) for r in rows} == EXPECTED_PROMOTION
     for r in rows:
         np.testing.assert_allclose(r["torch values"], r["NumPy values"], rtol=1e-7, atol=0, err_msg=r["operands"])
+    assert sum(r["torch"] != r["NumPy"] for r in rows) == 4  # "NumPy disagrees in four rows"
     division = next(r for r in rows if r["operands"] == "int64 / int64")
     assert division["torch values"] == [1.0, 1.0]
     assert tb._dtype_name(torch.get_default_dtype()) == "float32"  # what the prose calls torch's default float
@@ -312,6 +323,14 @@ def test_scaled_determinant_is_around_1e80_and_overflows_float32(seed):
 def test_linalg_report_rejects_bad_matrices(matrix, message):
     with pytest.raises(ValueError, match=message):
         tb.linalg_report(matrix)
+
+
+def test_old_linalg_functions_are_removed_or_deprecated_as_the_prose_says():
+    for name in ("eig", "symeig"):
+        if hasattr(torch, name):  # the stubs that say so may themselves disappear one day
+            with pytest.raises(RuntimeError, match="removed"):
+                getattr(torch, name)(torch.eye(2))
+    assert "deprecated" in torch.svd.__doc__
 
 
 def test_make_spd_matrix_is_symmetric_positive_definite():
