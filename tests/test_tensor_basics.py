@@ -45,9 +45,14 @@ def test_creation_examples_shapes_dtypes_and_values(device):
     assert made["eye(3)"].cpu().numpy().tolist() == np.eye(3).tolist()
     assert made["from_numpy(arange(6).reshape(2, 3))"].tolist() == np.arange(6.0).reshape(2, 3).tolist()
     assert made["full((2, 3), 7.0)"].tolist() == np.full((2, 3), 7.0).tolist()
-    assert made["tensor([[1, 2], [3, 4]])"].dtype == torch.int64
-    assert made["ones(2, 3, dtype=int64)"].dtype == torch.int64
-    assert made["ones_like(t, dtype=float16)"].dtype == torch.float16
+    expected_dtypes = {  # Python ints give int64, Python floats and the float factories the default float32
+        "tensor([[1, 2], [3, 4]])": torch.int64, "from_numpy(arange(6).reshape(2, 3))": torch.float32,
+        "rand(2, 3)": torch.float32, "randn(2, 3)": torch.float32, "zeros(2, 3)": torch.float32,
+        "ones(2, 3, dtype=int64)": torch.int64, "full((2, 3), 7.0)": torch.float32, "arange(0, 10, 2)": torch.int64,
+        "linspace(0, 1, 5)": torch.float32, "eye(3)": torch.float32, "zeros_like(t)": torch.float32,
+        "ones_like(t, dtype=float16)": torch.float16,
+    }
+    assert {name: t.dtype for name, t in made.items()} == expected_dtypes
     assert made["zeros_like(t)"].shape == (2, 3)
     # The random ones come from the caller's generator, drawn on the CPU: the same numbers on every device.
     reference = generator(5)
@@ -398,8 +403,10 @@ def test_tensor_operations_data_matches_numpy_and_closed_forms():
     assert list(data["activations"]) == list(expected)
     for name, values in expected.items():
         np.testing.assert_allclose(data["activations"][name].numpy(), values, rtol=1e-5, atol=1e-6, err_msg=name)
-    other = tb.tensor_operations_data(generator(5))
-    assert not torch.equal(other["heat"], data["heat"])  # the draws follow the generator
+    again, other = tb.tensor_operations_data(generator(4)), tb.tensor_operations_data(generator(5))
+    for key in ("heat", "uniform", "normal"):  # the draws follow the generator, and only it
+        assert torch.equal(again[key], data[key]) and not torch.equal(other[key], data[key]), key
+    assert torch.equal(again["matmul"][0], a) and torch.equal(again["matmul"][1], b)
 
 
 def test_plot_tensor_operations_draws_the_data_it_is_given():
@@ -409,6 +416,12 @@ def test_plot_tensor_operations_draws_the_data_it_is_given():
     fig = tb.plot_tensor_operations(data)
     texts = [text.get_text() for ax in fig.axes for inset in ax.child_axes for text in inset.texts]
     assert texts.count("42") == 20
+    for ax in fig.axes:  # each equation's matrices share one colour scale; the signed matmul one is centred on 0
+        limits = {inset.images[0].get_clim() for inset in ax.child_axes}
+        assert len(limits) <= 1, ax.get_title()
+        if ax.get_title().startswith("Matmul"):
+            low, high = limits.pop()
+            assert low == -high == -42.0
     assert len([ax for ax in fig.axes if ax.get_title()]) >= 6
 
 
