@@ -225,34 +225,24 @@ def broadcast_examples(examples: Sequence[Sequence[Sequence[int]]] = BROADCAST_E
 
 # %%
 REDUCTION_INPUT = ((3.0, 7.0, 4.0), (1.0, 5.0, 9.0))  # a 2×3 matrix small enough to check by eye
-REDUCTIONS = {  # torch expression on x -> the NumPy expression on a = x.numpy() that gives the same result
-    "x.sum()": "a.sum()",
-    "x.sum(dim=0)": "a.sum(axis=0)",
-    "x.sum(dim=1, keepdim=True)": "a.sum(axis=1, keepdims=True)",
-    "x.mean(dim=1)": "a.mean(axis=1)",
-    "x.std(dim=1)": "a.std(axis=1, ddof=1)",
-    "x.max(dim=1).values": "a.max(axis=1)",
-    "x.max(dim=1).indices": "a.argmax(axis=1)",
-    "x.argmax()": "a.argmax()",
-    "x - x.mean(dim=1, keepdim=True)": "a - a.mean(axis=1, keepdims=True)",
+REDUCTIONS = {  # torch expression on x -> (that code, the NumPy expression on a = x.numpy() giving the same result)
+    "x.sum()": (lambda x: x.sum(), "a.sum()"),  # () : every element
+    "x.sum(dim=0)": (lambda x: x.sum(dim=0), "a.sum(axis=0)"),  # (3,): down each column
+    "x.sum(dim=1, keepdim=True)": (lambda x: x.sum(dim=1, keepdim=True), "a.sum(axis=1, keepdims=True)"),  # (2, 1)
+    "x.mean(dim=1)": (lambda x: x.mean(dim=1), "a.mean(axis=1)"),  # (2,)
+    "x.std(dim=1)": (lambda x: x.std(dim=1), "a.std(axis=1, ddof=1)"),  # (2,), divides by n - 1
+    "x.max(dim=1).values": (lambda x: x.max(dim=1).values, "a.max(axis=1)"),  # max(dim) gives (values, indices)
+    "x.max(dim=1).indices": (lambda x: x.max(dim=1).indices, "a.argmax(axis=1)"),
+    "x.argmax()": (lambda x: x.argmax(), "a.argmax()"),  # () : an index into x.flatten()
+    "x - x.mean(dim=1, keepdim=True)": (lambda x: x - x.mean(dim=1, keepdim=True),  # (2, 3) - (2, 1) broadcasts
+                                        "a - a.mean(axis=1, keepdims=True)"),
 }
 
 
 def reduction_examples() -> dict[str, torch.Tensor]:
     """Each reduction in REDUCTIONS applied to REDUCTION_INPUT, keyed by its torch expression."""
     x = torch.tensor(REDUCTION_INPUT)  # (2, 3)
-    row_max = x.max(dim=1)  # a named tuple (values, indices), both (2,)
-    return {
-        "x.sum()": x.sum(),  # () : every element
-        "x.sum(dim=0)": x.sum(dim=0),  # (3,): down each column
-        "x.sum(dim=1, keepdim=True)": x.sum(dim=1, keepdim=True),  # (2, 1): along each row, dim kept
-        "x.mean(dim=1)": x.mean(dim=1),  # (2,)
-        "x.std(dim=1)": x.std(dim=1),  # (2,), divides by n - 1
-        "x.max(dim=1).values": row_max.values,
-        "x.max(dim=1).indices": row_max.indices,
-        "x.argmax()": x.argmax(),  # () : index into x.flatten()
-        "x - x.mean(dim=1, keepdim=True)": x - x.mean(dim=1, keepdim=True),  # (2, 3) - (2, 1) broadcasts
-    }
+    return {expression: torch_code(x) for expression, (torch_code, _) in REDUCTIONS.items()}
 
 
 # %% [markdown]
@@ -267,33 +257,27 @@ def reduction_examples() -> dict[str, torch.Tensor]:
 
 # %%
 PYTHON_NUMBER_INPUT = ((1.5, 2.0), (3.0, 4.5))  # t = torch.tensor(PYTHON_NUMBER_INPUT), a = t.numpy()
-PYTHON_NUMBERS = {  # torch expression -> NumPy equivalent
-    "t.sum().item()": "a.sum().item()",
-    "t[1, 0].item()": "a[1, 0].item()",
-    "t.argmax().item()": "a.argmax().item()",
-    "(t > 2).all().item()": "(a > 2).all().item()",
-    "torch.tensor(0.1).item()": "np.float32(0.1).item()",
-    "t.tolist()": "a.tolist()",
-    "t.item()": "a.item()",
+PYTHON_NUMBERS = {  # torch expression on t -> (that code, its NumPy equivalent on a = t.numpy())
+    "t.sum().item()": (lambda t: t.sum().item(), "a.sum().item()"),
+    "t[1, 0].item()": (lambda t: t[1, 0].item(), "a[1, 0].item()"),
+    "t.argmax().item()": (lambda t: t.argmax().item(), "a.argmax().item()"),
+    "(t > 2).all().item()": (lambda t: (t > 2).all().item(), "(a > 2).all().item()"),
+    "torch.tensor(0.1).item()": (lambda t: torch.tensor(0.1).item(), "np.float32(0.1).item()"),  # float32 nearest 0.1
+    "t.tolist()": (lambda t: t.tolist(), "a.tolist()"),
+    "t.item()": (lambda t: t.item(), "a.item()"),  # four elements: raises
 }
 
 
 def python_number_examples() -> dict[str, object]:
-    """Python values out of small tensors; for `t.item()` on four elements, the RuntimeError it raises."""
+    """Python values out of small tensors; where the code raises (`t.item()`), the RuntimeError itself."""
     t = torch.tensor(PYTHON_NUMBER_INPUT)  # (2, 2) float32
-    try:
-        too_many: object = t.item()
-    except RuntimeError as err:
-        too_many = err
-    return {
-        "t.sum().item()": t.sum().item(),
-        "t[1, 0].item()": t[1, 0].item(),
-        "t.argmax().item()": t.argmax().item(),
-        "(t > 2).all().item()": (t > 2).all().item(),
-        "torch.tensor(0.1).item()": torch.tensor(0.1).item(),  # the float32 nearest 0.1, printed in full
-        "t.tolist()": t.tolist(),
-        "t.item()": too_many,
-    }
+    results: dict[str, object] = {}
+    for expression, (torch_code, _) in PYTHON_NUMBERS.items():
+        try:
+            results[expression] = torch_code(t)
+        except RuntimeError as err:
+            results[expression] = err
+    return results
 
 
 # %% [markdown]
@@ -758,14 +742,14 @@ def _print_creation(examples: dict[str, torch.Tensor]) -> None:
 
 def _print_reductions(results: dict[str, torch.Tensor]) -> None:
     print_table(f"Reductions on x = torch.tensor({REDUCTION_INPUT}), a = x.numpy()", ["torch", "NumPy", "result"],
-                [[expr, REDUCTIONS[expr], _fmt(value)] for expr, value in results.items()])
+                [[expr, REDUCTIONS[expr][1], _fmt(value)] for expr, value in results.items()])
 
 
 def _print_python_numbers(results: dict[str, object]) -> None:
     print_table(f"Python numbers from t = torch.tensor({PYTHON_NUMBER_INPUT}), a = t.numpy()",
                 ["torch", "value", "type", "NumPy"],
                 [[expr, _fmt(value) if isinstance(value, Exception) else repr(value), type(value).__name__,
-                  PYTHON_NUMBERS[expr]] for expr, value in results.items()])
+                  PYTHON_NUMBERS[expr][1]] for expr, value in results.items()])
 
 
 def _print_inplace_steps(rows: list[dict[str, object]]) -> None:

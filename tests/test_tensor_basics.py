@@ -154,7 +154,7 @@ def test_reductions_match_numpy_and_their_labels():
     a = np.array(tb.REDUCTION_INPUT, dtype=np.float32)
     got = tb.reduction_examples()
     assert list(got) == list(tb.REDUCTIONS)
-    for expression, numpy_expression in tb.REDUCTIONS.items():
+    for expression, (_, numpy_expression) in tb.REDUCTIONS.items():
         reference = np.asarray(eval(numpy_expression, {"a": a, "np": np}))  # the NumPy column, as printed
         value = got[expression]
         assert tuple(value.shape) == reference.shape, expression  # keepdim must keep the dimension
@@ -174,7 +174,7 @@ def test_python_numbers_match_numpy_values_and_types():
     a = t.numpy()
     got = tb.python_number_examples()
     assert list(got) == list(tb.PYTHON_NUMBERS)
-    for expression, numpy_expression in tb.PYTHON_NUMBERS.items():
+    for expression, (_, numpy_expression) in tb.PYTHON_NUMBERS.items():
         if expression == "t.item()":
             assert isinstance(got[expression], RuntimeError) and "4 elements" in str(got[expression])
             with pytest.raises(ValueError, match="size 1"):
