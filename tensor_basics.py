@@ -1,14 +1,17 @@
-"""Tensor basics: creating, reshaping, sharing, broadcasting and multiplying tensors.
+"""Tensor basics: creating, reshaping, sharing, broadcasting, reducing and multiplying tensors.
 
 Lesson 1 of the course. Run `python tensor_basics.py` (add `--quick` for a smoke run).
-It prints what each operation does, checks linear-algebra decompositions by reconstructing
-the input, compares dtypes, benchmarks matrix multiplication against NumPy, and writes
-plots/tensor_operations_visualization.png and plots/matmul_benchmark.png.
+It prints what each operation does next to its NumPy equivalent (reductions, type promotion,
+Python numbers, in-place updates and why autograd cares), checks linear-algebra decompositions
+in float64 and float32 by reconstructing the input, compares dtypes, benchmarks matrix
+multiplication against NumPy, and writes plots/tensor_operations_visualization.png and
+plots/matmul_benchmark.png.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,16 +35,16 @@ from lesson_harness import (
 
 @dataclass(frozen=True)
 class Config:
-    matmul_sizes: tuple[int, ...] = (64, 128, 256, 512, 1000, 2048)  # square sizes swept by the benchmark
+    matmul_sizes: tuple[int, ...] = (64, 256, 512, 1000, 2048)  # square sizes swept by the benchmark
     min_run_time: float = 0.2  # seconds each benchmark point is measured for (Timer picks the repeats)
-    headline_size: int = 1000  # the matmul size quoted in the README
-    linalg_size: int = 64  # side of the SPD matrix whose decompositions are checked
     dtype_elements: int = 1_000_000  # tensor length for the dtype memory table
 
 
 FULL = Config()
-QUICK = Config(matmul_sizes=(64, 128, 256), min_run_time=0.02, headline_size=256, linalg_size=16,
-               dtype_elements=10_000)
+QUICK = Config(matmul_sizes=(64, 256), min_run_time=0.02, dtype_elements=10_000)
+LINALG_SIZE = 64  # side of the SPD matrix checked in float64 and float32 (both modes: it takes milliseconds)
+DETERMINANT_SCALES = (1.0, 10.0)  # det(c·A) = cⁿ det(A): c = 10 takes the 64×64 determinant past float32's range
+NAME_WIDTH = 44  # width of the label column in the printed name/value lists
 
 
 # %% [markdown]
@@ -50,22 +53,24 @@ QUICK = Config(matmul_sizes=(64, 128, 256), min_run_time=0.02, headline_size=256
 # A tensor is an n-dimensional array with a dtype and a device. You can build one from
 # Python data, from NumPy, or with a factory (`zeros`, `rand`, `arange`, ...). Every factory
 # takes `dtype=` and `device=` so the tensor is born where it will be used: creating on the
-# CPU and then calling `.to("cuda")` costs an extra copy.
+# CPU and then calling `.to("cuda")` costs an extra copy. Two tensors below are made on the
+# CPU on purpose. `from_numpy` can only wrap a CPU array, so its `.to(device)` is the one copy
+# there has to be. The random ones are drawn from the lesson's seeded CPU `torch.Generator`
+# and then moved, because a CUDA generator produces a different stream for the same seed:
+# this way `--seed 0` prints the same numbers on every device. In a training loop, where that
+# does not matter, pass `device=` (and, if you need one, a generator on that device).
 
 # %%
-def creation_examples(
-    device: torch.device | str = "cpu", generator: torch.Generator | None = None
-) -> dict[str, torch.Tensor]:
-    """One tensor from each common constructor, all on `device`."""
+def creation_examples(device: torch.device | str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One tensor from each common constructor, all on `device`; the random ones come from `generator`."""
     device = as_device(device)
-    cpu_gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    from_numpy = torch.from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3))
+    from_numpy = torch.from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3))  # shares the array, on the CPU
     template = torch.empty(2, 3, device=device)
     return {
         "tensor([[1, 2], [3, 4]])": torch.tensor([[1, 2], [3, 4]], device=device),
         "from_numpy(arange(6).reshape(2, 3))": from_numpy.to(device),
-        "rand(2, 3)": torch.rand(2, 3, generator=cpu_gen).to(device),  # uniform [0, 1)
-        "randn(2, 3)": torch.randn(2, 3, generator=cpu_gen).to(device),  # standard normal
+        "rand(2, 3)": torch.rand(2, 3, generator=generator).to(device),  # uniform [0, 1), drawn on the CPU
+        "randn(2, 3)": torch.randn(2, 3, generator=generator).to(device),  # standard normal, drawn on the CPU
         "zeros(2, 3)": torch.zeros(2, 3, device=device),
         "ones(2, 3, dtype=int64)": torch.ones(2, 3, dtype=torch.int64, device=device),
         "full((2, 3), 7.0)": torch.full((2, 3), 7.0, device=device),
@@ -92,8 +97,6 @@ def manipulation_examples() -> dict[str, object]:
     t = torch.arange(12.0)  # (12,)
     grid = t.view(3, 4)  # (3, 4), same storage
     permuted = grid.permute(1, 0)  # (4, 3), strides swapped, not contiguous
-    in_place = torch.ones(3)
-    in_place.mul_(2).add_(1)  # trailing underscore = modifies the tensor itself
     return {
         "view(3, 4)": grid,
         "reshape(2, 6)": t.reshape(2, 6),
@@ -108,7 +111,6 @@ def manipulation_examples() -> dict[str, object]:
         "chunk(t, 5) sizes": [len(part) for part in torch.chunk(t, 5)],
         "unsqueeze(0).shape": tuple(grid.unsqueeze(0).shape),
         "unsqueeze(0).squeeze(0).shape": tuple(grid.unsqueeze(0).squeeze(0).shape),
-        "ones(3).mul_(2).add_(1)": in_place,
     }
 
 
@@ -187,15 +189,257 @@ def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
     return tuple(result)
 
 
+
+BROADCAST_EXAMPLES = (  # groups of shapes to broadcast; the last one clashes
+    ((3, 1), (1, 4)), ((5, 1, 4), (3, 1)), ((), (2, 3)), ((0, 3), (1, 3)), ((2, 3), (4,)),
+)
+
+
+def broadcast_examples(examples: Sequence[Sequence[Sequence[int]]] = BROADCAST_EXAMPLES) -> list[dict[str, str]]:
+    """For each group of shapes: `broadcast_shape`'s answer and `torch.broadcast_shapes`'s, or their errors."""
+    rows = []
+    for shapes in examples:
+        row = {"shapes": " + ".join(str(tuple(shape)) for shape in shapes)}
+        try:
+            row["by hand"] = str(broadcast_shape(*shapes))
+        except ValueError as err:
+            row["by hand"] = f"ValueError: {err}"
+        try:
+            row["torch"] = str(tuple(torch.broadcast_shapes(*shapes)))
+        except RuntimeError as err:
+            row["torch"] = f"RuntimeError: {err}"
+        rows.append(row)
+    return rows
+
+
 # %% [markdown]
-# ## Linear algebra with torch.linalg
+# ## Reductions
 #
-# `torch.linalg` mirrors `numpy.linalg`. The old `torch.eig`, `torch.svd` and `torch.symeig`
-# are gone or deprecated. The honest way to trust a decomposition is to rebuild the matrix
-# from it and measure the relative error: for a well-conditioned float64 matrix every error
-# below should be around 1e-15.
+# A reduction collapses one or more dimensions: `sum`, `mean`, `std`, `max`, `argmax`.
+# `dim=` names the dimension that disappears (NumPy calls it `axis=`); with `keepdim=True`
+# it stays as a size-1 dimension, so the result still broadcasts against the input, as in
+# `x - x.mean(dim=1, keepdim=True)`, which centres each row. `max(dim=...)` returns
+# the values and their indices together. Two traps: `argmax()` without `dim` indexes the
+# flattened tensor, and `torch.std` divides by n - 1 by default while `np.std` divides by n
+# (`ddof=1` makes NumPy agree).
 
 # %%
+REDUCTION_INPUT = ((3.0, 7.0, 4.0), (1.0, 5.0, 9.0))  # a 2×3 matrix small enough to check by eye
+REDUCTIONS = {  # torch expression on x -> (that code, the NumPy expression on a = x.numpy() giving the same result)
+    "x.sum()": (lambda x: x.sum(), "a.sum()"),  # () : every element
+    "x.sum(dim=0)": (lambda x: x.sum(dim=0), "a.sum(axis=0)"),  # (3,): down each column
+    "x.sum(dim=1, keepdim=True)": (lambda x: x.sum(dim=1, keepdim=True), "a.sum(axis=1, keepdims=True)"),  # (2, 1)
+    "x.mean(dim=1)": (lambda x: x.mean(dim=1), "a.mean(axis=1)"),  # (2,)
+    "x.std(dim=1)": (lambda x: x.std(dim=1), "a.std(axis=1, ddof=1)"),  # (2,), divides by n - 1
+    "x.max(dim=1).values": (lambda x: x.max(dim=1).values, "a.max(axis=1)"),  # max(dim) gives (values, indices)
+    "x.max(dim=1).indices": (lambda x: x.max(dim=1).indices, "a.argmax(axis=1)"),
+    "x.argmax()": (lambda x: x.argmax(), "a.argmax()"),  # () : an index into x.flatten()
+    "x - x.mean(dim=1, keepdim=True)": (lambda x: x - x.mean(dim=1, keepdim=True),  # (2, 3) - (2, 1) broadcasts
+                                        "a - a.mean(axis=1, keepdims=True)"),
+}
+
+
+def reduction_examples() -> dict[str, torch.Tensor]:
+    """Each reduction in REDUCTIONS applied to REDUCTION_INPUT, keyed by its torch expression."""
+    x = torch.tensor(REDUCTION_INPUT)  # (2, 3)
+    return {expression: torch_code(x) for expression, (torch_code, _) in REDUCTIONS.items()}
+
+
+# %% [markdown]
+# ## Back to Python numbers: `.item()` and `.tolist()`
+#
+# `.item()` turns a one-element tensor into a Python `float`, `int` or `bool`, and
+# `.tolist()` turns any tensor into nested lists; NumPy arrays have the same two methods.
+# A float32 value becomes the Python float (a double) that represents it exactly, which is why
+# 0.1 comes back as 0.10000000149011612. On a GPU tensor both wait for the device and copy to
+# the host, so calling `.item()` on every step of a training loop stalls it; collect tensors
+# and convert once.
+
+# %%
+PYTHON_NUMBER_INPUT = ((1.5, 2.0), (3.0, 4.5))  # t = torch.tensor(PYTHON_NUMBER_INPUT), a = t.numpy()
+PYTHON_NUMBERS = {  # torch expression on t -> (that code, its NumPy equivalent on a = t.numpy())
+    "t.sum().item()": (lambda t: t.sum().item(), "a.sum().item()"),
+    "t[1, 0].item()": (lambda t: t[1, 0].item(), "a[1, 0].item()"),
+    "t.argmax().item()": (lambda t: t.argmax().item(), "a.argmax().item()"),
+    "(t > 2).all().item()": (lambda t: (t > 2).all().item(), "(a > 2).all().item()"),
+    "torch.tensor(0.1).item()": (lambda t: torch.tensor(0.1).item(), "np.float32(0.1).item()"),  # float32 nearest 0.1
+    "t.tolist()": (lambda t: t.tolist(), "a.tolist()"),
+    "t.item()": (lambda t: t.item(), "a.item()"),  # four elements: raises
+}
+
+
+def python_number_examples() -> dict[str, object]:
+    """Python values out of small tensors; where the code raises (`t.item()`), the RuntimeError itself."""
+    t = torch.tensor(PYTHON_NUMBER_INPUT)  # (2, 2) float32
+    results: dict[str, object] = {}
+    for expression, (torch_code, _) in PYTHON_NUMBERS.items():
+        try:
+            results[expression] = torch_code(t)
+        except RuntimeError as err:
+            results[expression] = err
+    return results
+
+
+# %% [markdown]
+# ## In-place operations and why autograd cares
+#
+# A method ending in `_` (`add_`, `mul_`, `zero_`) and the augmented assignments (`+=`)
+# change a tensor's memory instead of making a new tensor, like NumPy's `a += 1`. It saves an
+# allocation, but autograd needs to know: many operations save tensors for the backward
+# pass (`exp` saves its output, because d exp(x)/dx = exp(x)). Every tensor therefore carries
+# a version counter, `t._version`, that each in-place write bumps (views share their base's
+# counter). `backward()` compares the versions of the saved tensors with those recorded in the
+# forward pass and raises a RuntimeError if one was overwritten, instead of returning a wrong
+# gradient. An in-place write to a leaf that requires grad is refused at once. The fix is
+# the out-of-place form (`y + 1`), which leaves the saved tensor alone.
+
+# %%
+def inplace_version_steps() -> list[dict[str, object]]:
+    """t's values and version counter after each statement, with the NumPy statement that matches it."""
+    rows = []
+
+    def record(torch_step: str, numpy_step: str) -> None:
+        rows.append({"torch": torch_step, "numpy": numpy_step, "values": t.tolist(), "t._version": t._version})
+
+    t = torch.zeros(3)
+    record("t = torch.zeros(3)", "a = np.zeros(3, dtype=np.float32)")
+    t.add_(1)
+    record("t.add_(1)", "a += 1")
+    t.mul_(3)
+    record("t.mul_(3)", "a *= 3")
+    t += 1  # in place on a tensor, like add_
+    record("t += 1", "a += 1")
+    t[:2].zero_()  # the view shares t's memory and its version counter
+    record("t[:2].zero_()", "a[:2] = 0")
+    u = t + 1  # noqa: F841  (a new tensor: t keeps its values and its version)
+    record("u = t + 1", "b = a + 1")
+    return rows
+
+
+def inplace_autograd_errors() -> dict[str, object]:
+    """What autograd says when a saved tensor or a leaf is written in place, and the out-of-place fix."""
+    x = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
+    y = x.exp()  # exp saves its output y for backward
+    version_saved = y._version
+    y.add_(1)  # overwrites the saved y: its version moves on
+    try:
+        y.sum().backward()
+        saved_error = None
+    except RuntimeError as err:
+        saved_error = str(err).split(" Hint:")[0]  # the hint that follows is about anomaly detection
+    try:
+        x.add_(1)
+        leaf_error = None
+    except RuntimeError as err:
+        leaf_error = str(err)
+    x.grad = None
+    (x.exp() + 1).sum().backward()  # out of place: d/dx sum(exp(x) + 1) = exp(x)
+    return {
+        "y = x.exp(); y._version when exp saved y": version_saved,
+        "y._version after y.add_(1)": y._version,
+        "y.sum().backward()": f"RuntimeError: {saved_error}",
+        "x.add_(1), x a leaf that requires grad": f"RuntimeError: {leaf_error}",
+        "x.grad from (x.exp() + 1).sum().backward()": x.grad.tolist(),
+    }
+
+
+# %% [markdown]
+# ## Dtypes and memory
+#
+# Each element of a float32 tensor takes 4 bytes, float16 and bfloat16 2, int8 1. Halving
+# the bytes halves memory and bandwidth, at a price: float16 keeps 10 mantissa bits (about 3
+# decimal digits) with a small range; bfloat16 keeps float32's range but only 7 mantissa bits.
+# The round trip through each shows the precision you give up.
+
+# %%
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int8)  # compared in the table
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_report(n_elements: int, generator: torch.Generator | None = None) -> list[dict[str, object]]:
+    """Element size, bytes for `n_elements`, and the float32 round-trip error for each dtype."""
+    values = torch.randn(n_elements, generator=generator)  # float32 reference values
+    rows = []
+    for dtype in DTYPES:
+        converted = values.to(dtype)
+        if dtype.is_floating_point:
+            finfo = torch.finfo(dtype)
+            back = converted.to(torch.float32)
+            normal = values.abs() >= finfo.tiny  # below `tiny`, subnormals lose relative precision
+            rel_err = ((back - values).abs() / values.abs())[normal].max().item()
+            eps, largest = finfo.eps, finfo.max
+        else:
+            rel_err, eps, largest = None, None, float(torch.iinfo(dtype).max)  # not a float format
+        rows.append({
+            "dtype": _dtype_name(dtype),
+            "element_size": converted.element_size(),
+            "nbytes": converted.nbytes,
+            "max_rel_roundtrip_error": rel_err,
+            "eps": eps,
+            "max": largest,
+        })
+    return rows
+
+
+# %% [markdown]
+# ## Type promotion
+#
+# When the operands' dtypes differ, the result gets one that can hold both: an int64 tensor
+# plus a float32 tensor gives float32, float32 plus float64 gives float64. Python numbers
+# only choose the category (integer or floating point), not the size: a float32 tensor plus
+# 2.5 stays float32, and an int64 tensor plus 2.5 becomes torch's default float dtype,
+# float32. A zero-dimensional tensor is treated the same way when a tensor with dimensions
+# sits next to it. `/` is true division and gives a float even for two integer tensors.
+# `torch.result_type(a, b)` gives the promoted dtype without computing anything; true
+# division then turns an integer result into the default float dtype, which is why that
+# column says int64 in the last row while `/` returns float32. NumPy disagrees in four rows,
+# for three reasons: it widens int64 + float32 to float64, its default float is float64, and
+# a NumPy float64 scalar does widen a float32 array.
+
+# %%
+def type_promotion_examples() -> list[dict[str, object]]:
+    """The same mixed-dtype operations in torch and NumPy: result dtypes and values."""
+    ints = torch.tensor([1, 2])  # int64
+    halves = torch.tensor([0.5, 1.5])  # float32, the default float dtype
+    doubles = halves.double()  # float64
+    scalar64 = torch.tensor(2.5, dtype=torch.float64)  # zero-dimensional
+    a_ints, a_halves, a_doubles = ints.numpy(), halves.numpy(), doubles.numpy()
+    cases = [  # (what is combined, torch operands, torch result, NumPy result)
+        ("int64 + float32", (ints, halves), ints + halves, a_ints + a_halves),
+        ("float32 + float64", (halves, doubles), halves + doubles, a_halves + a_doubles),
+        ("int64 + 2.5 (Python float)", (ints, 2.5), ints + 2.5, a_ints + 2.5),
+        ("float32 + 2.5 (Python float)", (halves, 2.5), halves + 2.5, a_halves + 2.5),
+        ("float32 + 0-dim float64", (halves, scalar64), halves + scalar64, a_halves + np.float64(2.5)),
+        ("int64 / int64", (ints, ints), ints / ints, a_ints / a_ints),
+    ]
+    return [{"operands": label, "torch": _dtype_name(result.dtype),
+             "torch.result_type": _dtype_name(torch.result_type(*operands)), "NumPy": str(reference.dtype),
+             "torch values": result.tolist(), "NumPy values": reference.tolist()}
+            for label, operands, result, reference in cases]
+
+
+# %% [markdown]
+# ## Linear algebra with torch.linalg, in float64 and float32
+#
+# `torch.linalg` mirrors `numpy.linalg`. The old `torch.eig` and `torch.symeig` were removed
+# (calling them raises an error that says so), and the docs deprecate `torch.svd` in favour of
+# `torch.linalg.svd`. The honest way to trust a decomposition is to rebuild the matrix
+# from it and measure the relative error. Round-off sets the floor: for this well-conditioned
+# matrix every error below is under 100 machine epsilons of its dtype, so around 1e-15 in
+# float64 (eps 2.2e-16) and 1e-7 to 1e-6 in float32 (eps 1.2e-7).
+#
+# The determinant needs care: it is the product of n eigenvalues, so it overflows long
+# before the entries do. det(10·A) = 10⁶⁴·det(A), around 1e80 here, is past float32's largest
+# value (3.4e38) and comes back as inf. `torch.linalg.slogdet` returns the sign and log|det|
+# instead, which stay finite in both dtypes: compare log-determinants, not determinants.
+
+# %%
+LINALG_DTYPES = (torch.float64, torch.float32)  # the precisions compared side by side
+
+
 def make_spd_matrix(
     n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
@@ -203,11 +447,12 @@ def make_spd_matrix(
     if n < 1:
         raise ValueError(f"n={n} must be at least 1")
     m = torch.randn(n, n, generator=generator, dtype=dtype)
-    return m @ m.mT / n + torch.eye(n, dtype=dtype)
+    gram = m @ m.mT / n  # symmetric only up to round-off: BLAS may sum (i, j) and (j, i) in different orders
+    return (gram + gram.mT) / 2 + torch.eye(n, dtype=dtype)
 
 
 def linalg_report(A: torch.Tensor) -> dict[str, float]:
-    """Relative reconstruction or residual error of each torch.linalg routine on SPD matrix `A`."""
+    """Relative reconstruction or residual error of each torch.linalg routine on SPD matrix `A`, in A's dtype."""
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}")
     if not torch.allclose(A, A.mT):
@@ -231,8 +476,9 @@ def linalg_report(A: torch.Tensor) -> dict[str, float]:
     U, S, Vh = torch.linalg.svd(A)
     Qr, R = torch.linalg.qr(A)
     x_solve = torch.linalg.solve(A, b)
-    x_lstsq = torch.linalg.lstsq(A, b).solution
-    det = torch.linalg.det(A)
+    x_lstsq = torch.linalg.lstsq(A, b, driver="gels").solution  # QR; the CPU default gelsy varies call to call
+    log_abs_det = torch.linalg.slogdet(A).logabsdet  # log|det A|: finite where det itself overflows
+    log_det_from_evals = evals.log().sum()  # det = product of eigenvalues, all positive for SPD
     frobenius = torch.linalg.matrix_norm(A)  # 'fro' by default
 
     return {
@@ -244,57 +490,52 @@ def linalg_report(A: torch.Tensor) -> dict[str, float]:
         "solve: A x - b": rel_vec(A @ x_solve - b, b),
         "lstsq: A x - b": rel_vec(A @ x_lstsq - b, b),
         "inv: A A^-1 vs I": rel(A @ torch.linalg.inv(A) - eye, eye),
-        "det vs product of eigenvalues": (abs(det - evals.prod()) / abs(det)).item(),
+        "slogdet vs sum of log eigenvalues": (abs(log_abs_det - log_det_from_evals) / abs(log_det_from_evals)).item(),
         "matrix_norm vs sqrt(sum S^2)": (abs(frobenius - S.square().sum().sqrt()) / frobenius).item(),
     }
 
 
-# %% [markdown]
-# ## Dtypes and memory
-#
-# Each element of a float32 tensor takes 4 bytes, float16 and bfloat16 2, int8 1. Halving
-# the bytes halves memory and bandwidth, at a price: float16 keeps 10 mantissa bits (about 3
-# decimal digits) with a small range; bfloat16 keeps float32's range but only 7 mantissa bits.
-# The round trip through each shows the precision you give up.
-
-# %%
-DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int8)  # compared in the table
+def linalg_errors_by_dtype(A: torch.Tensor) -> dict[str, dict[str, float]]:
+    """`linalg_report` of A converted to each of LINALG_DTYPES: check -> dtype name -> relative error."""
+    reports = {_dtype_name(dtype): linalg_report(A.to(dtype)) for dtype in LINALG_DTYPES}
+    return {check: {name: report[check] for name, report in reports.items()} for check in reports["float64"]}
 
 
-def dtype_report(n_elements: int, generator: torch.Generator | None = None) -> list[dict[str, object]]:
-    """Element size, bytes for `n_elements`, and the float32 round-trip error for each dtype."""
-    values = torch.randn(n_elements, generator=generator)  # float32 reference values
+def determinant_table(A: torch.Tensor, scales: Sequence[float] = DETERMINANT_SCALES) -> list[dict[str, object]]:
+    """det and log|det| of scale·A in each of LINALG_DTYPES, where det may overflow and slogdet does not."""
     rows = []
-    for dtype in DTYPES:
-        converted = values.to(dtype)
-        if dtype.is_floating_point:
-            finfo = torch.finfo(dtype)
-            back = converted.to(torch.float32)
-            normal = values.abs() >= finfo.tiny  # below `tiny`, subnormals lose relative precision
-            rel_err = ((back - values).abs() / values.abs())[normal].max().item()
-            eps, largest = finfo.eps, finfo.max
-        else:
-            rel_err, eps, largest = None, None, float(torch.iinfo(dtype).max)  # not a float format
-        rows.append({
-            "dtype": str(dtype).removeprefix("torch."),
-            "element_size": converted.element_size(),
-            "nbytes": converted.nbytes,
-            "max_rel_roundtrip_error": rel_err,
-            "eps": eps,
-            "max": largest,
-        })
+    for scale in scales:
+        row: dict[str, object] = {"matrix": f"{scale:g}·A"}
+        for dtype in LINALG_DTYPES:
+            scaled = scale * A.to(dtype)
+            row[f"det {_dtype_name(dtype)}"] = torch.linalg.det(scaled).item()
+            row[f"log|det| {_dtype_name(dtype)}"] = torch.linalg.slogdet(scaled).logabsdet.item()
+        rows.append(row)
     return rows
+
+
+def condition_number(A: torch.Tensor) -> float:
+    """The 2-norm condition number: how much A can amplify relative errors in a solve."""
+    return torch.linalg.cond(A).item()
 
 
 # %% [markdown]
 # ## Benchmark: matrix multiplication
 #
 # A square n×n matmul does 2n³ floating-point operations, so GFLOP/s = 2n³ / seconds / 1e9
-# compares sizes fairly. NumPy (OpenBLAS) is the reference; torch uses its own BLAS on the
-# CPU and cuBLAS on CUDA. Small matrices measure per-call overhead, large ones raw compute.
-# Medians come from `torch.utils.benchmark.Timer`, which warms up and synchronizes the GPU.
+# compares sizes fairly. NumPy is the reference. On the CPU the two call different BLAS
+# libraries: the x86 Linux wheels of torch bring Intel's MKL (`torch.__config__.show()` says
+# which) and NumPy's wheels bring OpenBLAS (`numpy.show_config()`); on CUDA torch calls
+# cuBLAS. Small matrices measure per-call overhead, large ones raw compute. Medians come
+# from `torch.utils.benchmark.Timer`, which warms up and synchronizes the GPU. Which CPU
+# library wins depends on the processor, the size and the thread count: measure on yours.
 
 # %%
+def matmul_gflops(size: int, seconds: float) -> float:
+    """Throughput of one n×n by n×n matmul that took `seconds`: 2n³ floating-point operations."""
+    return 2 * size**3 / seconds / 1e9
+
+
 def benchmark_matmul(
     sizes: Iterable[int],
     devices: Iterable[torch.device | str] = ("cpu",),
@@ -302,7 +543,7 @@ def benchmark_matmul(
     seed: int = 0,
 ) -> list[dict[str, object]]:
     """One row per (size, backend): NumPy first as reference, then each torch device."""
-    backends = ["numpy"] + [as_device(d).type for d in devices]
+    backends = list(dict.fromkeys(["numpy"] + [as_device(d).type for d in devices]))  # no duplicates, in order
     rng = np.random.default_rng(seed)
     rows = []
     for size in sizes:
@@ -310,67 +551,100 @@ def benchmark_matmul(
             raise ValueError(f"matmul size {size} must be positive")
         a = rng.standard_normal((size, size), dtype=np.float32)
         b = rng.standard_normal((size, size), dtype=np.float32)
-        for backend in dict.fromkeys(backends):  # drop duplicates, keep order
+        for backend in backends:
             if backend == "numpy":
                 seconds = time_median(lambda a=a, b=b: a @ b, "cpu", min_run_time)
+                numpy_seconds = seconds
             else:
                 ta, tb = torch.from_numpy(a).to(backend), torch.from_numpy(b).to(backend)
                 seconds = time_median(lambda ta=ta, tb=tb: ta @ tb, backend, min_run_time)
-            rows.append({"size": size, "backend": backend, "seconds": seconds,
-                         "gflops": 2 * size**3 / seconds / 1e9})
+            rows.append({"size": size, "backend": backend, "seconds": seconds, "gflops": matmul_gflops(size, seconds),
+                         "speedup_vs_numpy": numpy_seconds / seconds})
     return rows
 
 
 # %% [markdown]
 # ## Figures
 #
-# Plot functions take data and return a Figure; `main()` saves it.
+# `tensor_operations_data` computes everything the overview figure shows; the plot
+# functions take data and return a Figure, and `main()` saves it.
 
 # %%
-def plot_tensor_operations(generator: torch.Generator | None = None):
+HISTOGRAM_SAMPLES = 20_000  # draws per distribution in the rand vs randn histogram
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # curves in the activation panel
+    "ReLU": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "GELU": F.gelu, "SiLU": F.silu,
+}
+
+
+def tensor_operations_data(generator: torch.Generator) -> dict[str, object]:
+    """The tensors drawn in the overview figure: random draws, a small integer matmul, a reshape, a broadcast."""
+    a = torch.randint(-3, 4, (4, 3), generator=generator).float()  # small integers: the product checks by hand
+    b = torch.randint(-3, 4, (3, 5), generator=generator).float()
+    flat = torch.arange(12.0)
+    col = torch.arange(3.0).view(3, 1) * 10  # (3, 1)
+    row = torch.arange(4.0).view(1, 4)  # (1, 4)
+    x = torch.linspace(-4, 4, 400)
+    return {
+        "heat": torch.rand(8, 8, generator=generator),
+        "uniform": torch.rand(HISTOGRAM_SAMPLES, generator=generator),
+        "normal": torch.randn(HISTOGRAM_SAMPLES, generator=generator),
+        "matmul": (a, b, a @ b),  # (4, 3), (3, 5), (4, 5)
+        "reshape": (flat.view(1, 12), flat.view(3, 4)),
+        "broadcast": (col, row, col + row),  # (3, 1) + (1, 4) -> (3, 4)
+        "activation_x": x,
+        "activations": {name: fn(x) for name, fn in ACTIVATIONS.items()},
+    }
+
+
+def plot_tensor_operations(data: dict[str, object]):
     """Six panels: random heatmap, rand vs randn, a matmul, a reshape, a broadcast, activations."""
     fig, axes = new_figure(2, 3, "Tensor operations at a glance")
     ax_heat, ax_hist, ax_matmul, ax_reshape, ax_broadcast, ax_act = axes.flat
 
-    heat = torch.rand(8, 8, generator=generator)
-    image = ax_heat.imshow(heat.numpy(), cmap="viridis")
+    image = ax_heat.imshow(data["heat"].numpy(), cmap="viridis")
     fig.colorbar(image, ax=ax_heat, label="value")
     ax_heat.set(title="torch.rand(8, 8)", xlabel="column index", ylabel="row index")
 
-    for samples, label in [(torch.rand(20_000, generator=generator), "rand: U[0, 1)"),
-                           (torch.randn(20_000, generator=generator), "randn: N(0, 1)")]:
+    for samples, label in [(data["uniform"], "rand: U[0, 1)"), (data["normal"], "randn: N(0, 1)")]:
         ax_hist.hist(samples.numpy(), bins=60, density=True, alpha=0.6, label=label)
-    ax_hist.set(title="rand vs randn (20 000 samples each)", xlabel="value", ylabel="probability density")
+    ax_hist.set(title=f"rand vs randn ({len(data['uniform']):,} samples each)", xlabel="value",
+                ylabel="probability density")
     ax_hist.legend()
 
-    a = torch.randn(4, 3, generator=generator)
-    b = torch.randn(3, 5, generator=generator)
-    _draw_equation(ax_matmul, [(a, "A (4, 3)"), (b, "B (3, 5)"), (a @ b, "A @ B (4, 5)")], ["@", "="],
-                   "Matrix product: (4, 3) @ (3, 5) → (4, 5)")
+    a, b, product = data["matmul"]
+    image = _draw_equation(ax_matmul, [(a, "A (4, 3)"), (b, "B (3, 5)"), (product, "A @ B (4, 5)")], ["@", "="],
+                           "Matmul: (A @ B)[0, 0] = row 0 of A · column 0 of B", highlight=True, symmetric=True)
+    fig.colorbar(image, ax=ax_matmul, shrink=0.6, label="value (one scale for all three)")
 
-    flat = torch.arange(12.0)
-    _draw_equation(ax_reshape, [(flat.view(1, 12), "arange(12)  (12,)"), (flat.view(3, 4), "view(3, 4)  (3, 4)")],
-                   ["→"], "Reshape: same 12 values, row-major order", annotate=True)
+    flat_row, grid = data["reshape"]
+    _draw_equation(ax_reshape, [(flat_row, "arange(12)  (12,)"), (grid, "view(3, 4)  (3, 4)")], ["→"],
+                   "Reshape: same 12 values, row-major order")
 
-    col = torch.arange(3.0).view(3, 1) * 10
-    row = torch.arange(4.0).view(1, 4)
-    _draw_equation(ax_broadcast, [(col, "(3, 1)"), (row, "(1, 4)"), (col + row, "(3, 4)")], ["+", "="],
-                   "Broadcast: (3, 1) + (1, 4) → (3, 4)", annotate=True)
+    col, row, total = data["broadcast"]
+    _draw_equation(ax_broadcast, [(col, "(3, 1)"), (row, "(1, 4)"), (total, "(3, 4)")], ["+", "="],
+                   "Broadcast: (3, 1) + (1, 4) → (3, 4)")
 
-    x = torch.linspace(-4, 4, 400)
-    for name, fn in [("ReLU", F.relu), ("Sigmoid", torch.sigmoid), ("Tanh", torch.tanh),
-                     ("GELU", F.gelu), ("SiLU", F.silu)]:
-        ax_act.plot(x.numpy(), fn(x).numpy(), label=name, linewidth=2)
+    x = data["activation_x"].numpy()
+    for name, y in data["activations"].items():
+        ax_act.plot(x, y.numpy(), label=name, linewidth=2)
     ax_act.axhline(0, color="grey", linewidth=0.5)
     ax_act.set(title="Activation functions", xlabel="input x", ylabel="output f(x)", ylim=(-1.5, 4))
     ax_act.legend()
     return fig
 
 
-def _draw_equation(ax, matrices, operators, title, annotate=False):
-    """Draw matrices side by side as heatmaps inside one axes, with operators between them."""
+def _draw_equation(ax, matrices, operators, title, highlight=False, symmetric=False):
+    """Matrices side by side as annotated heatmaps on one colour scale, with operators between them.
+
+    `symmetric` centres the scale on 0 (signed data); `highlight` outlines row 0 of the first
+    matrix, column 0 of the second and entry [0, 0] of the last. Returns the last image, for a colour bar.
+    """
+    from matplotlib.patches import Rectangle
+
     ax.set_axis_off()
     ax.set_title(title)
+    largest = max(m.abs().max().item() for m, _ in matrices)
+    smallest = -largest if symmetric else min(m.min().item() for m, _ in matrices)
     total_cols = sum(m.shape[1] for m, _ in matrices) + 1.5 * len(operators)
     x = 0.0
     for index, (matrix, label) in enumerate(matrices):
@@ -378,18 +652,22 @@ def _draw_equation(ax, matrices, operators, title, annotate=False):
         width = cols / total_cols
         height = min(0.75, width * rows / cols * ax.bbox.width / max(ax.bbox.height, 1))
         inset = ax.inset_axes([x, 0.45 - height / 2, width, height])
-        inset.imshow(matrix.numpy(), cmap="coolwarm", aspect="auto")
+        image = inset.imshow(matrix.numpy(), cmap="coolwarm", aspect="auto", vmin=smallest, vmax=largest)
         inset.set_xticks([])
         inset.set_yticks([])
         inset.set_title(label, fontsize=9)
-        if annotate:
-            for (r, c), value in np.ndenumerate(matrix.numpy()):
-                inset.text(c, r, f"{value:g}", ha="center", va="center", fontsize=7)
+        for (r, c), value in np.ndenumerate(matrix.numpy()):
+            inset.text(c, r, f"{value:g}", ha="center", va="center", fontsize=7)
+        if highlight:
+            outline = {0: (-0.5, -0.5, cols, 1), 1: (-0.5, -0.5, 1, rows)}.get(index, (-0.5, -0.5, 1, 1))
+            inset.add_patch(Rectangle(outline[:2], outline[2], outline[3], fill=False, edgecolor="black",
+                                      linewidth=2))
         x += width
         if index < len(operators):
             ax.text(x + 0.75 / total_cols, 0.45, operators[index], ha="center", va="center",
                     fontsize=16, transform=ax.transAxes)
             x += 1.5 / total_cols
+    return image
 
 
 def plot_matmul_benchmark(rows: list[dict[str, object]]):
@@ -420,63 +698,114 @@ def plot_matmul_benchmark(rows: list[dict[str, object]]):
 
 # %% [markdown]
 # ## Putting it together
+#
+# `run` only wires: each section's function returns data, and the helpers after it print it.
 
 # %%
 def run(ctx: LessonContext) -> None:
     cfg = ctx.config(FULL, QUICK)
-
-    print_section("Creating tensors")
-    for name, tensor in creation_examples(ctx.device, ctx.generator).items():
-        print(f"{name:38s} shape={tuple(tensor.shape)!s:8s} dtype={str(tensor.dtype):14s} "
-              f"device={tensor.device.type}")
-
-    print_section("Reshaping, indexing and combining")
-    for name, value in manipulation_examples().items():
-        shown = value.tolist() if isinstance(value, torch.Tensor) else value
-        print(f"{name:38s} {shown}")
-
-    print_section("Memory sharing (write to one side, read the other)")
-    for fact, holds in memory_sharing_facts().items():
-        print(f"{fact:38s} {holds}")
-
-    print_section("Broadcasting")
-    for shapes in [((3, 1), (1, 4)), ((5, 1, 4), (3, 1)), ((), (2, 3)), ((0, 3), (1, 3))]:
-        print(f"{' + '.join(map(str, shapes)):38s} -> {broadcast_shape(*shapes)} "
-              f"(torch.broadcast_shapes: {tuple(torch.broadcast_shapes(*shapes))})")
-    try:
-        broadcast_shape((2, 3), (4,))
-    except ValueError as err:
-        print(f"(2, 3) + (4,)                          -> ValueError: {err}")
-
-    A = make_spd_matrix(cfg.linalg_size, ctx.generator)
-    report = linalg_report(A)
-    print_table(f"torch.linalg on a {cfg.linalg_size}×{cfg.linalg_size} SPD matrix (float64), "
-                f"condition number {torch.linalg.cond(A).item():.3g}",
-                ["check", "relative error"], [[k, f"{v:.2e}"] for k, v in report.items()])
-
-    dtypes = dtype_report(cfg.dtype_elements, ctx.generator)
-    print_table(f"Dtypes: {cfg.dtype_elements:,} elements of randn, converted from float32",
-                ["dtype", "bytes/elem", "total bytes", "max rel. round-trip error*", "eps", "max"],
-                [[r["dtype"], r["element_size"], r["nbytes"], _sci(r["max_rel_roundtrip_error"]), _sci(r["eps"]),
-                  f"{r['max']:.3g}"] for r in dtypes])
-    print("* over values in the dtype's normal range; rounding to nearest keeps it below eps/2")
-
+    _print_creation(creation_examples(ctx.device, ctx.generator))
+    A = make_spd_matrix(LINALG_SIZE, ctx.generator)  # drawn before the draws whose size depends on --quick
+    _print_pairs("Reshaping, indexing and combining", manipulation_examples())
+    _print_pairs("Memory sharing (write to one side, read the other)", memory_sharing_facts())
+    _print_pairs("Broadcasting: broadcast_shape by hand, then torch.broadcast_shapes",
+                 {f"{row['shapes']}{by}": row[key] for row in broadcast_examples()
+                  for by, key in (("", "by hand"), ("  (torch)", "torch"))})
+    _print_reductions(reduction_examples())
+    _print_python_numbers(python_number_examples())
+    _print_inplace_steps(inplace_version_steps())
+    _print_pairs("In-place writes and autograd", inplace_autograd_errors())
+    _print_dtypes(dtype_report(cfg.dtype_elements, ctx.generator))
+    _print_type_promotion(type_promotion_examples())
+    _print_linalg(condition_number(A), linalg_errors_by_dtype(A), determinant_table(A))
     devices = ["cpu"] + ([ctx.device] if ctx.device.type != "cpu" else [])
     rows = benchmark_matmul(cfg.matmul_sizes, devices, cfg.min_run_time, ctx.seed)
-    numpy_seconds = {r["size"]: r["seconds"] for r in rows if r["backend"] == "numpy"}
+    _print_benchmark(rows)
+    print_section("Figures")
+    save_figure(plot_tensor_operations(tensor_operations_data(ctx.generator)), "tensor_operations_visualization.png",
+                ctx.plots_dir)
+    save_figure(plot_matmul_benchmark(rows), "matmul_benchmark.png", ctx.plots_dir)
+
+
+# %% [markdown]
+# ## Printing
+#
+# Each helper formats one section's data as a table or a list; none computes anything.
+
+# %%
+def _print_creation(examples: dict[str, torch.Tensor]) -> None:
+    print_table("Creating tensors (random ones drawn from the seeded CPU generator)",
+                ["constructor", "shape", "dtype", "device", "values (first 4)"],
+                [[name, str(tuple(t.shape)), _dtype_name(t.dtype), t.device.type, _fmt(t.flatten()[:4])]
+                 for name, t in examples.items()])
+
+
+def _print_reductions(results: dict[str, torch.Tensor]) -> None:
+    print_table(f"Reductions on x = torch.tensor({REDUCTION_INPUT}), a = x.numpy()", ["torch", "NumPy", "result"],
+                [[expr, REDUCTIONS[expr][1], _fmt(value)] for expr, value in results.items()])
+
+
+def _print_python_numbers(results: dict[str, object]) -> None:
+    print_table(f"Python numbers from t = torch.tensor({PYTHON_NUMBER_INPUT}), a = t.numpy()",
+                ["torch", "value", "type", "NumPy"],
+                [[expr, _fmt(value) if isinstance(value, Exception) else repr(value), type(value).__name__,
+                  PYTHON_NUMBERS[expr][1]] for expr, value in results.items()])
+
+
+def _print_inplace_steps(rows: list[dict[str, object]]) -> None:
+    print_table("In-place updates bump the version counter (NumPy has none)",
+                ["torch", "NumPy", "t afterwards", "t._version"],
+                [[r["torch"], r["numpy"], _fmt(r["values"]), r["t._version"]] for r in rows])
+
+
+def _print_dtypes(rows: list[dict[str, object]]) -> None:
+    print_table(f"Dtypes: {rows[0]['nbytes'] // rows[0]['element_size']:,} elements of randn, converted from float32",
+                ["dtype", "bytes/elem", "total bytes", "max rel. round-trip error*", "eps", "max"],
+                [[r["dtype"], r["element_size"], r["nbytes"], _sci(r["max_rel_roundtrip_error"]), _sci(r["eps"]),
+                  f"{r['max']:.3g}"] for r in rows])
+    print("* over values in the dtype's normal range; rounding to nearest keeps it below eps/2")
+
+
+def _print_type_promotion(rows: list[dict[str, object]]) -> None:
+    print_table("Type promotion", ["operands", "torch", "torch.result_type", "NumPy"],
+                [[r["operands"], r["torch"], r["torch.result_type"], r["NumPy"]] for r in rows])
+
+
+def _print_linalg(condition: float, errors: dict[str, dict[str, float]], determinants: list[dict[str, object]]) -> None:
+    print_table(f"torch.linalg on a {LINALG_SIZE}×{LINALG_SIZE} SPD matrix A, condition number {condition:.3g}: "
+                "relative errors", ["check", *map(_dtype_name, LINALG_DTYPES)],
+                [[check, *map(_sci, by_dtype.values())] for check, by_dtype in errors.items()])
+    print_table("Determinants overflow, log-determinants do not", list(determinants[0]),
+                [[row["matrix"], *map(_fmt, list(row.values())[1:])] for row in determinants])
+
+
+def _print_benchmark(rows: list[dict[str, object]]) -> None:
     print_table(f"Matmul benchmark (float32, median of Timer runs, {torch.get_num_threads()} threads)",
                 ["size", "backend", "median", "GFLOP/s", "vs NumPy"],
-                [[f"{r['size']}×{r['size']}", r["backend"], fmt_seconds(r["seconds"]),
-                  fmt_timing(r["gflops"], ".1f"), fmt_timing(numpy_seconds[r["size"]] / r["seconds"], ".2f", "×")]
-                 for r in rows])
-    headline = [r for r in rows if r["size"] == cfg.headline_size]
-    if headline:
-        parts = [f"{r['backend']} {fmt_seconds(r['seconds'])}" for r in headline]
-        print(f"\nHeadline {cfg.headline_size}×{cfg.headline_size} matmul: " + ", ".join(parts))
+                [[f"{r['size']}×{r['size']}", r["backend"], fmt_seconds(r["seconds"]), fmt_timing(r["gflops"], ".1f"),
+                  fmt_timing(r["speedup_vs_numpy"], ".2f", "×")] for r in rows])
 
-    print_section("Figures")
-    save_figure(plot_tensor_operations(ctx.generator), "tensor_operations_visualization.png", ctx.plots_dir)
-    save_figure(plot_matmul_benchmark(rows), "matmul_benchmark.png", ctx.plots_dir)
+
+def _print_pairs(title: str, pairs: dict[str, object]) -> None:
+    """A section of `label  value` lines; long values wrap under the value column."""
+    print_section(title)
+    for label, value in pairs.items():
+        text = textwrap.fill(_fmt(value), width=120, initial_indent=" " * (NAME_WIDTH + 1),
+                             subsequent_indent=" " * (NAME_WIDTH + 1), break_on_hyphens=False)
+        print(f"{label:{NAME_WIDTH}s} {text[NAME_WIDTH + 1:]}")
+
+
+def _fmt(value: object) -> str:
+    """Compact text for a printed value: floats to 4 significant digits, tensors as nested lists."""
+    if isinstance(value, torch.Tensor):
+        return _fmt(value.tolist())
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(item) for item in value) + "]"
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _sci(value: float | None) -> str:

@@ -1,6 +1,7 @@
-"""tensor_basics: every fact the lesson prints, checked against NumPy or torch's own reference.
+"""tensor_basics: every fact the lesson prints, checked against NumPy, closed forms or torch's own reference.
 
-The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py;
+here main() runs only to show that two seeds print different output.
 """
 
 from __future__ import annotations
@@ -10,40 +11,82 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensor_basics as tb
 
+FLOAT_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+ROUND_OFF_UNITS = 100  # the lesson's claim: every linalg error is under 100 machine epsilons of its dtype
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def lesson_matrix(seed: int = 0) -> tuple[torch.Tensor, torch.Generator]:
+    """The SPD matrix run() draws for --seed `seed` (after the creation examples), and the generator after it."""
+    gen = generator(seed)
+    tb.creation_examples("cpu", gen)
+    return tb.make_spd_matrix(tb.LINALG_SIZE, gen), gen
+
+
+# %% Creating and reshaping
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_creation_examples_shapes_dtypes_and_values(device):
-    made = tb.creation_examples(device)
+    made = tb.creation_examples(device, generator(5))
     assert all(t.device.type == device for t in made.values())
     expected_linspace = torch.from_numpy(np.linspace(0, 1, 5, dtype=np.float32))
     torch.testing.assert_close(made["linspace(0, 1, 5)"].cpu(), expected_linspace, rtol=0, atol=1e-7)
     assert made["arange(0, 10, 2)"].tolist() == list(range(0, 10, 2))
     assert made["eye(3)"].cpu().numpy().tolist() == np.eye(3).tolist()
-    assert made["ones(2, 3, dtype=int64)"].dtype == torch.int64
-    assert made["ones_like(t, dtype=float16)"].dtype == torch.float16
-    rand = made["rand(2, 3)"]
-    assert rand.shape == (2, 3) and bool(((rand >= 0) & (rand < 1)).all())
+    assert made["from_numpy(arange(6).reshape(2, 3))"].tolist() == np.arange(6.0).reshape(2, 3).tolist()
+    assert made["full((2, 3), 7.0)"].tolist() == np.full((2, 3), 7.0).tolist()
+    expected_dtypes = {  # Python ints give int64, Python floats and the float factories the default float32
+        "tensor([[1, 2], [3, 4]])": torch.int64, "from_numpy(arange(6).reshape(2, 3))": torch.float32,
+        "rand(2, 3)": torch.float32, "randn(2, 3)": torch.float32, "zeros(2, 3)": torch.float32,
+        "ones(2, 3, dtype=int64)": torch.int64, "full((2, 3), 7.0)": torch.float32, "arange(0, 10, 2)": torch.int64,
+        "linspace(0, 1, 5)": torch.float32, "eye(3)": torch.float32, "zeros_like(t)": torch.float32,
+        "ones_like(t, dtype=float16)": torch.float16,
+    }
+    assert {name: t.dtype for name, t in made.items()} == expected_dtypes
+    assert made["zeros_like(t)"].shape == (2, 3)
+    # The random ones come from the caller's generator, drawn on the CPU: the same numbers on every device.
+    reference = generator(5)
+    torch.testing.assert_close(made["rand(2, 3)"].cpu(), torch.rand(2, 3, generator=reference), rtol=0, atol=0)
+    torch.testing.assert_close(made["randn(2, 3)"].cpu(), torch.randn(2, 3, generator=reference), rtol=0, atol=0)
+
+
+def test_creation_examples_follow_the_seed():
+    first, second = (tb.creation_examples("cpu", generator(seed))["rand(2, 3)"] for seed in (1, 2))
+    assert not torch.equal(first, second)
 
 
 def test_manipulation_examples_match_numpy():
     reference = np.arange(12.0).reshape(3, 4)
     got = tb.manipulation_examples()
     np.testing.assert_array_equal(got["view(3, 4)"].numpy(), reference)
+    np.testing.assert_array_equal(got["reshape(2, 6)"].numpy(), np.arange(12.0).reshape(2, 6))
     np.testing.assert_array_equal(got["permute(1, 0).contiguous().view(12)"].numpy(), reference.T.reshape(12))
     np.testing.assert_array_equal(got["grid[1:, ::2]"].numpy(), reference[1:, ::2])
     np.testing.assert_array_equal(got["grid[[0, 2]] (fancy)"].numpy(), reference[[0, 2]])
     np.testing.assert_array_equal(got["grid[grid > 8] (boolean)"].numpy(), reference[reference > 8])
     assert got["permute(1, 0).is_contiguous()"] is False
+    assert got["cat([grid, grid], dim=0).shape"] == np.concatenate([reference, reference]).shape
     assert got["split(t, 5) sizes"] == [len(p) for p in np.array_split(np.arange(12), [5, 10])]
     assert got["chunk(t, 5) sizes"] == [3, 3, 3, 3]  # chunk uses ceil(12 / 5) = 3 per chunk
     assert got["stack([grid, grid]).shape"] == np.stack([reference, reference]).shape
-    assert got["ones(3).mul_(2).add_(1)"].tolist() == [3.0, 3.0, 3.0]
+    assert got["unsqueeze(0).shape"] == np.expand_dims(reference, 0).shape
+    assert got["unsqueeze(0).squeeze(0).shape"] == reference.shape
+    # The prose: slices and a contiguous reshape are views of t's storage, advanced indexing copies.
+    storage = got["view(3, 4)"].untyped_storage().data_ptr()
+    for view in ("reshape(2, 6)", "grid[1:, ::2]"):
+        assert got[view].untyped_storage().data_ptr() == storage, view
+    for copy in ("grid[[0, 2]] (fancy)", "grid[grid > 8] (boolean)", "permute(1, 0).contiguous().view(12)"):
+        assert got[copy].untyped_storage().data_ptr() != storage, copy
 
 
 def test_memory_sharing_facts():
@@ -51,6 +94,8 @@ def test_memory_sharing_facts():
     assert facts.pop("clone: same data_ptr") is False
     assert all(facts.values()), facts
 
+
+# %% Broadcasting
 
 shape_st = st.lists(st.integers(min_value=0, max_value=3), min_size=0, max_size=4).map(tuple)
 
@@ -88,10 +133,191 @@ def test_broadcast_shape_edge_cases_and_errors():
         tb.broadcast_shape((2, -1))
 
 
-def test_linalg_report_errors_are_tiny_in_float64():
-    report = tb.linalg_report(tb.make_spd_matrix(32, torch.Generator().manual_seed(1)))
+def test_broadcast_examples_show_both_answers():
+    rows = tb.broadcast_examples()
+    assert [row["shapes"] for row in rows] == [" + ".join(map(str, shapes)) for shapes in tb.BROADCAST_EXAMPLES]
+    for shapes, row in zip(tb.BROADCAST_EXAMPLES, rows):
+        try:
+            expected = str(np.broadcast_shapes(*shapes))
+        except ValueError:
+            assert row["by hand"].startswith("ValueError: ") and row["torch"].startswith("RuntimeError: ")
+        else:
+            assert row["by hand"] == row["torch"] == expected
+    assert rows[-1]["by hand"].startswith("ValueError")  # the table ends with a clash, as the prose says
+
+
+# %% Reductions, Python numbers, in-place updates
+
+
+def test_reductions_match_numpy_and_their_labels():
+    x = torch.tensor(tb.REDUCTION_INPUT)
+    a = np.array(tb.REDUCTION_INPUT, dtype=np.float32)
+    got = tb.reduction_examples()
+    assert list(got) == list(tb.REDUCTIONS)
+    for expression, (_, numpy_expression) in tb.REDUCTIONS.items():
+        reference = np.asarray(eval(numpy_expression, {"a": a, "np": np}))  # the NumPy column, as printed
+        value = got[expression]
+        assert tuple(value.shape) == reference.shape, expression  # keepdim must keep the dimension
+        np.testing.assert_allclose(value.numpy(), reference, rtol=1e-6, atol=0, err_msg=expression)
+        torch.testing.assert_close(value, eval(expression, {"x": x}), rtol=0, atol=0)  # the label is the code
+    # A few by hand, so a wrong NumPy column cannot hide a wrong torch one.
+    assert got["x.sum(dim=0)"].tolist() == [4.0, 12.0, 13.0]
+    assert got["x.max(dim=1).indices"].tolist() == [1, 2]
+    assert got["x.argmax()"].item() == 5
+    torch.testing.assert_close(got["x.std(dim=1)"], torch.tensor([math.sqrt(13 / 3), 4.0]), rtol=1e-6, atol=0)
+    assert got["x - x.mean(dim=1, keepdim=True)"].sum(dim=1).abs().max().item() < 1e-6  # centred rows
+    assert not np.allclose(a.std(axis=1), got["x.std(dim=1)"].numpy())  # the trap: np.std divides by n
+
+
+def test_python_numbers_match_numpy_values_and_types():
+    t = torch.tensor(tb.PYTHON_NUMBER_INPUT)
+    a = t.numpy()
+    got = tb.python_number_examples()
+    assert list(got) == list(tb.PYTHON_NUMBERS)
+    for expression, (_, numpy_expression) in tb.PYTHON_NUMBERS.items():
+        if expression == "t.item()":
+            assert isinstance(got[expression], RuntimeError) and "4 elements" in str(got[expression])
+            with pytest.raises(ValueError, match="size 1"):
+                eval(numpy_expression, {"a": a, "np": np})
+            continue
+        reference = eval(numpy_expression, {"a": a, "np": np})
+        assert got[expression] == reference and type(got[expression]) is type(reference), expression
+        assert got[expression] == eval(expression, {"t": t, "torch": torch}), expression
+    assert got["torch.tensor(0.1).item()"] == float(np.float32(0.1)) != 0.1  # exact float32 value, not 0.1
+    assert got["t.sum().item()"] == 11.0
+
+
+def test_inplace_version_steps_match_numpy_and_count_writes():
+    rows = tb.inplace_version_steps()
+    namespace = {"np": np}
+    for row in rows:
+        exec(row["numpy"], namespace)  # the NumPy column, as printed, one statement after the other
+        assert row["values"] == namespace["a"].tolist(), row
+    assert [row["t._version"] for row in rows] == [0, 1, 2, 3, 4, 4]  # one per in-place write, none for t + 1
+    torch_namespace = {"torch": torch}
+    for row in rows:
+        exec(row["torch"], torch_namespace)  # the torch column is the code that ran
+        assert torch_namespace["t"].tolist() == row["values"] and torch_namespace["t"]._version == row["t._version"]
+
+
+def test_inplace_autograd_errors():
+    x = torch.tensor([0.5, 1.0], requires_grad=True)
+    y = x.exp()
+    assert torch.equal(y.grad_fn._saved_result, y)  # the prose: exp saves its output for backward
+    got = tb.inplace_autograd_errors()
+    assert got["y = x.exp(); y._version when exp saved y"] == 0
+    assert got["y._version after y.add_(1)"] == 1
+    message = got["y.sum().backward()"]
+    assert message.startswith("RuntimeError: ") and "modified by an inplace operation" in message
+    assert "is at version 1; expected version 0" in message and "Hint" not in message
+    assert "leaf Variable that requires grad" in got["x.add_(1), x a leaf that requires grad"]
+    np.testing.assert_allclose(got["x.grad from (x.exp() + 1).sum().backward()"], np.exp([0.0, 1.0, 2.0]),
+                               rtol=1e-6, atol=0)
+
+
+# %% Dtypes and type promotion
+
+
+def test_dtype_report_matches_numpy_itemsizes_and_eps():
+    rows = {r["dtype"]: r for r in tb.dtype_report(1000, generator())}
+    assert list(rows) == [tb._dtype_name(d) for d in tb.DTYPES]
+    for name in ("float64", "float32", "float16", "int8"):
+        itemsize = np.dtype(name).itemsize
+        assert rows[name]["element_size"] == itemsize
+        assert rows[name]["nbytes"] == 1000 * itemsize
+        assert rows[name]["max"] == float(np.finfo(name).max if name != "int8" else np.iinfo(name).max)
+    assert rows["bfloat16"]["element_size"] == 2
+    for name in ("float64", "float32"):
+        assert rows[name]["max_rel_roundtrip_error"] == 0.0  # the values are float32 already
+    for name in ("float16", "bfloat16"):
+        # Round-to-nearest: relative error at most half a unit in the last place, and not zero.
+        assert rows[name]["eps"] / 8 < rows[name]["max_rel_roundtrip_error"] <= rows[name]["eps"] / 2
+    for name in ("float16", "float32", "float64"):
+        assert rows[name]["eps"] == float(np.finfo(name).eps)
+    assert rows["bfloat16"]["eps"] == 2.0**-7  # 7 stored mantissa bits
+    assert rows["int8"]["eps"] is None and rows["int8"]["max_rel_roundtrip_error"] is None
+
+
+EXPECTED_PROMOTION = {  # operands -> (torch dtype, torch.result_type, NumPy dtype), from the type promotion docs
+    "int64 + float32": ("float32", "float32", "float64"),
+    "float32 + float64": ("float64", "float64", "float64"),
+    "int64 + 2.5 (Python float)": ("float32", "float32", "float64"),
+    "float32 + 2.5 (Python float)": ("float32", "float32", "float32"),
+    "float32 + 0-dim float64": ("float32", "float32", "float64"),
+    "int64 / int64": ("float32", "int64", "float64"),
+}
+
+
+def test_type_promotion_examples():
+    rows = tb.type_promotion_examples()
+    assert {r["operands"]: (r["torch"], r["torch.result_type"], r["NumPy"]) for r in rows} == EXPECTED_PROMOTION
+    for r in rows:
+        np.testing.assert_allclose(r["torch values"], r["NumPy values"], rtol=1e-7, atol=0, err_msg=r["operands"])
+    assert sum(r["torch"] != r["NumPy"] for r in rows) == 4  # "NumPy disagrees in four rows"
+    division = next(r for r in rows if r["operands"] == "int64 / int64")
+    assert division["torch values"] == [1.0, 1.0]
+    assert tb._dtype_name(torch.get_default_dtype()) == "float32"  # what the prose calls torch's default float
+
+
+# %% Linear algebra
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n", [40, tb.LINALG_SIZE])
+@pytest.mark.parametrize("dtype_name", FLOAT_DTYPES)
+def test_linalg_report_errors_are_a_few_epsilons_in_each_dtype(dtype_name, n, seed):
+    dtype = FLOAT_DTYPES[dtype_name]
+    report = tb.linalg_report(tb.make_spd_matrix(n, generator(seed)).to(dtype))
     assert len(report) == 10
-    assert all(0 <= err < 1e-4 for err in report.values()), report
+    eps = torch.finfo(dtype).eps
+    assert all(math.isfinite(err) and 0 <= err < ROUND_OFF_UNITS * eps for err in report.values()), report
+    if dtype == torch.float32:  # computed in float32, not silently in float64
+        assert max(report.values()) > 1e3 * torch.finfo(torch.float64).eps
+
+
+def test_linalg_errors_by_dtype_is_linalg_report_per_dtype():
+    A, _ = lesson_matrix()
+    table = tb.linalg_errors_by_dtype(A)
+    for name, dtype in FLOAT_DTYPES.items():
+        report = tb.linalg_report(A.to(dtype))
+        assert list(table) == list(report)
+        for check, value in report.items():
+            assert table[check][name] == value, (check, name)  # bit for bit: every solver is deterministic
+
+
+def test_linalg_report_catches_a_wrong_decomposition(monkeypatch):
+    """The report measures something: a transposed eigenvector matrix shows up as a large error."""
+    A, _ = lesson_matrix()
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda M: (real_eigh(M)[0], real_eigh(M)[1].mT))
+    assert tb.linalg_report(A)["eigh: Q diag(L) Q^T vs A"] > 0.1
+
+
+def test_condition_number_and_determinants_match_numpy():
+    A, _ = lesson_matrix()
+    a = A.numpy()
+    n = tb.LINALG_SIZE
+    assert tb.condition_number(A) == pytest.approx(np.linalg.cond(a), rel=1e-10)
+    rows = {row["matrix"]: row for row in tb.determinant_table(A)}
+    assert list(rows) == ["1·A", "10·A"]
+    sign, log_det = np.linalg.slogdet(a)
+    assert sign == 1.0
+    for scale, row in zip(tb.DETERMINANT_SCALES, rows.values()):
+        expected_log = log_det + n * math.log(scale)  # log|det(cA)| = n log c + log|det A|
+        assert row["log|det| float64"] == pytest.approx(expected_log, rel=1e-12)
+        assert row["log|det| float32"] == pytest.approx(expected_log, rel=1e-5)
+        assert row["det float64"] == pytest.approx(math.exp(expected_log), rel=1e-11)
+    assert rows["1·A"]["det float32"] == pytest.approx(np.linalg.det(a), rel=1e-4)
+    assert math.isinf(rows["10·A"]["det float32"])  # past float32's max 3.4e38: the point of the table
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scaled_determinant_is_around_1e80_and_overflows_float32(seed):
+    """The prose: det(10·A) for the 64×64 matrix is around 1e80, past float32's range; slogdet stays finite."""
+    A, _ = lesson_matrix(seed)
+    row = tb.determinant_table(A)[-1]
+    assert 78 < math.log10(row["det float64"]) < 83
+    assert math.isinf(row["det float32"]) and math.isfinite(row["log|det| float32"])
 
 
 @pytest.mark.parametrize(("matrix", "message"), [
@@ -104,24 +330,165 @@ def test_linalg_report_rejects_bad_matrices(matrix, message):
         tb.linalg_report(matrix)
 
 
-def test_dtype_report_matches_numpy_itemsizes_and_eps():
-    rows = {r["dtype"]: r for r in tb.dtype_report(1000, torch.Generator().manual_seed(0))}
-    for name in ("float64", "float32", "float16", "int8"):
-        itemsize = np.dtype(name).itemsize
-        assert rows[name]["element_size"] == itemsize
-        assert rows[name]["nbytes"] == 1000 * itemsize
-    assert rows["bfloat16"]["element_size"] == 2
-    for name in ("float16", "bfloat16"):
-        # Round-to-nearest: relative error at most half a unit in the last place.
-        assert 0 < rows[name]["max_rel_roundtrip_error"] <= rows[name]["eps"] / 2
-    assert rows["float16"]["eps"] == np.finfo(np.float16).eps
+def test_old_linalg_functions_are_removed_or_deprecated_as_the_prose_says():
+    for name in ("eig", "symeig"):
+        if hasattr(torch, name):  # the stubs that say so may themselves disappear one day
+            with pytest.raises(RuntimeError, match="removed"):
+                getattr(torch, name)(torch.eye(2))
+    assert "deprecated" in torch.svd.__doc__
 
 
-def test_benchmark_matmul_rows_are_well_formed():
-    rows = tb.benchmark_matmul([8, 16], ["cpu"], min_run_time=0.005)
+def test_make_spd_matrix_is_symmetric_positive_definite():
+    A = tb.make_spd_matrix(16, generator(3))
+    torch.testing.assert_close(A, A.mT, rtol=0, atol=0)
+    assert torch.linalg.eigvalsh(A).min().item() >= 1 - 1e-12  # M Mᵀ/n + I: every eigenvalue at least 1
+    with pytest.raises(ValueError, match="n=0"):
+        tb.make_spd_matrix(0)
+
+
+# %% Benchmark
+
+
+def test_matmul_gflops_is_two_n_cubed_over_time():
+    assert tb.matmul_gflops(1000, 2e-3) == pytest.approx(2 * 1000**3 / 2e-3 / 1e9, rel=1e-15)
+    assert tb.matmul_gflops(1000, 2e-3) == pytest.approx(1000.0, rel=1e-12)
+
+
+def test_benchmark_matmul_derives_rates_from_the_timer(monkeypatch):
+    medians = iter([2e-3, 1e-3, 8e-3, 2e-3])  # numpy, cpu at 100; numpy, cpu at 200
+
+    def fake_median(fn, device="cpu", min_run_time=0.2):
+        return next(medians)
+
+    monkeypatch.setattr(tb, "time_median", fake_median)
+    rows = tb.benchmark_matmul([100, 200], ["cpu"], min_run_time=0.0)
+    assert [(r["size"], r["backend"]) for r in rows] == [(100, "numpy"), (100, "cpu"), (200, "numpy"), (200, "cpu")]
+    assert [r["seconds"] for r in rows] == [2e-3, 1e-3, 8e-3, 2e-3]
+    for r in rows:
+        assert r["gflops"] == pytest.approx(2 * r["size"] ** 3 / r["seconds"] / 1e9, rel=1e-12)
+    assert rows[1]["gflops"] == pytest.approx(2.0, rel=1e-12)  # 2·100³ / 1 ms = 2 GFLOP/s
+    assert [r["speedup_vs_numpy"] for r in rows] == pytest.approx([1.0, 2.0, 1.0, 4.0], rel=1e-12)
+
+
+def test_benchmark_matmul_times_the_real_products():
+    rows = tb.benchmark_matmul([8, 16], ["cpu", "cpu"], min_run_time=0.005)
     assert [(r["size"], r["backend"]) for r in rows] == [(8, "numpy"), (8, "cpu"), (16, "numpy"), (16, "cpu")]
     for r in rows:
         assert math.isfinite(r["seconds"]) and r["seconds"] > 0
-        assert r["gflops"] == pytest.approx(2 * r["size"] ** 3 / r["seconds"] / 1e9)
     with pytest.raises(ValueError, match="size 0"):
         tb.benchmark_matmul([0])
+
+
+# %% Figures
+
+
+def _erf(values: np.ndarray) -> np.ndarray:
+    return np.array([math.erf(v) for v in values])
+
+
+def test_tensor_operations_data_matches_numpy_and_closed_forms():
+    data = tb.tensor_operations_data(generator(4))
+    a, b, product = data["matmul"]
+    assert bool((a == a.round()).all()) and -3 <= a.min().item() and a.max().item() <= 3
+    np.testing.assert_array_equal(product.numpy(), a.numpy() @ b.numpy())
+    assert product.shape == (4, 5)
+    flat_row, grid = data["reshape"]
+    np.testing.assert_array_equal(grid.numpy(), np.arange(12.0).reshape(3, 4))
+    col, row, total = data["broadcast"]
+    np.testing.assert_array_equal(total.numpy(), np.arange(3.0)[:, None] * 10 + np.arange(4.0)[None, :])
+    assert len(data["uniform"]) == len(data["normal"]) == tb.HISTOGRAM_SAMPLES
+    x = data["activation_x"].double().numpy()
+    expected = {"ReLU": np.maximum(x, 0), "Sigmoid": 1 / (1 + np.exp(-x)), "Tanh": np.tanh(x),
+                "GELU": 0.5 * x * (1 + _erf(x / math.sqrt(2))), "SiLU": x / (1 + np.exp(-x))}
+    assert list(data["activations"]) == list(expected)
+    for name, values in expected.items():
+        np.testing.assert_allclose(data["activations"][name].numpy(), values, rtol=1e-5, atol=1e-6, err_msg=name)
+    again, other = tb.tensor_operations_data(generator(4)), tb.tensor_operations_data(generator(5))
+    for key in ("heat", "uniform", "normal"):  # the draws follow the generator, and only it
+        assert torch.equal(again[key], data[key]) and not torch.equal(other[key], data[key]), key
+    assert torch.equal(again["matmul"][0], a) and torch.equal(again["matmul"][1], b)
+
+
+def test_plot_tensor_operations_draws_the_data_it_is_given():
+    data = tb.tensor_operations_data(generator(0))
+    a, b, _ = data["matmul"]
+    data["matmul"] = (a, b, torch.full((4, 5), 42.0))  # a wrong product: the plot must show it, not recompute
+    fig = tb.plot_tensor_operations(data)
+    texts = [text.get_text() for ax in fig.axes for inset in ax.child_axes for text in inset.texts]
+    assert texts.count("42") == 20
+    for ax in fig.axes:  # each equation's matrices share one colour scale; the signed matmul one is centred on 0
+        limits = {inset.images[0].get_clim() for inset in ax.child_axes}
+        assert len(limits) <= 1, ax.get_title()
+        if ax.get_title().startswith("Matmul"):
+            low, high = limits.pop()
+            assert low == -high == -42.0
+    assert len([ax for ax in fig.axes if ax.get_title()]) >= 6
+
+
+# %% The whole lesson and the README
+
+
+def test_two_seeds_print_different_output(tmp_path, capsys, fake_timings, monkeypatch):
+    """Seeds 0 and 1 differ; seed 0 --quick prints the README's (full-run) linear-algebra tables."""
+    monkeypatch.setattr(tb, "save_figure", lambda fig, name, plots_dir: None)  # rendering PNGs is most of the time
+    outputs = []
+    for seed in (0, 1):
+        assert tb.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0
+        outputs.append(capsys.readouterr().out.replace(f"seed: {seed}", "seed: N"))
+    assert outputs[0] != outputs[1]
+    section = _readme_lesson_section()
+    title = next(line for line in section.splitlines() if line.startswith("torch.linalg on a"))
+    assert title in outputs[0]
+    for matrix in ("1·A", "10·A"):
+        readme_line = next(line for line in section.splitlines() if line.startswith(matrix + " "))
+        assert readme_line in outputs[0].splitlines()
+
+
+def test_run_stays_a_screen_of_wiring():
+    import inspect
+
+    assert len(inspect.getsource(tb.run).splitlines()) <= 45
+
+
+def _readme_lesson_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return text.split("## Lesson 1:", 1)[1].split("\n## ", 1)[0]
+
+
+def _readme_row(section: str, label: str) -> list[str]:
+    """The cells after `label` on the README table line that starts with it."""
+    for line in section.splitlines():
+        if line.startswith(label + "  "):
+            return line[len(label):].split()
+    raise AssertionError(f"README lesson 1 has no table row {label!r}")
+
+
+def test_readme_numbers_match_the_lesson_functions():
+    """README lesson 1: every number that does not depend on timing, against the functions (seed 0, full run)."""
+    section = _readme_lesson_section()
+    A, gen = lesson_matrix(0)
+    assert f"condition number {tb.condition_number(A):.3g}" in section
+    for check, errors in tb.linalg_errors_by_dtype(A).items():
+        readme = [float(cell) for cell in _readme_row(section, check)]
+        for shown, (name, value) in zip(readme, errors.items(), strict=True):
+            # Round-off residuals change in their last digits with the BLAS thread count: same size, not same digits.
+            eps = torch.finfo(FLOAT_DTYPES[name]).eps
+            assert abs(shown - value) <= max(shown, value) / 2 or max(shown, value) < eps, (check, name)
+    for row in tb.determinant_table(A):
+        assert _readme_row(section, row["matrix"]) == [tb._fmt(value) for value in list(row.values())[1:]]
+    dtypes = {row["dtype"]: row for row in tb.dtype_report(tb.FULL.dtype_elements, gen)}
+    for name in ("float16", "bfloat16"):  # the rows the README quotes
+        row = dtypes[name]
+        assert _readme_row(section, name) == [str(row["element_size"]), f"{row['nbytes']:,}",
+                                              tb._sci(row["max_rel_roundtrip_error"]), tb._sci(row["eps"]),
+                                              f"{row['max']:.3g}"]
+    for row in tb.type_promotion_examples():
+        assert _readme_row(section, row["operands"]) == [row["torch"], row["torch.result_type"], row["NumPy"]]
+
+
+def test_readme_full_run_sizes_match_the_config():
+    section = _readme_lesson_section()
+    assert f"{tb.LINALG_SIZE}×{tb.LINALG_SIZE}" in section
+    assert f"{tb.FULL.dtype_elements:,} elements" in section
+    assert "matmul sizes 64 and 256" in section and tb.QUICK.matmul_sizes == (64, 256)
+    assert "At 64×64" in section and "From 256×256 on" in section and tb.FULL.matmul_sizes[:2] == (64, 256)
