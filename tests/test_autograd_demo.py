@@ -48,7 +48,8 @@ def test_graph_facts():
         "x.grad (dy/dx = 2 w^2 x)": 36.0,
         "z.grad after retain_grad() (dy/dz = 2z)": 12.0,
         "x.grad after a second backward (accumulated)": 72.0,
-        "third backward (the second freed the graph)": "RuntimeError: Trying to backward through the graph a second time",
+        "third backward (the second freed the graph)":
+            "RuntimeError: Trying to backward through the graph a second time",
         "z.detach().requires_grad": False,
         "detach shares storage": True,
         "x * 2 under no_grad: is_leaf, requires_grad": (True, False),
