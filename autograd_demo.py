@@ -56,7 +56,7 @@ ROSENBROCK_POINT = (-1.2, 1.0, 0.5, 2.0)  # where the Rosenbrock Hessian is chec
 HVP_DIRECTION = (1.0, -1.0, 0.5, 0.0)  # v in the Hessian-vector product H·v
 ACCUMULATION_ROWS = 12  # rows of the batch split into micro-batches
 EQUAL_MICRO_BATCHES = (3, 3, 3, 3)  # four micro-batches of three rows
-UNEQUAL_MICRO_BATCHES = (2, 3, 7)  # three micro-batches of different sizes (the last batch of an epoch, say)
+UNEQUAL_MICRO_BATCHES = (2, 3, 7)  # three micro-batches of different sizes, as when the last one is short
 SMALL_OP_STEPS = 100  # steps of the small-op chain timed under no_grad and inference_mode
 OPS_PER_STEP = 4  # view, transpose, reshape (a copy), in-place multiply
 TANH_MLP_SIZES = (1, 32, 32, 1)  # the small tanh MLP whose gradients and loss are plotted
@@ -67,8 +67,9 @@ ADAM_LR = 1e-2  # learning rate of the loss-curve run
 # %% [markdown]
 # ## The dynamic graph
 #
-# Every operation whose input has `requires_grad=True` records a node (`grad_fn`) that knows
-# how to push gradients back to its inputs (`next_functions`); its result is a *non-leaf*.
+# With grad mode on (the default), every operation with an input that has `requires_grad=True`
+# records a node (`grad_fn`) that knows how to push gradients back to its inputs
+# (`next_functions`); its result is a *non-leaf*.
 # Everything else is a *leaf*: tensors you create, and also results of operations that autograd
 # did not record (no input requires grad, or `no_grad` was on), which have `requires_grad=False`.
 # `.backward()` walks the graph from the output and fills `.grad` of the leaves that require
@@ -345,6 +346,7 @@ def load_forward_mode() -> None:
 
 
 def jacobian_methods(f: Callable, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """Four ways to build the Jacobian of `f` at `x`, each a zero-argument callable so it can be timed."""
     load_forward_mode()
     return {
         "jacobian_rows (loop of backward)": lambda: jacobian_rows(f, x),
@@ -849,6 +851,29 @@ def print_facts(title: str, facts: dict[str, object]) -> None:
         print(f"{key:{width}s}  {value}")
 
 
+def gradient_facts() -> dict[str, object]:
+    basics = basic_gradients()
+    return {"d(x²)/dx at x = 2 (closed form 2x = 4)": basics["x**2 at 2"].item(),
+            "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": _rounded(basics["vjp"]),
+            "vᵀJ with J = jacrev(x ↦ x²)": _rounded(basics["v @ jacobian"])}
+
+
+def finite_difference_facts(steps: torch.Tensor, errors: dict[str, list[float]], plateau: dict[str, float],
+                            gradchecks: dict[str, bool]) -> dict[str, object]:
+    best = {f"{dtype}: most accurate at h": f"{h:.0e} (max error {err:.1e})"
+            for dtype, (h, err) in best_steps(steps, errors).items()}
+    lost = (f"{plateau['largest lost h']:.0e}, error there {plateau['error there']:.4f} "
+            f"= max |f'(x)| {plateau['max |grad|']:.4f}")
+    return {**best, "float32: x ± h rounds to x at every x once h ≤": lost,
+            **{f"gradcheck(SquareFunction) in {dtype}": ok for dtype, ok in gradchecks.items()}}
+
+
+def accumulation_facts(acc: dict[str, object]) -> dict[str, object]:
+    return {"weight.grad after 1 backward": _rounded(acc["once"]),
+            "after 2 (summed, not replaced)": _rounded(acc["twice"]), "after zero_grad()": acc["after_zero_grad"],
+            **{f"max |micro − full|, {k}": f"{v:.1e}" for k, v in acc["max |micro − full|"].items()}}
+
+
 def run(ctx: LessonContext) -> None:
     cfg = ctx.config(FULL, QUICK)
     print_facts("The dynamic graph", graph_facts())
@@ -857,12 +882,7 @@ def run(ctx: LessonContext) -> None:
     print(f"{modes['ops']} small ops on {ctx.device.type}: no_grad {fmt_seconds(modes['no_grad per op'])}/op, "
           f"inference_mode {fmt_seconds(modes['inference_mode per op'])}/op "
           f"({fmt_timing(modes['inference_mode / no_grad'], '.2f', '×')} the time)")
-
-    basics = basic_gradients()
-    print_facts("Gradients and vector-Jacobian products", {
-        "d(x²)/dx at x = 2 (closed form 2x = 4)": basics["x**2 at 2"].item(),
-        "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": _rounded(basics["vjp"]),
-        "vᵀJ with J = jacrev(x ↦ x²)": _rounded(basics["v @ jacobian"])})
+    print_facts("Gradients and vector-Jacobian products", gradient_facts())
     print_table("n-th derivative of sin at x = 1", ["n", "autograd", "closed form sin(1 + nπ/2)"],
                 sin_derivative_table(1.0, SIN_DERIVATIVE_ORDERS))
     print_table(f"Jacobian of a R^{cfg.jacobian_size} → R^{cfg.jacobian_size} map (max diff vs the hand-derived "
@@ -871,25 +891,15 @@ def run(ctx: LessonContext) -> None:
                  for r in compare_jacobians(cfg.jacobian_size, cfg.min_run_time, ctx.generator)])
     hessian = rosenbrock_hessian_checks(torch.tensor(ROSENBROCK_POINT, dtype=torch.float64),
                                         torch.tensor(HVP_DIRECTION, dtype=torch.float64))
-    print_facts(f"Hessian of the Rosenbrock function at {ROSENBROCK_POINT}",
-                {k: f"{v:.1e}" for k, v in hessian.items()})
+    print_facts(f"Rosenbrock Hessian at {ROSENBROCK_POINT}", {k: f"{v:.1e}" for k, v in hessian.items()})
 
     steps, x_fd = fd_steps(cfg.fd_step_count), torch.tensor(FD_POINTS, dtype=torch.float64)
     errors = fd_error_sweep(steps, x_fd)
     plateau = round_off_plateau(steps, x_fd, errors["float32"])
-    print_facts(f"Finite differences, step h over {orders_of_magnitude(steps)} orders of magnitude", {
-        **{f"{dtype}: most accurate at h": f"{h:.0e} (max error {err:.1e})"
-           for dtype, (h, err) in best_steps(steps, errors).items()},
-        "float32: x ± h rounds to x at every x once h ≤": f"{plateau['largest lost h']:.0e}, error there "
-        f"{plateau['error there']:.4f} = max |f'(x)| {plateau['max |grad|']:.4f}",
-        **{f"gradcheck(SquareFunction) in {d}": ok for d, ok in gradcheck_in_both_precisions(ctx.generator).items()}})
+    print_facts(f"Finite differences, step h over {orders_of_magnitude(steps)} orders of magnitude",
+                finite_difference_facts(steps, errors, plateau, gradcheck_in_both_precisions(ctx.generator)))
     print_facts("Custom autograd Functions", custom_function_report(ctx.generator))
-
-    acc = accumulation_demo(ctx.generator)
-    print_facts("Gradient accumulation", {
-        "weight.grad after 1 backward": _rounded(acc["once"]), "after 2 (summed, not replaced)": _rounded(acc["twice"]),
-        "after zero_grad()": acc["after_zero_grad"],
-        **{f"max |micro − full|, {k}": f"{v:.1e}" for k, v in acc["max |micro − full|"].items()}})
+    print_facts("Gradient accumulation", accumulation_facts(accumulation_demo(ctx.generator)))
     print_facts("Debugging a NaN gradient with detect_anomaly", nan_gradient_demo())
 
     timings = time_forward_backward(cfg.mlp_hidden_sizes, cfg.mlp_batch, cfg.min_run_time, ctx.device, ctx.generator)

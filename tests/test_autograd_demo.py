@@ -294,6 +294,9 @@ def test_fd_error_sweep_is_a_v_with_its_bottom_near_the_cube_root_of_machine_eps
         assert abs(math.log10(h / eps ** (1 / 3))) <= 0.5  # within half a decade of ε_mach^(1/3)
         assert errors[dtype][0] > err and errors[dtype][-1] > err  # both arms of the V rise
     assert best["float64"][1] < 1e-9 < best["float32"][1]
+    # The numbers the prose quotes: ε_mach 1.2e-7 and 2.2e-16, ε_mach^(1/3) about 5e-3 and 6e-6.
+    assert (f"{EPS32:.1e}", f"{EPS64:.1e}") == ("1.2e-07", "2.2e-16")
+    assert (f"{EPS32 ** (1 / 3):.0e}", f"{EPS64 ** (1 / 3):.0e}") == ("5e-03", "6e-06")
 
 
 def test_best_steps_picks_the_smallest_error():
@@ -309,6 +312,11 @@ def test_a_step_below_half_the_float_spacing_is_lost():
         for xi in x_d:  # a step of one spacing ε·|x| always changes x
             assert not ad.step_is_lost(xi, eps * xi.abs().item(), dtype).any()
         assert not ad.step_is_lost(x, 1e-3, dtype).any()
+    # Lost on one side only is not lost: at x = 1 floats are twice as dense below as above, so a step
+    # of 0.4 ε_mach rounds away going up (below half of ε) but not going down (above half of ε/2).
+    one = torch.tensor([1.0], dtype=F64)
+    assert (one.float() + 0.4 * EPS32).item() == 1.0 and (one.float() - 0.4 * EPS32).item() != 1.0
+    assert not ad.step_is_lost(one, 0.4 * EPS32, torch.float32).any()
 
 
 def test_float32_plateau_error_is_exactly_the_largest_gradient():
