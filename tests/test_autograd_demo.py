@@ -540,3 +540,21 @@ def test_different_seeds_print_different_results(tmp_path, capsys, fake_timings,
         assert ad.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0
         outputs.append(capsys.readouterr().out.split("\n", 2)[2])  # past the banner, which names the seed
     assert outputs[0] != outputs[1]
+
+
+def test_fact_formatters_print_what_the_functions_return():
+    assert ad.gradient_facts() == {"d(x²)/dx at x = 2 (closed form 2x = 4)": 4.0,
+                                   "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": [2.0, 0.4, 0.06],
+                                   "vᵀJ with J = jacrev(x ↦ x²)": [2.0, 0.4, 0.06]}
+    steps = torch.tensor([1e-1, 1e-2, 1e-3], dtype=F64)
+    facts = ad.finite_difference_facts(steps, {"float32": [0.5, 0.25, 0.75]},
+                                       {"largest lost h": 1e-3, "error there": 0.75, "max |grad|": 0.75},
+                                       {"float64": True, "float32": False})
+    assert facts == {"float32: most accurate at h": "1e-02 (max error 2.5e-01)",
+                     "float32: x ± h rounds to x at every x once h ≤": "1e-03, error there 0.7500 = max |f'(x)| 0.7500",
+                     "gradcheck(SquareFunction) in float64": True, "gradcheck(SquareFunction) in float32": False}
+    acc = {"once": torch.tensor([[1.0, 2.0]]), "twice": torch.tensor([[2.0, 4.0]]), "after_zero_grad": None,
+           "max |micro − full|": {"a": 0.5}}
+    assert ad.accumulation_facts(acc) == {"weight.grad after 1 backward": [1.0, 2.0],
+                                          "after 2 (summed, not replaced)": [2.0, 4.0], "after zero_grad()": None,
+                                          "max |micro − full|, a": "5.0e-01"}
