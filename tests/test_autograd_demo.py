@@ -541,6 +541,13 @@ def test_different_seeds_print_different_results(tmp_path, capsys, fake_timings,
         outputs.append(capsys.readouterr().out.split("\n", 2)[2])  # past the banner, which names the seed
     assert outputs[0] != outputs[1]
 
+    def part(text: str, start: str, end: str) -> str:
+        return text.split(start, 1)[1].split(end, 1)[0]
+
+    # Each part that draws random numbers follows --seed (none keeps a hard-coded seed of its own).
+    for start, end in (("--- Gradient accumulation", "\n--- "), ("Training loss", "\n")):
+        assert part(outputs[0], start, end) != part(outputs[1], start, end), start
+
 
 def test_fact_formatters_print_what_the_functions_return():
     assert ad.gradient_facts() == {"d(x²)/dx at x = 2 (closed form 2x = 4)": 4.0,
