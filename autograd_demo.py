@@ -40,12 +40,12 @@ class Config:
     mlp_hidden_sizes: tuple[int, ...] = (64, 256, 1024)  # widths for the forward-vs-backward timing
     mlp_batch: int = 256  # rows per forward pass in the timing
     train_steps: int = 60  # optimisation steps for the loss-curve panel
-    min_run_time: float = 0.08  # seconds per timing point (12 points in a full run)
+    min_run_time: float = 0.075  # seconds per timing point (12 points in a full run, 10 in --quick)
     fd_step_count: int = 23  # finite-difference step sizes h, log-spaced from FD_STEP_LARGEST to FD_STEP_SMALLEST
 
 
 FULL = Config()
-QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_steps=10, min_run_time=0.008,
+QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_steps=10, min_run_time=0.007,
                fd_step_count=12)
 
 FD_STEP_LARGEST = 1e-1  # largest finite-difference step h in the sweep
