@@ -3,13 +3,14 @@
 Lesson 2 of the course. Run `python autograd_demo.py` (add `--quick` for a smoke run).
 It walks the dynamic graph, computes gradients, higher derivatives, Jacobians and Hessians,
 checks every one against an independent reference (closed forms, finite differences,
-torch.func), writes custom autograd Functions, debugs a NaN gradient, and times forward vs
-backward. Figures: plots/autograd_graph.png, plots/finite_difference_error.png,
-plots/gradient_flow_analysis.png.
+torch.func), writes custom autograd Functions, debugs a NaN gradient, and times no_grad vs
+inference_mode and forward vs backward. Figures: plots/autograd_graph.png,
+plots/finite_difference_error.png, plots/gradient_flow_analysis.png.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Callable
@@ -39,24 +40,42 @@ class Config:
     mlp_hidden_sizes: tuple[int, ...] = (64, 256, 1024)  # widths for the forward-vs-backward timing
     mlp_batch: int = 256  # rows per forward pass in the timing
     train_steps: int = 60  # optimisation steps for the loss-curve panel
-    min_run_time: float = 0.1  # seconds per timing point
-    eps_points: int = 23  # finite-difference step sizes between 1e-1 and 1e-12
+    min_run_time: float = 0.075  # seconds per timing point (12 points in a full run, 10 in --quick)
+    fd_step_count: int = 23  # finite-difference step sizes h, log-spaced from FD_STEP_LARGEST to FD_STEP_SMALLEST
 
 
 FULL = Config()
-QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_steps=10, min_run_time=0.01,
-               eps_points=12)
+QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_steps=10, min_run_time=0.007,
+               fd_step_count=12)
+
+FD_STEP_LARGEST = 1e-1  # largest finite-difference step h in the sweep
+FD_STEP_SMALLEST = 1e-12  # smallest step h: far below float32's resolution near |x| ≈ 1
+FD_POINTS = (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0)  # where the finite-difference gradient is compared
+SIN_DERIVATIVE_ORDERS = 5  # derivatives 0..4 of sin, printed against the closed form
+ROSENBROCK_POINT = (-1.2, 1.0, 0.5, 2.0)  # where the Rosenbrock Hessian is checked
+HVP_DIRECTION = (1.0, -1.0, 0.5, 0.0)  # v in the Hessian-vector product H·v
+ACCUMULATION_ROWS = 12  # rows of the batch split into micro-batches
+EQUAL_MICRO_BATCHES = (3, 3, 3, 3)  # four micro-batches of three rows
+UNEQUAL_MICRO_BATCHES = (2, 3, 7)  # three micro-batches of different sizes, as when the last one is short
+SMALL_OP_STEPS = 100  # steps of the small-op chain timed under no_grad and inference_mode
+OPS_PER_STEP = 4  # view, transpose, reshape (a copy), in-place multiply
+TANH_MLP_SIZES = (1, 32, 32, 1)  # the small tanh MLP whose gradients and loss are plotted
+TIMED_MLP_DEPTH = 3  # hidden layers of the ReLU MLP in the forward-vs-backward timing
+ADAM_LR = 1e-2  # learning rate of the loss-curve run
 
 
 # %% [markdown]
 # ## The dynamic graph
 #
-# Every operation on a tensor with `requires_grad=True` records a node (`grad_fn`) that knows
-# how to push gradients back to its inputs (`next_functions`). Tensors you create are *leaves*;
-# results of operations are not. `.backward()` walks the graph from the output and fills `.grad`
-# of the leaves only, unless a non-leaf calls `retain_grad()`. The graph is freed after one
-# backward pass unless `retain_graph=True`. The graph is built anew on every forward pass,
-# which is why ordinary Python control flow just works.
+# With grad mode on (the default), every operation with an input that has `requires_grad=True`
+# records a node (`grad_fn`) that knows how to push gradients back to its inputs
+# (`next_functions`); its result is a *non-leaf*.
+# Everything else is a *leaf*: tensors you create, and also results of operations that autograd
+# did not record (no input requires grad, or `no_grad` was on), which have `requires_grad=False`.
+# `.backward()` walks the graph from the output and fills `.grad` of the leaves that require
+# grad, not of non-leaves unless they call `retain_grad()`. The graph's saved tensors are freed
+# after one backward pass unless `retain_graph=True`. The graph is built anew on every forward
+# pass, which is why ordinary Python control flow just works.
 
 # %%
 def graph_facts() -> dict[str, object]:
@@ -67,34 +86,30 @@ def graph_facts() -> dict[str, object]:
     z.retain_grad()
     y = z**2
     y.backward(retain_graph=True)
+    constant_product = torch.tensor(2.0) * 3  # no input requires grad: nothing recorded
     facts: dict[str, object] = {
         "x.is_leaf": x.is_leaf,
-        "z.is_leaf": z.is_leaf,
+        "z = w * x: z.is_leaf": z.is_leaf,
         "z.grad_fn": type(z.grad_fn).__name__,
         "y.grad_fn.next_functions": [type(fn).__name__ for fn, _ in y.grad_fn.next_functions],
+        "tensor(2.) * 3: is_leaf, requires_grad": (constant_product.is_leaf, constant_product.requires_grad),
         "x.grad (dy/dx = 2 w^2 x)": x.grad.item(),
         "z.grad after retain_grad() (dy/dz = 2z)": z.grad.item(),
     }
-    y.backward()  # allowed once more because of retain_graph=True above
+    y.backward()  # allowed once more because of retain_graph=True above; this one frees the graph
     facts["x.grad after a second backward (accumulated)"] = x.grad.item()
     try:
         y.backward()
-    except RuntimeError:
-        facts["third backward without retain_graph"] = "RuntimeError: graph already freed"
+        facts["third backward (the second freed the graph)"] = "no error"
+    except RuntimeError as err:
+        facts["third backward (the second freed the graph)"] = "RuntimeError: " + str(err).split(" (")[0][:50]
 
     detached = z.detach()
     facts["z.detach().requires_grad"] = detached.requires_grad
     facts["detach shares storage"] = detached.data_ptr() == z.data_ptr()
     with torch.no_grad():
         under_no_grad = x * 2
-    facts["x * 2 under no_grad: requires_grad"] = under_no_grad.requires_grad
-    with torch.inference_mode():
-        under_inference = x * 2
-    facts["x * 2 under inference_mode: is_inference()"] = under_inference.is_inference()
-    try:
-        (under_inference * x).backward()
-    except RuntimeError:
-        facts["inference tensor used in autograd later"] = "RuntimeError (use no_grad if you need that)"
+    facts["x * 2 under no_grad: is_leaf, requires_grad"] = (under_no_grad.is_leaf, under_no_grad.requires_grad)
     return facts
 
 
@@ -155,6 +170,79 @@ def example_graph() -> tuple[list[dict], list[tuple], str]:
 
 
 # %% [markdown]
+# ## no_grad vs inference_mode
+#
+# Both stop recording the graph. `inference_mode` also drops two pieces of bookkeeping that
+# every op on an ordinary tensor pays for: the *version counter* (bumped by every in-place op,
+# so autograd can tell whether a tensor it saved was changed) and *view tracking* (a view
+# remembers its base tensor). Tensors made under it are *inference tensors*: cheaper, but they
+# can never enter autograd later (they cannot be saved for backward, nor changed in place outside
+# inference mode). Use `inference_mode` for pure inference and serving; use `no_grad` when the
+# results may meet autograd again (evaluation inside a training loop, updating weights by hand).
+# The saving is per op, so it shows on chains of small ops, timed below.
+
+# %%
+def inference_mode_facts() -> dict[str, object]:
+    """What inference_mode drops compared with no_grad, and what it forbids afterwards.
+
+    `_version` and `_base` are internals, read here only to show what is tracked.
+    """
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    with torch.no_grad():
+        plain = x * 2
+        plain.mul_(2)
+        plain_view = plain.view(3)
+    with torch.inference_mode():
+        inference = x * 2
+        inference.mul_(2)
+        inference_view = inference.view(3)
+    facts: dict[str, object] = {
+        "no_grad: is_inference()": plain.is_inference(),
+        "no_grad: version after one in-place op": plain._version,
+        "no_grad: view knows its base": plain_view._base is plain,
+        "inference_mode: is_inference()": inference.is_inference(),
+        "inference_mode: view knows its base": inference_view._base is inference,
+    }
+    attempts = {
+        "inference_mode: read the version counter": lambda: inference._version,
+        "inference tensor saved for backward": lambda: (inference * x).sum().backward(),
+        "inference tensor changed in place later": lambda: inference.add_(1),
+    }
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+            facts[name] = "allowed"
+        except RuntimeError:
+            facts[name] = "RuntimeError"
+    return facts
+
+
+def small_op_chain(t: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` × (view, transpose, reshape, in-place multiply) on a 16-element tensor."""
+    for _ in range(steps):
+        t = t.view(4, 4).t().reshape(-1).mul_(1.0)  # (16,); reshape of the transpose copies
+    return t
+
+
+def time_no_grad_vs_inference_mode(steps: int, min_run_time: float,
+                                   device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median seconds of the small-op chain under each mode, per op, and inference_mode / no_grad."""
+    t = torch.ones(16, device=device)
+
+    def under(mode: Callable[[], object]) -> Callable[[], torch.Tensor]:
+        def chain() -> torch.Tensor:
+            with mode():
+                return small_op_chain(t, steps)
+        return chain
+
+    no_grad = time_median(under(torch.no_grad), device, min_run_time)
+    inference = time_median(under(torch.inference_mode), device, min_run_time)
+    ops = steps * OPS_PER_STEP
+    return {"ops": ops, "no_grad per op": no_grad / ops, "inference_mode per op": inference / ops,
+            "inference_mode / no_grad": inference / no_grad}
+
+
+# %% [markdown]
 # ## Gradients and vector-Jacobian products
 #
 # For a scalar output `y.backward()` gives dy/dx. For a vector output there is no single
@@ -200,12 +288,20 @@ def nth_derivative(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor | 
     return y.detach()
 
 
+def sin_derivative_table(x0: float, orders: int) -> list[list[object]]:
+    """Rows [n, autograd's n-th derivative of sin at x0, the closed form sin(x0 + nπ/2)]."""
+    x = torch.tensor(x0, dtype=torch.float64)
+    return [[n, nth_derivative(torch.sin, x, n).item(), math.sin(x0 + n * math.pi / 2)] for n in range(orders)]
+
+
 # %% [markdown]
 # ## Jacobians, three ways
 #
 # Row by row: one reverse pass per output, m passes for an m×n Jacobian. `torch.func.jacrev`
 # vectorises those passes with `vmap`; `jacfwd` uses forward mode, one pass per input, and wins
 # when inputs are fewer than outputs. `torch.autograd.functional.jacobian` is the older API.
+# Every method is compared with the Jacobian derived by hand,
+# J = diag(tanh(Wx) + cos x) + diag(x ⊙ (1 − tanh²(Wx))) W.
 
 # %%
 def jacobian_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -220,14 +316,21 @@ def jacobian_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
     return torch.stack(rows).reshape(y.shape + x.shape)
 
 
-def make_vector_function(n: int, generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """f(x) = tanh(W x) ⊙ x + sin(x): a non-trivial R^n → R^n map."""
+def make_vector_function(n: int, generator: torch.Generator | None = None
+                         ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """f(x) = tanh(W x) ⊙ x + sin(x), a non-trivial R^n → R^n map, and its random W (n, n)."""
     W = torch.randn(n, n, generator=generator, dtype=torch.float64) / n**0.5
 
     def f(x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(W.to(x.dtype) @ x) * x + torch.sin(x)
 
-    return f
+    return f, W
+
+
+def vector_function_jacobian(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The Jacobian of tanh(W x) ⊙ x + sin(x), derived by hand: an independent reference."""
+    t = torch.tanh(W @ x)  # (n,)
+    return torch.diag(t + torch.cos(x)) + (x * (1 - t**2)).unsqueeze(1) * W  # (n, n)
 
 
 def load_forward_mode() -> None:
@@ -243,6 +346,7 @@ def load_forward_mode() -> None:
 
 
 def jacobian_methods(f: Callable, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """Four ways to build the Jacobian of `f` at `x`, each a zero-argument callable so it can be timed."""
     load_forward_mode()
     return {
         "jacobian_rows (loop of backward)": lambda: jacobian_rows(f, x),
@@ -250,6 +354,16 @@ def jacobian_methods(f: Callable, x: torch.Tensor) -> dict[str, Callable[[], tor
         "torch.func.jacrev (vmap of vjp)": lambda: torch.func.jacrev(f)(x),
         "torch.func.jacfwd (vmap of jvp)": lambda: torch.func.jacfwd(f)(x),
     }
+
+
+def compare_jacobians(n: int, min_run_time: float, generator: torch.Generator | None = None) -> list[dict]:
+    """Each method's max |difference| from the hand-derived Jacobian, and its median time."""
+    f, W = make_vector_function(n, generator)
+    x = torch.randn(n, dtype=torch.float64, generator=generator)
+    reference = vector_function_jacobian(W, x)
+    return [{"method": name, "max |diff|": (method() - reference).abs().max().item(),
+             "seconds": time_median(method, "cpu", min_run_time)}
+            for name, method in jacobian_methods(f, x).items()]
 
 
 # %% [markdown]
@@ -300,26 +414,50 @@ def rosenbrock_hessian(x: torch.Tensor) -> torch.Tensor:
     return H
 
 
+def rosenbrock_hessian_checks(x: torch.Tensor, v: torch.Tensor) -> dict[str, float]:
+    """Max |difference| of the double-backward Hessian and of H·v from their references."""
+    H = hessian_double_backward(rosenbrock, x)
+    return {
+        "double backward vs torch.func.hessian": (H - torch.func.hessian(rosenbrock)(x)).abs().max().item(),
+        "double backward vs hand-derived": (H - rosenbrock_hessian(x)).abs().max().item(),
+        "Hessian-vector product vs H @ v": (hessian_vector_product(rosenbrock, x, v) - H @ v).abs().max().item(),
+    }
+
+
 # %% [markdown]
 # ## Gradient checking with finite differences
 #
-# The central difference (f(x+ε) − f(x−ε)) / 2ε has truncation error ∝ ε², but round-off
-# error ∝ machine-eps/ε. Shrinking ε helps until round-off takes over: plotted on log axes the
-# error is a V, with its bottom near eps^(1/3): about 5e-3 in float32 and 6e-6 in float64.
-# `torch.autograd.gradcheck` automates the comparison, and must run in float64.
+# The central difference (f(x+h) − f(x−h)) / 2h with step h has truncation error ∝ h², and
+# round-off error ∝ ε_mach/h, where ε_mach is the machine epsilon (the spacing of floats
+# just above 1: 1.2e-7 in float32, 2.2e-16 in float64). Shrinking h helps until round-off takes
+# over: on log axes the error is a V, with its bottom near h ≈ ε_mach^(1/3), about 5e-3 in
+# float32 and 6e-6 in float64. Below h ≈ ε_mach·|x|/2 (half the spacing of floats near x),
+# x + h and x − h both round to x itself: the quotient is exactly 0 and the error is |f'(x)|,
+# a flat plateau (float32 reaches it inside the sweep). `torch.autograd.gradcheck` automates
+# the comparison, and must run in float64: in float32 it rejects even a correct backward.
 
 # %%
-def finite_difference_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Central-difference gradient of scalar `f` at `x`, same shape and dtype as `x`."""
-    if eps <= 0:
-        raise ValueError(f"eps={eps} must be positive")
+def fd_steps(count: int) -> torch.Tensor:
+    """`count` step sizes h, log-spaced from FD_STEP_LARGEST down to FD_STEP_SMALLEST."""
+    return torch.logspace(math.log10(FD_STEP_LARGEST), math.log10(FD_STEP_SMALLEST), count, dtype=torch.float64)
+
+
+def orders_of_magnitude(steps: torch.Tensor) -> int:
+    """How many powers of ten the sweep spans (1e-1 … 1e-12 spans 11)."""
+    return round(math.log10(steps.max().item() / steps.min().item()))
+
+
+def finite_difference_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, h: float) -> torch.Tensor:
+    """Central-difference gradient of scalar `f` at `x` with step `h`, same shape and dtype as `x`."""
+    if h <= 0:
+        raise ValueError(f"h={h} must be a positive step size")
     x = x.detach()
     flat = x.reshape(-1)
     grad = torch.empty_like(flat)
     for i in range(flat.numel()):
         step = torch.zeros_like(flat)
-        step[i] = eps
-        grad[i] = (f((flat + step).reshape(x.shape)) - f((flat - step).reshape(x.shape))) / (2 * eps)
+        step[i] = h
+        grad[i] = (f((flat + step).reshape(x.shape)) - f((flat - step).reshape(x.shape))) / (2 * h)
     return grad.reshape(x.shape)
 
 
@@ -328,17 +466,56 @@ def smooth_test_function(x: torch.Tensor) -> torch.Tensor:
     return (torch.sin(x) * torch.exp(x / 2)).sum()
 
 
-def fd_error_sweep(eps_values: torch.Tensor, x: torch.Tensor) -> dict[str, list[float]]:
-    """Max abs error of finite differences vs the exact (float64 autograd) gradient, per dtype."""
+def fd_error_sweep(steps: torch.Tensor, x: torch.Tensor) -> dict[str, list[float]]:
+    """Max abs error of finite differences vs the exact (float64 autograd) gradient, per dtype and step h."""
     exact = torch.func.grad(smooth_test_function)(x.to(torch.float64))
     errors = {}
     for dtype in (torch.float32, torch.float64):
         xd = x.to(dtype)
         errors[str(dtype).removeprefix("torch.")] = [
-            (finite_difference_grad(smooth_test_function, xd, float(eps)).to(torch.float64) - exact).abs().max().item()
-            for eps in eps_values
+            (finite_difference_grad(smooth_test_function, xd, float(h)).to(torch.float64) - exact).abs().max().item()
+            for h in steps
         ]
     return errors
+
+
+def best_steps(steps: torch.Tensor, errors: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """Per dtype: the step h with the smallest error, and that error."""
+    best = {}
+    for dtype, errs in errors.items():
+        i = min(range(len(errs)), key=errs.__getitem__)
+        best[dtype] = (steps[i].item(), errs[i])
+    return best
+
+
+def step_is_lost(x: torch.Tensor, h: float, dtype: torch.dtype) -> torch.Tensor:
+    """True where x + h and x − h both round back to x in `dtype`."""
+    xd = x.to(dtype)
+    return ((xd + h) == xd) & ((xd - h) == xd)
+
+
+def round_off_plateau(steps: torch.Tensor, x: torch.Tensor, errors: list[float],
+                      dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Where x ± h rounds to x at every point: the largest such h, the error there and max |f'(x)|."""
+    lost = [bool(step_is_lost(x, h.item(), dtype).all()) for h in steps]
+    if not any(lost):
+        raise ValueError(f"no step in the sweep (smallest {steps.min().item():.0e}) is lost in {dtype}")
+    first = lost.index(True)
+    exact = torch.func.grad(smooth_test_function)(x.to(torch.float64))
+    return {"largest lost h": steps[first].item(), "error there": errors[first],
+            "max |grad|": exact.abs().max().item()}
+
+
+def gradcheck_in_both_precisions(generator: torch.Generator | None = None) -> dict[str, bool]:
+    """gradcheck on SquareFunction (a correct backward) in float64 and in float32."""
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        x = torch.randn(3, dtype=dtype, generator=generator).requires_grad_(True)
+        with warnings.catch_warnings():  # the float32 warning is the point of the demo
+            warnings.filterwarnings("ignore", message=r"Input #0 requires gradient and is not a double")
+            results[str(dtype).removeprefix("torch.")] = torch.autograd.gradcheck(
+                SquareFunction.apply, (x,), raise_exception=False)
+    return results
 
 
 # %% [markdown]
@@ -347,7 +524,8 @@ def fd_error_sweep(eps_values: torch.Tensor, x: torch.Tensor) -> dict[str, list[
 # Subclass `torch.autograd.Function` when you want to define the backward yourself. Written in
 # the `forward` + `setup_context` style (and with `generate_vmap_rule = True`) a Function also
 # works under `torch.func` transforms. If its backward uses differentiable torch operations,
-# double backward (`gradgradcheck`) works too.
+# double backward (`gradgradcheck`) works too. gradcheck is worth running on code like this,
+# whose backward you wrote; on built-in ops it would only test PyTorch.
 
 # %%
 class SquareFunction(torch.autograd.Function):
@@ -396,10 +574,13 @@ class StableLogSumExp(torch.autograd.Function):
         return grad_output.unsqueeze(-1) * softmax
 
 
-def custom_function_report() -> dict[str, object]:
+LOGSUMEXP_OVERFLOW_INPUT = (1000.0, 1000.5, 999.0)  # exp(1000) overflows float32 and float64 alike
+
+
+def custom_function_report(generator: torch.Generator | None = None) -> dict[str, object]:
     """gradcheck/gradgradcheck results, overflow behaviour, and torch.func transforms over them."""
-    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(0))
-    big = torch.tensor([1000.0, 1000.5, 999.0])
+    x = torch.randn(4, 5, dtype=torch.float64, generator=generator).requires_grad_(True)
+    big = torch.tensor(LOGSUMEXP_OVERFLOW_INPUT)
     per_example_grads = torch.func.vmap(torch.func.grad(StableLogSumExp.apply))(x.detach())
     return {
         "SquareFunction gradcheck": torch.autograd.gradcheck(SquareFunction.apply, (x,)),
@@ -419,33 +600,56 @@ def custom_function_report() -> dict[str, object]:
 # ## Gradient accumulation
 #
 # `.grad` is a running sum: each `backward()` adds to it. That is a feature when you split a
-# batch into micro-batches that do not fit in memory at once (scale each loss by 1/k and the
-# sum equals the full-batch gradient), and a bug when you forget `optimizer.zero_grad()` in a
-# training loop. `zero_grad()` sets `.grad` to None by default (cheaper than filling zeros).
+# batch into micro-batches that do not fit in memory at once, and a bug when you forget
+# `optimizer.zero_grad()` in a training loop. `zero_grad()` sets `.grad` to None by default
+# (cheaper than filling zeros). Scaling each of k micro-batch losses by 1/k gives the full-batch
+# gradient only when the micro-batches have equal sizes: a mean loss over n_i rows must be
+# weighted by its share of the rows, n_i/N, which is exact for any sizes.
 
 # %%
+def micro_batch_gradient(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: tuple[int, ...],
+                         weighting: str) -> torch.Tensor:
+    """All parameter gradients, flattened, after one backward per micro-batch of the MSE loss.
+
+    weighting "1/k" scales each micro-batch's mean loss by 1/k; "rows/N" by its share of the rows.
+    """
+    if sum(sizes) != len(X):
+        raise ValueError(f"sizes={sizes} add up to {sum(sizes)}, expected the {len(X)} rows of X")
+    if weighting not in ("1/k", "rows/N"):
+        raise ValueError(f"weighting={weighting!r} must be '1/k' or 'rows/N'")
+    model.zero_grad()
+    for X_micro, y_micro in zip(X.split(sizes), y.split(sizes)):
+        weight = 1 / len(sizes) if weighting == "1/k" else len(X_micro) / len(X)
+        (F.mse_loss(model(X_micro), y_micro) * weight).backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def full_batch_gradient(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    model.zero_grad()
+    F.mse_loss(model(X), y).backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
 def accumulation_demo(generator: torch.Generator | None = None) -> dict[str, object]:
-    model = nn.Linear(3, 1)
-    X = torch.randn(8, 3, generator=generator)
-    y = torch.randn(8, 1, generator=generator)
+    """.grad sums over backward calls; micro-batch weightings against the full-batch gradient."""
+    model = nn.Linear(3, 1, dtype=torch.float64)
+    X = torch.randn(ACCUMULATION_ROWS, 3, dtype=torch.float64, generator=generator)
+    y = torch.randn(ACCUMULATION_ROWS, 1, dtype=torch.float64, generator=generator)
 
     F.mse_loss(model(X), y).backward()
     once = model.weight.grad.clone()
     F.mse_loss(model(X), y).backward()
     twice = model.weight.grad.clone()
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    optimizer.zero_grad()
+    torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()
     after_zero_grad = model.weight.grad
 
-    for X_micro, y_micro in zip(X.chunk(4), y.chunk(4)):  # four micro-batches of two rows
-        (F.mse_loss(model(X_micro), y_micro) / 4).backward()
-    micro = model.weight.grad.clone()
-    model.zero_grad()
-    F.mse_loss(model(X), y).backward()
-    full = model.weight.grad.clone()
-    return {"once": once, "twice": twice, "after_zero_grad": after_zero_grad,
-            "micro_batch_sum": micro, "full_batch": full}
+    full = full_batch_gradient(model, X, y)
+    splits = {f"sizes {EQUAL_MICRO_BATCHES}, loss × 1/k": (EQUAL_MICRO_BATCHES, "1/k"),
+              f"sizes {UNEQUAL_MICRO_BATCHES}, loss × 1/k": (UNEQUAL_MICRO_BATCHES, "1/k"),
+              f"sizes {UNEQUAL_MICRO_BATCHES}, loss × rows/N": (UNEQUAL_MICRO_BATCHES, "rows/N")}
+    micro = {name: (micro_batch_gradient(model, X, y, sizes, weighting) - full).abs().max().item()
+             for name, (sizes, weighting) in splits.items()}
+    return {"once": once, "twice": twice, "after_zero_grad": after_zero_grad, "max |micro − full|": micro}
 
 
 # %% [markdown]
@@ -486,10 +690,12 @@ def nan_gradient_demo() -> dict[str, object]:
 # ## Where the time goes: forward vs backward
 #
 # A backward pass costs roughly twice a forward pass: for every matmul in forward, backward
-# does two (one for the input gradient, one for the weight gradient).
+# does two (one for the input gradient, one for the weight gradient; the first layer skips the
+# input gradient, since the data needs none). Small layers are dominated by per-op overhead
+# instead, and the ratio drifts away from 2.
 
 # %%
-def make_mlp(width: int, depth: int = 3) -> nn.Sequential:
+def make_mlp(width: int, depth: int = TIMED_MLP_DEPTH) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.ReLU()]
@@ -497,26 +703,37 @@ def make_mlp(width: int, depth: int = 3) -> nn.Sequential:
 
 
 def time_forward_backward(widths: tuple[int, ...], batch: int, min_run_time: float,
-                          device: torch.device | str = "cpu") -> list[dict[str, float]]:
-    """Median forward and backward seconds for a 3-hidden-layer MLP at each width."""
+                          device: torch.device | str = "cpu",
+                          generator: torch.Generator | None = None) -> list[dict[str, float]]:
+    """Median forward and backward seconds, and their ratio, for a ReLU MLP at each hidden width."""
     rows = []
     for width in widths:
         model = make_mlp(width).to(device)
-        x = torch.randn(batch, width, device=device)
+        x = torch.randn(batch, width, generator=generator).to(device)  # (batch, width)
         forward = time_median(lambda: model(x), device, min_run_time)  # noqa: B023 (timed immediately)
         loss = model(x).sum()
         backward = time_median(lambda: loss.backward(retain_graph=True), device, min_run_time)  # noqa: B023
-        rows.append({"width": width, "forward": forward, "backward": backward})
+        rows.append({"width": width, "forward": forward, "backward": backward, "backward/forward": backward / forward})
     return rows
 
 
+def make_tanh_mlp(sizes: tuple[int, ...] = TANH_MLP_SIZES) -> nn.Sequential:
+    """Linear layers of the given sizes with tanh between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
+    return nn.Sequential(*layers[:-1])
+
+
 def training_curve(steps: int, generator: torch.Generator | None = None) -> dict[str, object]:
-    """A few Adam steps on a noisy sine: losses, plus gradients after the first backward."""
+    """Adam steps on a noisy sine: losses, plus gradients after the first backward.
+
+    The noise comes from `generator`; the weights from torch's global RNG (seeded once per run).
+    """
     X = torch.linspace(-3, 3, 128).unsqueeze(1)  # (128, 1)
     y = torch.sin(X) + 0.1 * torch.randn(X.shape, generator=generator)
-    torch.manual_seed(0 if generator is None else generator.initial_seed())
-    model = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model = make_tanh_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=ADAM_LR)
     losses, first_grads = [], {}
     for step in range(steps):
         optimizer.zero_grad()
@@ -566,46 +783,58 @@ def plot_autograd_graph(nodes: list[dict], edges: list[tuple], title: str):
     return fig
 
 
-def plot_fd_error(eps_values: torch.Tensor, errors: dict[str, list[float]]):
+def plot_fd_error(steps: torch.Tensor, errors: dict[str, list[float]], plateau: dict[str, float]):
     fig, axes = new_figure(1, 1, "Finite differences vs autograd: truncation error meets round-off", (8, 5))
     ax = axes[0, 0]
+    h = steps.tolist()
     for name, errs in errors.items():
         floor = [max(e, 1e-18) for e in errs]  # exact zeros cannot be drawn on a log axis
-        ax.loglog(eps_values.tolist(), floor, "o-", label=name)
+        ax.loglog(h, floor, "o-", label=name)
         best = min(range(len(errs)), key=errs.__getitem__)
-        ax.annotate(f"{name} best: ε = {eps_values[best].item():.0e}", (eps_values[best].item(), floor[best]),
+        ax.annotate(f"{name} best: h = {h[best]:.0e}", (h[best], floor[best]),
                     textcoords="offset points", xytext=(40, -28), arrowprops={"arrowstyle": "->"})
+    ax.axhline(plateau["max |grad|"], color="grey", linestyle="--", linewidth=1)
+    ax.text(h[0], plateau["max |grad|"] * 1.6, "max |f'(x)|: below h ≈ ε_mach·|x|/2, x ± h rounds to x "
+            "and the quotient is 0", fontsize=9, color="dimgrey", va="bottom")
     lowest = min(max(e, 1e-18) for errs in errors.values() for e in errs)
-    ax.set_ylim(bottom=lowest / 100)
-    ax.set(xlabel="step size ε", ylabel="max |central difference − exact gradient|",
-           title="Error of (f(x+ε) − f(x−ε)) / 2ε for f = Σ sin(x)·exp(x/2)")
+    ax.set_ylim(bottom=lowest / 100, top=plateau["max |grad|"] * 30)
+    ax.set(xlabel="step size h", ylabel="max |central difference − exact gradient|",
+           title="Error of (f(x+h) − f(x−h)) / 2h for f = Σ sin(x)·exp(x/2), x ∈ [−1, 1]")
     ax.invert_xaxis()
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="dtype")
+    ax.legend(title="dtype", loc="lower left")
     return fig
 
 
-def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timings: list[dict[str, float]]):
-    fig, axes = new_figure(2, 2, "Gradients of a small MLP (1 → 32 → 32 → 1, tanh) and their cost")
+def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timings: list[dict[str, float]],
+                       batch: int):
+    sizes = " → ".join(str(s) for s in TANH_MLP_SIZES)
+    fig, axes = new_figure(2, 2, f"Gradients and training of a {sizes} tanh MLP; the cost of backward in ReLU MLPs")
     ax_norm, ax_hist, ax_loss, ax_time = axes.flat
     names = list(grads)
-    ax_norm.bar(range(len(names)), [g.norm().item() for g in grads.values()], color="tab:blue")
+    ax_norm.plot(range(len(names)), [g.norm().item() for g in grads.values()], "o", color="tab:blue")
     ax_norm.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax_norm.set(yscale="log", title="Gradient norm per parameter (first step)", ylabel="‖grad‖₂ (log)")
+    ax_norm.set(yscale="log", title=f"tanh MLP {sizes}: ‖grad‖ per parameter, first step",
+                xlabel="parameter", ylabel="‖grad‖₂ (log scale)")
     values = torch.cat([g.reshape(-1) for g in grads.values()])
-    ax_hist.hist(values.numpy(), bins=60, color="tab:purple")
-    ax_hist.set(yscale="log", title=f"Distribution of all {values.numel():,} gradient values",
-                xlabel="gradient value", ylabel="count (log)")
+    ax_hist.hist(values.numpy(), bins=60, histtype="step", color="tab:purple")
+    ax_hist.set(yscale="log", title=f"tanh MLP: all {values.numel():,} gradient values, first step",
+                xlabel="gradient value", ylabel="count (log scale)")
     ax_loss.plot(range(1, len(losses) + 1), losses, color="tab:green")
-    ax_loss.set(yscale="log", title="Training loss (Adam, lr 1e-2)", xlabel="step", ylabel="MSE loss (log)")
+    ax_loss.set(yscale="log", title=f"tanh MLP on a noisy sine: loss (Adam, lr {ADAM_LR:g})", xlabel="step",
+                ylabel="MSE loss (log scale)")
     widths = [r["width"] for r in timings]
-    positions = range(len(widths))
-    ax_time.bar([p - 0.2 for p in positions], [r["forward"] * 1e3 for r in timings], 0.4, label="forward")
-    ax_time.bar([p + 0.2 for p in positions], [r["backward"] * 1e3 for r in timings], 0.4, label="backward")
-    ax_time.set_xticks(list(positions), [str(w) for w in widths])
-    ax_time.set(yscale="log", title="Forward vs backward, 3 hidden layers", xlabel="hidden width",
-                ylabel="median time (ms, log)")
-    ax_time.legend(loc="upper left")
+    ax_time.plot(range(len(widths)), [r["backward/forward"] for r in timings], "o", color="tab:red", markersize=8)
+    for i, r in enumerate(timings):
+        ax_time.annotate(f"forward {fmt_seconds(r['forward'])}", (i, r["backward/forward"]),
+                         textcoords="offset points", xytext=(9, 0), va="center", fontsize=9)
+    ax_time.axhline(2, color="grey", linestyle="--", linewidth=1)
+    ax_time.text(-0.45, 2, "2×: two matmuls per forward matmul", va="bottom", fontsize=9, color="dimgrey")
+    ax_time.set_xticks(range(len(widths)), [str(w) for w in widths])
+    ax_time.set_xlim(-0.5, len(widths) - 0.2)
+    ax_time.set_ylim(0, max(3.0, max(r["backward/forward"] for r in timings) * 1.25))
+    ax_time.set(title=f"ReLU MLP, {TIMED_MLP_DEPTH} hidden layers, batch {batch}: time ratio",
+                xlabel="hidden width (units per layer)", ylabel="backward time / forward time (×)")
     for ax in axes.flat:
         ax.grid(True, axis="y", alpha=0.3)
     return fig
@@ -615,84 +844,77 @@ def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timi
 # ## Putting it together
 
 # %%
+def print_facts(title: str, facts: dict[str, object]) -> None:
+    print_section(title)
+    width = max(len(k) for k in facts)
+    for key, value in facts.items():
+        print(f"{key:{width}s}  {value}")
+
+
+def gradient_facts() -> dict[str, object]:
+    basics = basic_gradients()
+    return {"d(x²)/dx at x = 2 (closed form 2x = 4)": basics["x**2 at 2"].item(),
+            "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": _rounded(basics["vjp"]),
+            "vᵀJ with J = jacrev(x ↦ x²)": _rounded(basics["v @ jacobian"])}
+
+
+def finite_difference_facts(steps: torch.Tensor, errors: dict[str, list[float]], plateau: dict[str, float],
+                            gradchecks: dict[str, bool]) -> dict[str, object]:
+    best = {f"{dtype}: most accurate at h": f"{h:.0e} (max error {err:.1e})"
+            for dtype, (h, err) in best_steps(steps, errors).items()}
+    lost = (f"{plateau['largest lost h']:.0e}, error there {plateau['error there']:.4f} "
+            f"= max |f'(x)| {plateau['max |grad|']:.4f}")
+    return {**best, "float32: x ± h rounds to x at every x once h ≤": lost,
+            **{f"gradcheck(SquareFunction) in {dtype}": ok for dtype, ok in gradchecks.items()}}
+
+
+def accumulation_facts(acc: dict[str, object]) -> dict[str, object]:
+    return {"weight.grad after 1 backward": _rounded(acc["once"]),
+            "after 2 (summed, not replaced)": _rounded(acc["twice"]), "after zero_grad()": acc["after_zero_grad"],
+            **{f"max |micro − full|, {k}": f"{v:.1e}" for k, v in acc["max |micro − full|"].items()}}
+
+
 def run(ctx: LessonContext) -> None:
     cfg = ctx.config(FULL, QUICK)
+    print_facts("The dynamic graph", graph_facts())
+    print_facts("no_grad vs inference_mode", inference_mode_facts())
+    modes = time_no_grad_vs_inference_mode(SMALL_OP_STEPS, cfg.min_run_time, ctx.device)
+    print(f"{modes['ops']} small ops on {ctx.device.type}: no_grad {fmt_seconds(modes['no_grad per op'])}/op, "
+          f"inference_mode {fmt_seconds(modes['inference_mode per op'])}/op "
+          f"({fmt_timing(modes['inference_mode / no_grad'], '.2f', '×')} the time)")
+    print_facts("Gradients and vector-Jacobian products", gradient_facts())
+    print_table("n-th derivative of sin at x = 1", ["n", "autograd", "closed form sin(1 + nπ/2)"],
+                sin_derivative_table(1.0, SIN_DERIVATIVE_ORDERS))
+    print_table(f"Jacobian of a R^{cfg.jacobian_size} → R^{cfg.jacobian_size} map (max diff vs the hand-derived "
+                "Jacobian, time)", ["method", "max |diff|", "median"],
+                [[r["method"], f"{r['max |diff|']:.1e}", fmt_seconds(r["seconds"])]
+                 for r in compare_jacobians(cfg.jacobian_size, cfg.min_run_time, ctx.generator)])
+    hessian = rosenbrock_hessian_checks(torch.tensor(ROSENBROCK_POINT, dtype=torch.float64),
+                                        torch.tensor(HVP_DIRECTION, dtype=torch.float64))
+    print_facts(f"Rosenbrock Hessian at {ROSENBROCK_POINT}", {k: f"{v:.1e}" for k, v in hessian.items()})
 
-    print_section("The dynamic graph")
-    for fact, value in graph_facts().items():
-        print(f"{fact:48s} {value}")
+    steps, x_fd = fd_steps(cfg.fd_step_count), torch.tensor(FD_POINTS, dtype=torch.float64)
+    errors = fd_error_sweep(steps, x_fd)
+    plateau = round_off_plateau(steps, x_fd, errors["float32"])
+    print_facts(f"Finite differences, step h over {orders_of_magnitude(steps)} orders of magnitude",
+                finite_difference_facts(steps, errors, plateau, gradcheck_in_both_precisions(ctx.generator)))
+    print_facts("Custom autograd Functions", custom_function_report(ctx.generator))
+    print_facts("Gradient accumulation", accumulation_facts(accumulation_demo(ctx.generator)))
+    print_facts("Debugging a NaN gradient with detect_anomaly", nan_gradient_demo())
 
-    print_section("Gradients and vector-Jacobian products")
-    basics = basic_gradients()
-    print(f"d(x²)/dx at x = 2: {basics['x**2 at 2'].item()}  (closed form 2x = 4)")
-    print(f"backward(gradient=v) on y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]: {_rounded(basics['vjp'])}"
-          f" = vᵀJ {_rounded(basics['v @ jacobian'])}")
-
-    x0 = torch.tensor(1.0, dtype=torch.float64)
-    closed = [torch.sin(x0), torch.cos(x0), -torch.sin(x0), -torch.cos(x0), torch.sin(x0)]
-    print_table("n-th derivative of sin at x = 1", ["n", "autograd", "closed form"],
-                [[n, nth_derivative(torch.sin, x0, n).item(), closed[n].item()] for n in range(5)])
-
-    f = make_vector_function(cfg.jacobian_size, ctx.generator)
-    x = torch.randn(cfg.jacobian_size, dtype=torch.float64, generator=ctx.generator)
-    reference = torch.func.jacrev(f)(x)
-    rows = []
-    for name, method in jacobian_methods(f, x).items():
-        seconds = time_median(method, "cpu", cfg.min_run_time)
-        rows.append([name, f"{(method() - reference).abs().max().item():.1e}", fmt_seconds(seconds)])
-    print_table(f"Jacobian of a R^{cfg.jacobian_size} → R^{cfg.jacobian_size} map (max diff vs jacrev, time)",
-                ["method", "max |diff|", "median"], rows)
-
-    xr = torch.tensor([-1.2, 1.0, 0.5, 2.0], dtype=torch.float64)
-    H = hessian_double_backward(rosenbrock, xr)
-    v = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
-    print_section("Hessian of the Rosenbrock function at (-1.2, 1, 0.5, 2)")
-    print(f"double backward vs torch.func.hessian: {(H - torch.func.hessian(rosenbrock)(xr)).abs().max().item():.1e}")
-    print(f"double backward vs hand-derived:       {(H - rosenbrock_hessian(xr)).abs().max().item():.1e}")
-    print(f"Hessian-vector product vs H @ v:       "
-          f"{(hessian_vector_product(rosenbrock, xr, v) - H @ v).abs().max().item():.1e}")
-
-    print_section("Finite differences")
-    eps_values = torch.logspace(-1, -12, cfg.eps_points, dtype=torch.float64)
-    x_fd = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64)
-    errors = fd_error_sweep(eps_values, x_fd)
-    for dtype, errs in errors.items():
-        best = min(range(len(errs)), key=errs.__getitem__)
-        print(f"{dtype}: most accurate at eps = {eps_values[best].item():.0e} (max error {errs[best]:.1e})")
-    x_check = torch.randn(3, dtype=torch.float64, requires_grad=True, generator=ctx.generator)
-    print(f"gradcheck(smooth_test_function): {torch.autograd.gradcheck(smooth_test_function, (x_check,))}, "
-          f"gradgradcheck: {torch.autograd.gradgradcheck(smooth_test_function, (x_check,))}")
-
-    print_section("Custom autograd Functions")
-    for check, result in custom_function_report().items():
-        print(f"{check:42s} {result}")
-
-    print_section("Gradient accumulation")
-    acc = accumulation_demo(ctx.generator)
-    print(f"grad after 1 backward: {_rounded(acc['once'])}")
-    print(f"grad after 2 backward: {_rounded(acc['twice'])}  (twice: summed, not replaced)")
-    print(f"grad after zero_grad(): {acc['after_zero_grad']}")
-    print(f"4 micro-batches (loss/4) vs full batch, max diff: "
-          f"{(acc['micro_batch_sum'] - acc['full_batch']).abs().max().item():.1e}")
-
-    print_section("Debugging a NaN gradient with detect_anomaly")
-    for key, value in nan_gradient_demo().items():
-        print(f"{key:32s} {value}")
-
-    timings = time_forward_backward(cfg.mlp_hidden_sizes, cfg.mlp_batch, cfg.min_run_time, ctx.device)
-    print_table(f"Forward vs backward, MLP with 3 hidden layers, batch {cfg.mlp_batch}, on {ctx.device.type}",
-                ["width", "forward", "backward", "backward/forward"],
+    timings = time_forward_backward(cfg.mlp_hidden_sizes, cfg.mlp_batch, cfg.min_run_time, ctx.device, ctx.generator)
+    print_table(f"Forward vs backward, ReLU MLP with {TIMED_MLP_DEPTH} hidden layers, batch {cfg.mlp_batch}, "
+                f"on {ctx.device.type}", ["width", "forward", "backward", "backward/forward"],
                 [[r["width"], fmt_seconds(r["forward"]), fmt_seconds(r["backward"]),
-                  fmt_timing(r["backward"] / r["forward"], ".2f", "×")] for r in timings])
-
+                  fmt_timing(r["backward/forward"], ".2f", "×")] for r in timings])
     curve = training_curve(cfg.train_steps, ctx.generator)
     print(f"\nTraining loss: {curve['losses'][0]:.4f} → {curve['losses'][-1]:.4f} in {cfg.train_steps} Adam steps")
 
     print_section("Figures")
     save_figure(plot_autograd_graph(*example_graph()), "autograd_graph.png", ctx.plots_dir)
-    save_figure(plot_fd_error(eps_values, errors), "finite_difference_error.png", ctx.plots_dir)
-    save_figure(plot_gradient_flow(curve["grads"], curve["losses"], timings), "gradient_flow_analysis.png",
-                ctx.plots_dir)
+    save_figure(plot_fd_error(steps, errors, plateau), "finite_difference_error.png", ctx.plots_dir)
+    save_figure(plot_gradient_flow(curve["grads"], curve["losses"], timings, cfg.mlp_batch),
+                "gradient_flow_analysis.png", ctx.plots_dir)
 
 
 def _rounded(t: torch.Tensor) -> list[float]:
