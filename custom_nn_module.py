@@ -813,8 +813,9 @@ def plot_analysis(arch_rows, curves, init_stats, flows):
         stats = init_stats[scheme]
         ax_init.hist(stats["weights"].numpy(), bins=80, histtype="step", linewidth=1.5, density=True,
                      label=f"{scheme}: std {stats['measured']:.4f} (theory {stats['theory']:.4f})")
-    ax_init.set(yscale="log", title="Initial weight distributions (zeros: a spike at 0)", xlabel="weight value",
-                ylabel="density (log)")
+    ax_init.set(yscale="log", title="Initial weights (zeros, not drawn: a spike at 0)",
+                xlabel="weight value", ylabel="density (log)")
+    ax_init.set_ylim(top=ax_init.get_ylim()[1] * 100)  # room for the legend above the histograms
     ax_init.legend(fontsize=7, loc="upper right")
 
     times_ms = [r["seconds"] * 1e3 for r in arch_rows]
@@ -845,13 +846,13 @@ def plot_checkpointing(rows, layers: int):
     ax_mem, ax_time = axes.flat
     labels = ["none" if r["segments"] == 0 else str(r["segments"]) for r in rows]
     bars = ax_mem.bar(labels, [r["saved_bytes"] / 2**20 for r in rows], color="tab:blue", label="measured")
-    ax_mem.bar_label(bars, fmt="%.1f MiB", fontsize=8)
-    ax_mem.plot(labels, [r["hand_count_bytes"] / 2**20 for r in rows], "kx", markersize=9,
-                label="hand count: L + 1, or k + L/k activations")
+    ax_mem.bar_label(bars, fmt="%.1f MiB", fontsize=8, padding=7)
+    ax_mem.plot(labels, [r["hand_count_bytes"] / 2**20 for r in rows], "kD", markersize=5,
+                label="hand count: L + 1 (none), k + L/k activations")
     ax_mem.set(title="Activations saved for backward (weights excluded)", xlabel="checkpoint segments k",
                ylabel="saved (MiB)")
-    ax_mem.margins(y=0.15)
-    ax_mem.legend(fontsize=8, loc="lower center")
+    ax_mem.set_ylim(0, 1.4 * max(r["saved_bytes"] for r in rows) / 2**20)  # room for the legend
+    ax_mem.legend(fontsize=8, loc="upper center")
     bars = ax_time.bar(labels, [r["seconds"] * 1e3 for r in rows], color="tab:orange")
     ax_time.bar_label(bars, fmt="%.1f ms", fontsize=8)
     ax_time.set(title="Forward + backward time (median)", xlabel="checkpoint segments k", ylabel="time (ms)")
