@@ -251,8 +251,8 @@ def residual_parameter_count(input_size: int, dim: int, n_blocks: int, output_si
 # ## Self-attention
 #
 # Each position builds a query, a key and a value. Scores q·k/√d say how much each position
-# attends to each other; scaling by √d keeps the scores' variance near 1 so the softmax does
-# not saturate. A boolean mask (True = may attend) removes positions, e.g. the future in a
+# attends to each other; scaling by √d keeps the scores' variance near 1 (for q and k with
+# unit-variance components) so the softmax does not saturate. A boolean mask (True = may attend) removes positions, e.g. the future in a
 # causal model. The result must match PyTorch's fused `F.scaled_dot_product_attention`.
 
 # %%
@@ -344,16 +344,18 @@ def dynamic_depth_demo(net: DynamicDepthNet, scales: Sequence[float], seed: int,
 # ## Initialisation
 #
 # Initial weights decide whether signals survive a deep network. Xavier/Glorot draws weights
-# with variance 2 / (fan_in + fan_out), std = √(2 / (fan_in + fan_out)), which keeps the
-# variance of a linear (or tanh-like) layer's outputs and gradients close to its inputs'.
-# ReLU zeroes half of its input and so halves the second moment; Kaiming/He compensates by
-# doubling the variance of the fan-in rule 1/fan_in (Xavier's value for a square layer):
-# variance 2/fan_in, std = √(2/fan_in). Doubling the variance multiplies the std by √2, not 2.
-# Through a Linear+ReLU stack each layer multiplies the activations' second moment by
+# with variance 2 / (fan_in + fan_out), std = √(2 / (fan_in + fan_out)): a compromise that keeps
+# the variance of a linear (or tanh-like) layer's outputs and of its backward gradients roughly
+# constant. ReLU zeroes half of its input and so halves the second moment; Kaiming/He
+# compensates by doubling the variance of the fan-in rule 1/fan_in (Xavier's value for a square
+# layer): variance 2/fan_in, std = √(2/fan_in). Doubling the variance multiplies the std by √2,
+# not 2. Through a Linear+ReLU stack each layer multiplies the activations' second moment by
 # fan_in·Var(w)/2: ½ for Xavier on square layers, 1 for Kaiming, far below 1 for a tiny fixed
-# std, so activations shrink geometrically unless the factor is 1. All-zero weights make every
-# hidden unit identical and, with ReLU, give every hidden weight a zero gradient: the symmetry
-# never breaks and only the output bias learns.
+# std, so activations shrink geometrically unless the factor is 1. That is a wide-layer
+# average: at finite width each layer's factor is off by a few per cent at random, and the
+# errors compound over many layers. All-zero weights make every hidden unit identical and, with
+# ReLU, give every hidden weight a zero gradient: the symmetry never breaks and only the output
+# bias learns.
 
 # %%
 def init_weights(model: nn.Module, scheme: str, generator: torch.Generator | None = None) -> nn.Module:
@@ -624,10 +626,11 @@ def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: 
 # %% [markdown]
 # ## Mixed precision
 #
-# `torch.autocast` runs matmuls in a 16-bit type and keeps precision-sensitive ops (softmax,
-# losses, reductions) in float32; the weights stay float32. On CPUs bfloat16 is the type (same
-# range as float32, no scaler needed); on CUDA float16 needs `torch.amp.GradScaler("cuda")` so
-# small gradients do not underflow. The speed-up depends on the hardware having fast 16-bit
+# `torch.autocast` runs matmuls in a 16-bit type and keeps precision-sensitive ops in float32
+# (losses such as cross-entropy; on CUDA also softmax, exp, log and sums); the weights, and so
+# their gradients, stay float32. On CPUs the default type is bfloat16 (same range as float32, no
+# scaler needed); on CUDA float16 needs `torch.amp.GradScaler("cuda")` so small gradients do not
+# underflow. The speed-up depends on the hardware having fast 16-bit
 # matmul units: measure it.
 
 # %%
