@@ -569,6 +569,7 @@ def test_readme_numbers_match_a_full_run():
         mib = f"{count * activation_mib:.2f} MiB"
         assert re.search(_row(str(k or "none"), mib, mib, f"{count / baseline:.2f}×"), readme, re.M), k
     saved = {k: cm.checkpoint_saved_activations(cfg.checkpoint_layers, k) * activation_mib for k in (0, 2, 4)}
+    assert f"float32 = {activation_mib:.0f} MiB" in readme and f"are kept ({saved[0]:.0f} MiB)" in readme
     assert f"Two segments therefore save {saved[0] - saved[2]:.0f} MiB" in readme
     assert f"is the minimum ({saved[4]:.0f} MiB)" in readme
 
