@@ -479,13 +479,16 @@ def test_mixed_precision_step_dtypes_and_speedup(device, monkeypatch):
     assert cm.amp_speedup(results) == pytest.approx(3.0, rel=1e-12)  # float32 time / autocast time
 
 
-def test_mixed_precision_first_loss_is_the_float32_cross_entropy_of_the_seeded_model(monkeypatch):
+def test_mixed_precision_first_losses_are_the_cross_entropy_of_the_seeded_model(monkeypatch):
     monkeypatch.setattr(cm, "time_median", lambda fn, dev, min_run_time: 1e-3)
     results = cm.mixed_precision_step(16, 8, "cpu", min_run_time=0.005, seed=3)
     generator = torch.Generator().manual_seed(3)
     model = cm.reset_linear_layers(cm.MyMLP(16, [16, 16], 10), generator)
     x, target = torch.randn(8, 16, generator=generator), torch.randint(0, 10, (8,), generator=generator)
     assert results["float32"]["loss"] == pytest.approx(F.cross_entropy(model(x), target).item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast also starts from the untouched weights
+        reference = F.cross_entropy(model(x), target).item()
+    assert results["autocast"]["loss"] == pytest.approx(reference, rel=1e-6)
 
 
 # --- saving and exporting ------------------------------------------------------------------------------------------
