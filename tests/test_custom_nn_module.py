@@ -513,12 +513,26 @@ def test_state_dict_round_trip_and_export_give_identical_outputs():
 
 # --- the whole lesson --------------------------------------------------------------------------------------------
 
-def test_different_seeds_print_different_output(tmp_path, capsys, fake_timings):
+def test_different_seeds_print_different_output_and_the_printers_show_the_functions_values(
+        tmp_path, capsys, fake_timings):
     outputs = []
     for seed in (1, 2):
         assert cm.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0
         outputs.append(capsys.readouterr().out.replace(f"seed: {seed}", "seed: ?"))
     assert outputs[0] != outputs[1]
+    printed, cfg = outputs[0], cm.QUICK  # seed 1; every timing is FAKE_MEDIAN_S, so time ratios are 1
+    mib = cfg.checkpoint_batch * cfg.checkpoint_width * 4 / 2**20
+    for k in (0, 2, 4):
+        count = cm.checkpoint_saved_activations(cfg.checkpoint_layers, k)
+        ratio = count / cm.checkpoint_saved_activations(cfg.checkpoint_layers, 0)
+        assert re.search(_row(str(k or "none"), f"{count * mib:.2f} MiB", f"{count * mib:.2f} MiB", f"{ratio:.2f}×",
+                              "1 ms", "1.00×"), printed, re.M), k
+    assert "autocast speed-up: 1.00×" in printed
+    ratio = cm.kaiming_over_xavier(cm.init_statistics(cfg.init_width, seed=1))
+    assert f"Kaiming std / Xavier std: measured {ratio['measured']:.4f}, theory √2 = {ratio['theory']:.4f}" in printed
+    flows = cm.gradient_flow(cfg.flow_depth, cfg.flow_width, seed=1)
+    for (name, norms), r in zip(flows.items(), cm.first_over_last(flows).values()):
+        assert re.search(_row(name, f"{norms[0]:.2e}", f"{norms[-1]:.2e}", f"{r:.1e}"), printed, re.M), name
 
 
 def _readme_section() -> str:
