@@ -252,8 +252,9 @@ def residual_parameter_count(input_size: int, dim: int, n_blocks: int, output_si
 #
 # Each position builds a query, a key and a value. Scores q·k/√d say how much each position
 # attends to each other; scaling by √d keeps the scores' variance near 1 (for q and k with
-# unit-variance components) so the softmax does not saturate. A boolean mask (True = may attend) removes positions, e.g. the future in a
-# causal model. The result must match PyTorch's fused `F.scaled_dot_product_attention`.
+# unit-variance components) so the softmax does not saturate. A boolean mask (True = may
+# attend) removes positions, e.g. the future in a causal model. The result must match PyTorch's
+# fused `F.scaled_dot_product_attention`.
 
 # %%
 class AttentionLayer(nn.Module):
@@ -877,8 +878,8 @@ def print_architectures(rows, batch: int, device: torch.device) -> None:
                 [[r["name"], r["layout"], r["parameters"], r["formula"], fmt_seconds(r["seconds"])] for r in rows])
 
 
-def print_initialisation(init_stats, ratio, depth: int, depth_stds, theory, zeros) -> None:
-    width = int(math.isqrt(init_stats["xavier"]["weights"].numel()))
+def print_initialisation(width: int, init_stats, ratio, depth_stds, theory, zeros) -> None:
+    depth = len(next(iter(depth_stds.values())))
     print_table(f"Initial weight std of a {width}×{width} Linear", ["scheme", "measured std", "theory",
                                                                       "measured / theory"],
                 [[s, f"{v['measured']:.5f}", f"{v['theory']:.5f}", "-" if v["ratio"] is None else f"{v['ratio']:.3f}"]
@@ -967,7 +968,7 @@ def run(ctx: LessonContext) -> None:
     depth_stds = {s: activation_std_by_depth(s, cfg.variance_depth, VARIANCE_WIDTH, seed) for s in INIT_SCHEMES}
     theory = {s: relu_stack_std_theory(theoretical_std(s, VARIANCE_WIDTH, VARIANCE_WIDTH), VARIANCE_WIDTH,
                                        cfg.variance_depth) for s in INIT_SCHEMES}
-    print_initialisation(init_stats, kaiming_over_xavier(init_stats), cfg.variance_depth, depth_stds, theory,
+    print_initialisation(cfg.init_width, init_stats, kaiming_over_xavier(init_stats), depth_stds, theory,
                          zeros_cannot_learn(seed))
 
     print_section("Custom layers")
