@@ -598,3 +598,19 @@ def test_readme_mixed_precision_dtypes(monkeypatch):
     for mode, r in amp.items():
         cells = (mode, r["dtypes"]["linear output"], r["dtypes"]["loss"], r["weight dtype"], r["dtypes"]["weight grad"])
         assert re.search(_row(*cells), _readme_section(), re.M), mode
+
+
+def test_timing_printers_show_ratios_of_unequal_times(capsys):
+    dtypes = {"linear output": "float32", "loss": "float32", "weight grad": "float32"}
+    amp = {"float32": {"dtypes": dtypes, "loss": 2.3, "weight dtype": "float32", "seconds": 6e-3},
+           "autocast": {"dtypes": dtypes, "loss": 2.3, "weight dtype": "float32", "seconds": 2e-3}}
+    cm.print_mixed_precision(amp, 8, 4, torch.device("cpu"))
+    rows = [{"segments": 0, "saved_bytes": 2**20, "hand_count_bytes": 2**20, "saved_ratio": 1.0, "seconds": 4e-3,
+             "time_ratio": 1.0},
+            {"segments": 2, "saved_bytes": 2**19, "hand_count_bytes": 2**19, "saved_ratio": 0.5, "seconds": 5e-3,
+             "time_ratio": 1.25}]
+    cm.print_checkpointing(rows, 4, 8, 2)
+    printed = capsys.readouterr().out
+    assert "autocast speed-up: 3.00×" in printed
+    assert re.search(r"^float32 .* 2\.3000\s+6 ms\s*$", printed, re.M)
+    assert re.search(_row("2", "0.50 MiB", "0.50 MiB", "0.50×", "5 ms", "1.25×"), printed, re.M)
