@@ -11,6 +11,7 @@ plots/memory_checkpointing.png.
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +56,22 @@ FULL = Config()
 QUICK = Config(batch=32, flow_depth=8, flow_width=32, init_width=128, variance_depth=8, checkpoint_layers=4,
                checkpoint_width=64, checkpoint_batch=32, amp_width=64, amp_batch=32, min_run_time=0.01)
 INIT_SCHEMES = ("xavier", "kaiming", "normal", "zeros")  # what init_weights accepts
+NORMAL_INIT_STD = 0.01  # the "small fixed std" scheme
+VARIANCE_WIDTH = 256  # width of the activation-variance stack (and its batch)
+ZERO_INIT_STEPS = 20  # SGD steps the zero-initialised MLP gets
+CHECKPOINT_SEGMENTS = (2, 4, 8, 16)  # segment counts tried (those dividing the depth), besides none
+DROPOUT_P = 0.3  # drop probability in the CustomDropout check
+DROPOUT_SAMPLES = 100_000  # elements it drops from
+DYNAMIC_SCALES = (0.5, 2.0, 5.0)  # input scales fed to the dynamic-depth network
+ATTENTION_SHAPE = (2, 5, 16)  # (batch, seq, d_model) of the attention check
+TABULAR_FEATURES, CLASSES = 32, 10  # input and output sizes of the MLPs in the architecture table
+SEQ_LEN, D_MODEL = 16, 64  # the attention architecture's sequence length and width
+ACTIVATION_GRID = torch.linspace(-4, 4, 401)  # inputs at which the figure draws each activation
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A fresh CPU generator: each experiment draws its own numbers, so it repeats on its own."""
+    return torch.Generator().manual_seed(seed)
 
 
 # %% [markdown]
@@ -112,6 +129,31 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def swish_vs_silu(x: torch.Tensor) -> float:
+    """max |Swish(β=1)(x) − nn.SiLU(x)|."""
+    return (Swish(1.0)(x) - nn.SiLU()(x)).abs().max().item()
+
+
+def dropout_check(p: float, n: int) -> dict[str, object]:
+    """CustomDropout(p) on n ones in train mode (global RNG, like nn.Dropout): kept fraction, mean; eval identity."""
+    layer, ones = CustomDropout(p), torch.ones(n)
+    dropped = layer(ones)
+    return {"kept": (dropped != 0).float().mean().item(), "mean": dropped.mean().item(),
+            "eval is identity": torch.equal(layer.eval()(ones), ones)}
+
+
+def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name → (f(x), f′(x)) for the lesson's activations, f′ by autograd."""
+    curves = {}
+    for name, module in [("ReLU", nn.ReLU()), ("sigmoid", nn.Sigmoid()), ("tanh", nn.Tanh()), ("GELU", nn.GELU()),
+                         ("Swish", Swish())]:
+        xg = x.detach().clone().requires_grad_(True)
+        y = module(xg)
+        (dy,) = torch.autograd.grad(y.sum(), xg)  # element-wise activation: the gradient of the sum is f'(x)
+        curves[name] = (y.detach(), dy)
+    return curves
+
+
 # %% [markdown]
 # ## A configurable MLP
 #
@@ -149,16 +191,26 @@ class MyMLP(nn.Module):
         return self.net(x)  # (batch, input_size) -> (batch, output_size)
 
 
+def output_shape(model: nn.Module, batch: int, seed: int) -> tuple[int, ...]:
+    """Shape of the model's output for a random (batch, in_features) input."""
+    in_features = next(m for m in model.modules() if isinstance(m, nn.Linear)).in_features
+    return tuple(model(torch.randn(batch, in_features, generator=seeded(seed))).shape)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (BatchNorm's running statistics are buffers, not parameters)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def linear_parameter_count(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out  # weight (out, in) + bias (out)
+
+
 def mlp_parameter_count(input_size: int, hidden_sizes: Sequence[int], output_size: int,
                         use_batch_norm: bool = False) -> int:
-    """The same count from the formula: weights in·out + biases out per Linear, γ and β per BatchNorm."""
+    """The same count from the layer shapes: in·out + out per Linear, γ and β per BatchNorm."""
     sizes = [input_size, *hidden_sizes, output_size]
-    linear = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    linear = sum(linear_parameter_count(n_in, n_out) for n_in, n_out in zip(sizes, sizes[1:]))
     return linear + (2 * sum(hidden_sizes) if use_batch_norm else 0)
 
 
@@ -189,13 +241,20 @@ class ResidualNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+def residual_parameter_count(input_size: int, dim: int, n_blocks: int, output_size: int) -> int:
+    """Stem, two dim×dim Linears per block, head."""
+    return (linear_parameter_count(input_size, dim) + 2 * n_blocks * linear_parameter_count(dim, dim)
+            + linear_parameter_count(dim, output_size))
+
+
 # %% [markdown]
 # ## Self-attention
 #
 # Each position builds a query, a key and a value. Scores q·k/√d say how much each position
-# attends to each other; scaling by √d keeps the scores' variance near 1 so the softmax does
-# not saturate. A boolean mask (True = may attend) removes positions, e.g. the future in a
-# causal model. The result must match PyTorch's fused `F.scaled_dot_product_attention`.
+# attends to each other; scaling by √d keeps the scores' variance near 1 (for q and k with
+# unit-variance components) so the softmax does not saturate. A boolean mask (True = may
+# attend) removes positions, e.g. the future in a causal model. The result must match PyTorch's
+# fused `F.scaled_dot_product_attention`.
 
 # %%
 class AttentionLayer(nn.Module):
@@ -225,9 +284,23 @@ class AttentionLayer(nn.Module):
         return self.attention_weights(x, mask) @ self.value(x)  # (batch, seq, d_model)
 
 
+def attention_parameter_count(d_model: int) -> int:
+    return 3 * linear_parameter_count(d_model, d_model)  # query, key, value
+
+
 def causal_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(seq, seq) bool: position i may attend to positions ≤ i."""
     return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+
+
+def attention_vs_sdpa(layer: AttentionLayer, x: torch.Tensor) -> dict[str, float]:
+    """max |layer(x) − F.scaled_dot_product_attention| on the layer's own projections, without and with a
+    causal mask."""
+    with torch.no_grad():
+        q, k, v = layer.query(x), layer.key(x), layer.value(x)  # (batch, seq, d_model) each
+        masks = {"no mask": None, "causal mask": causal_mask(x.shape[1], x.device)}
+        return {label: (layer(x, mask) - F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).abs().max().item()
+                for label, mask in masks.items()}
 
 
 # %% [markdown]
@@ -254,22 +327,44 @@ class DynamicDepthNet(nn.Module):
         return self.head(x)
 
 
+def dynamic_depth_demo(net: DynamicDepthNet, scales: Sequence[float], seed: int,
+                       batch: int = 4) -> list[dict[str, float]]:
+    """For inputs of each scale: passes through the shared layer and the shared weight's gradient norm."""
+    generator = seeded(seed)
+    rows = []
+    for scale in scales:
+        x = torch.randn(batch, net.shared.in_features, generator=generator) * scale  # (batch, dim)
+        net.zero_grad(set_to_none=True)
+        net(x).sum().backward()
+        rows.append({"scale": scale, "depth": net.last_depth, "grad norm": net.shared.weight.grad.norm().item()})
+    net.zero_grad(set_to_none=True)
+    return rows
+
+
 # %% [markdown]
 # ## Initialisation
 #
-# Initial weights decide whether signals survive a deep network. Xavier/Glorot keeps variance
-# for tanh-like layers: std = √(2 / (fan_in + fan_out)). Kaiming/He doubles it for ReLU, which
-# zeroes half of its input: std = √2 / √fan_in. A tiny fixed std makes activations shrink
-# layer after layer; all-zero weights make every hidden unit identical (and, with ReLU, every
-# gradient zero): nothing can break the symmetry, so nothing learns.
+# Initial weights decide whether signals survive a deep network. Xavier/Glorot draws weights
+# with variance 2 / (fan_in + fan_out), std = √(2 / (fan_in + fan_out)): a compromise that keeps
+# the variance of a linear (or tanh-like) layer's outputs and of its backward gradients roughly
+# constant. ReLU zeroes half of its input and so halves the second moment; Kaiming/He
+# compensates by doubling the variance of the fan-in rule 1/fan_in (Xavier's value for a square
+# layer): variance 2/fan_in, std = √(2/fan_in). Doubling the variance multiplies the std by √2,
+# not 2. Through a Linear+ReLU stack each layer multiplies the activations' second moment by
+# fan_in·Var(w)/2: ½ for Xavier on square layers, 1 for Kaiming, far below 1 for a tiny fixed
+# std, so activations shrink geometrically unless the factor is 1. That is a wide-layer
+# average: at finite width each layer's factor is off by a few per cent at random, and the
+# errors compound over many layers. All-zero weights make every hidden unit identical and, with
+# ReLU, give every hidden weight a zero gradient: the symmetry never breaks and only the output
+# bias learns.
 
 # %%
-def init_weights(model: nn.Module, scheme: str) -> nn.Module:
-    """Re-initialise every Linear layer's weights by `scheme`; biases to zero. Returns the model."""
+def init_weights(model: nn.Module, scheme: str, generator: torch.Generator | None = None) -> nn.Module:
+    """Re-initialise every Linear layer's weights by `scheme` (drawn from `generator`); biases to zero."""
     initialisers = {
-        "xavier": nn.init.xavier_uniform_,
-        "kaiming": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu"),
-        "normal": lambda w: nn.init.normal_(w, mean=0.0, std=0.01),
+        "xavier": lambda w: nn.init.xavier_uniform_(w, generator=generator),
+        "kaiming": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu", generator=generator),
+        "normal": lambda w: nn.init.normal_(w, mean=0.0, std=NORMAL_INIT_STD, generator=generator),
         "zeros": nn.init.zeros_,
     }
     if scheme not in initialisers:
@@ -282,28 +377,44 @@ def init_weights(model: nn.Module, scheme: str) -> nn.Module:
     return model
 
 
+def reset_linear_layers(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """torch's own Linear initialisation, U(±1/√fan_in) for weights and biases, drawn from `generator`."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            bound = 1.0 / math.sqrt(module.in_features)  # kaiming_uniform_(a=√5) reduces to this bound
+            nn.init.uniform_(module.weight, -bound, bound, generator=generator)
+            if module.bias is not None:
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+    return model
+
+
 def theoretical_std(scheme: str, fan_in: int, fan_out: int) -> float:
     return {"xavier": math.sqrt(2.0 / (fan_in + fan_out)), "kaiming": math.sqrt(2.0 / fan_in),
-            "normal": 0.01, "zeros": 0.0}[scheme]
+            "normal": NORMAL_INIT_STD, "zeros": 0.0}[scheme]
 
 
-def init_statistics(width: int, generator_seed: int = 0) -> dict[str, dict[str, object]]:
+def init_statistics(width: int, seed: int) -> dict[str, dict[str, object]]:
     """Measured vs theoretical weight std of a width×width Linear for each scheme, plus the weights."""
     stats = {}
     for scheme in INIT_SCHEMES:
-        torch.manual_seed(generator_seed)
-        layer = init_weights(nn.Linear(width, width), scheme)
+        layer = init_weights(nn.Linear(width, width), scheme, seeded(seed))
         weights = layer.weight.detach().flatten()
-        stats[scheme] = {"measured": weights.std().item(), "theory": theoretical_std(scheme, width, width),
+        measured, theory = weights.std().item(), theoretical_std(scheme, width, width)
+        stats[scheme] = {"measured": measured, "theory": theory, "ratio": measured / theory if theory else None,
                          "weights": weights}
     return stats
 
 
-def activation_std_by_depth(scheme: str, depth: int, width: int, batch: int = 256, seed: int = 0) -> list[float]:
-    """Std of the activations after each Linear+ReLU of a deep stack initialised by `scheme`."""
-    torch.manual_seed(seed)
-    model = init_weights(MyMLP(width, [width] * depth, width), scheme)
-    x = torch.randn(batch, width)
+def kaiming_over_xavier(stats: dict[str, dict[str, object]]) -> dict[str, float]:
+    """Kaiming's std divided by Xavier's, measured and in theory (√2 for a square layer)."""
+    return {key: stats["kaiming"][key] / stats["xavier"][key] for key in ("measured", "theory")}
+
+
+def activation_std_by_depth(scheme: str, depth: int, width: int, seed: int, batch: int = VARIANCE_WIDTH) -> list[float]:
+    """Std of the activations after each Linear+ReLU of a deep stack initialised by `scheme`, input N(0, 1)."""
+    generator = seeded(seed)
+    model = init_weights(MyMLP(width, [width] * depth, width), scheme, generator)
+    x = torch.randn(batch, width, generator=generator)  # (batch, width)
     stds = []
     with torch.no_grad():
         for module in model.net:
@@ -313,11 +424,22 @@ def activation_std_by_depth(scheme: str, depth: int, width: int, batch: int = 25
     return stds
 
 
-def zeros_cannot_learn(steps: int = 20, seed: int = 0) -> dict[str, float]:
+def relu_stack_std_theory(weight_std: float, fan_in: int, depth: int) -> list[float]:
+    """Predicted std after each Linear+ReLU (zero biases, input N(0, 1), wide layers).
+
+    A pre-activation z ~ N(0, s²) gives ReLU(z) std s·√(1/2 − 1/(2π)) and second moment s²/2,
+    so s² is multiplied by fan_in·Var(w)/2 at every layer after the first.
+    """
+    pre_std = weight_std * math.sqrt(fan_in)  # layer 1: z = Wx with E[x²] = 1
+    per_layer = math.sqrt(fan_in * weight_std**2 / 2)
+    return [pre_std * math.sqrt(0.5 - 0.5 / math.pi) * per_layer**layer for layer in range(depth)]
+
+
+def zeros_cannot_learn(seed: int, steps: int = ZERO_INIT_STEPS) -> dict[str, float]:
     """Train a zero-initialised ReLU MLP: its hidden weights never move."""
-    torch.manual_seed(seed)
+    generator = seeded(seed)
     model = init_weights(MyMLP(8, [16, 16], 1), "zeros")
-    X, y = torch.randn(64, 8), torch.randn(64, 1)
+    X, y = torch.randn(64, 8, generator=generator), torch.randn(64, 1, generator=generator)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(steps):
         opt.zero_grad()
@@ -366,23 +488,35 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return {name: (p.grad.norm().item() if p.grad is not None else 0.0) for name, p in model.named_parameters()}
 
 
+def hook_demo(model: nn.Module, batch: int, seed: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Forward-hook statistics and per-parameter gradient norms (MSE to random targets) on random inputs."""
+    generator = seeded(seed)
+    in_features = model.net[0].in_features
+    x = torch.randn(batch, in_features, generator=generator)  # (batch, in_features)
+    y = torch.randn(batch, model.net[-1].out_features, generator=generator)  # (batch, out_features)
+    return activation_stats(model, x), gradient_norms(model, x, y, F.mse_loss)
+
+
 # %% [markdown]
 # ## Gradient flow: vanishing gradients and their cures
 #
 # sigmoid'(z) ≤ 1/4, so each plain sigmoid layer multiplies the backward signal by at most a
 # quarter (times the weights): after 20 layers the first layers get almost nothing. Residual
 # connections add an identity path for the gradient; ReLU with Kaiming init keeps the signal's
-# scale constant through depth.
+# scale roughly constant through depth.
 
 # %%
-def gradient_flow(depth: int, width: int, batch: int = 128, seed: int = 0) -> dict[str, list[float]]:
+def gradient_flow(depth: int, width: int, seed: int, batch: int = 128) -> dict[str, list[float]]:
     """Gradient norm of each layer's first weight matrix, input side first, for three deep nets."""
-    torch.manual_seed(seed)
-    x, y = torch.randn(batch, width), torch.randn(batch, 1)
+    generator = seeded(seed)
+    x, y = torch.randn(batch, width, generator=generator), torch.randn(batch, 1, generator=generator)
     nets = {
-        "plain sigmoid (default init)": MyMLP(width, [width] * depth, 1, activation="sigmoid"),
-        "residual sigmoid (default init)": ResidualNet(width, width, depth, 1, activation="sigmoid"),
-        "plain ReLU + Kaiming init": init_weights(MyMLP(width, [width] * depth, 1, activation="relu"), "kaiming"),
+        "plain sigmoid (default init)":
+            reset_linear_layers(MyMLP(width, [width] * depth, 1, activation="sigmoid"), generator),
+        "residual sigmoid (default init)":
+            reset_linear_layers(ResidualNet(width, width, depth, 1, activation="sigmoid"), generator),
+        "plain ReLU + Kaiming init": init_weights(MyMLP(width, [width] * depth, 1, activation="relu"), "kaiming",
+                                                  generator),
     }
     flows = {}
     for name, net in nets.items():
@@ -395,13 +529,27 @@ def gradient_flow(depth: int, width: int, batch: int = 128, seed: int = 0) -> di
     return flows
 
 
+def first_over_last(flows: dict[str, list[float]]) -> dict[str, float]:
+    """How much weaker the input-side layer's gradient is than the last hidden layer's."""
+    return {name: norms[0] / norms[-1] for name, norms in flows.items()}
+
+
 # %% [markdown]
 # ## Memory: what autograd saves, and checkpointing
 #
 # Backward needs intermediate results of forward (a Linear's input, a ReLU's output ...), so
 # autograd keeps them until backward runs: for deep nets and big batches this, not the weights,
 # fills memory. `saved_tensors_hooks` lets us see every tensor saved. Checkpointing keeps only
-# segment boundaries and recomputes the rest during backward: less memory, more compute.
+# segment inputs and recomputes the rest during backward: less memory, more compute (the
+# checkpointed segments' forward runs twice).
+#
+# `checkpoint_sequential(model, k, x)` checkpoints only the first k − 1 segments; the last one
+# runs normally and keeps all its activations. For an L-layer Linear+ReLU stack with
+# activations of A bytes each, no checkpointing stores L + 1 of them (the input and every ReLU
+# output; a Linear's saved input is the previous ReLU's output, stored once), and k segments
+# store (k − 1) segment inputs + the last segment's input + its L/k ReLU outputs = k + L/k.
+# That is smallest at k = √L, and 2 segments save much less than half: the second half of the
+# network is not checkpointed at all.
 
 # %%
 def saved_tensor_bytes(fn: Callable, *args, exclude: Iterable[torch.Tensor] = ()) -> int:
@@ -424,6 +572,7 @@ def saved_tensor_bytes(fn: Callable, *args, exclude: Iterable[torch.Tensor] = ()
 
 
 def deep_mlp(layers: int, width: int) -> nn.Sequential:
+    """`layers` × (Linear(width, width), ReLU) in one flat Sequential, as checkpoint_sequential wants."""
     blocks: list[nn.Module] = []
     for _ in range(layers):
         blocks += [nn.Linear(width, width), nn.ReLU()]
@@ -431,7 +580,7 @@ def deep_mlp(layers: int, width: int) -> nn.Sequential:
 
 
 def checkpointed_forward(model: nn.Sequential, x: torch.Tensor, segments: int) -> torch.Tensor:
-    """Forward with `segments` checkpointed segments; 0 means no checkpointing."""
+    """Forward with `segments` checkpoint segments (the last one not checkpointed); 0 means no checkpointing."""
     if segments == 0:
         return model(x)
     from torch.utils.checkpoint import checkpoint_sequential
@@ -439,13 +588,24 @@ def checkpointed_forward(model: nn.Sequential, x: torch.Tensor, segments: int) -
     return checkpoint_sequential(model, segments, x, use_reentrant=False)
 
 
+def checkpoint_saved_activations(layers: int, segments: int) -> int:
+    """Hand count of the activations a `deep_mlp(layers)` saves for backward: L + 1 plain, k + L/k checkpointed."""
+    if segments == 0:
+        return layers + 1
+    if segments < 0 or layers % segments:
+        raise ValueError(f"segments={segments} must be 0 or divide layers={layers}")
+    return (segments - 1) + 1 + layers // segments
+
+
 def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: Sequence[int], min_run_time: float,
-                           device: torch.device | str = "cpu") -> list[dict[str, float]]:
-    """Saved bytes and median forward+backward time for each number of checkpoint segments."""
+                           device: torch.device | str, seed: int) -> list[dict[str, float]]:
+    """Per segment count: saved bytes (measured and hand count) and median forward+backward time, both
+    also relative to the first entry."""
     device = as_device(device)
-    torch.manual_seed(0)
-    model = deep_mlp(layers, width).to(device)
-    x = torch.randn(batch, width, device=device, requires_grad=True)
+    generator = seeded(seed)
+    model = reset_linear_layers(deep_mlp(layers, width), generator).to(device)
+    x = torch.randn(batch, width, generator=generator).to(device).requires_grad_(True)  # (batch, width)
+    activation_bytes = batch * width * x.element_size()
 
     rows = []
     for segments in segment_counts:
@@ -456,17 +616,22 @@ def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: 
         rows.append({"segments": segments,
                      "saved_bytes": saved_tensor_bytes(checkpointed_forward, model, x, segments,
                                                        exclude=model.parameters()),
+                     "hand_count_bytes": checkpoint_saved_activations(layers, segments) * activation_bytes,
                      "seconds": time_median(step, device, min_run_time)})
+    for row in rows:
+        row["saved_ratio"] = row["saved_bytes"] / rows[0]["saved_bytes"]
+        row["time_ratio"] = row["seconds"] / rows[0]["seconds"]
     return rows
 
 
 # %% [markdown]
 # ## Mixed precision
 #
-# `torch.autocast` runs matmuls in a 16-bit type and keeps precision-sensitive ops (softmax,
-# losses, reductions) in float32; the weights stay float32. On CPUs bfloat16 is the type (same
-# range as float32, no scaler needed); on CUDA float16 needs `torch.amp.GradScaler("cuda")` so
-# small gradients do not underflow. The speed-up depends on the hardware having fast 16-bit
+# `torch.autocast` runs matmuls in a 16-bit type and keeps precision-sensitive ops in float32
+# (losses such as cross-entropy; on CUDA also softmax, exp, log and sums); the weights, and so
+# their gradients, stay float32. On CPUs the default type is bfloat16 (same range as float32, no
+# scaler needed); on CUDA float16 needs `torch.amp.GradScaler("cuda")` so small gradients do not
+# underflow. The speed-up depends on the hardware having fast 16-bit
 # matmul units: measure it.
 
 # %%
@@ -501,15 +666,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def mixed_precision_step(width: int, batch: int, device: torch.device | str, min_run_time: float,
-                         seed: int = 0) -> dict[str, dict[str, object]]:
-    """One training step in float32 and under autocast: dtypes seen inside, loss and median time."""
+                         seed: int) -> dict[str, dict[str, object]]:
+    """One training step in float32 and under autocast from the same weights: dtypes inside, first loss, time."""
     device = as_device(device)
+    generator = seeded(seed)
+    initial = reset_linear_layers(MyMLP(width, [width, width], CLASSES), generator)
+    x = torch.randn(batch, width, generator=generator).to(device)  # (batch, width)
+    target = torch.randint(0, CLASSES, (batch,), generator=generator).to(device)  # (batch,)
     results = {}
     for mode in ("float32", "autocast"):
-        torch.manual_seed(seed)
-        model = MyMLP(width, [width, width], 10).to(device)
-        x = torch.randn(batch, width, device=device)
-        target = torch.randint(0, 10, (batch,), device=device)
+        model = copy.deepcopy(initial).to(device)  # both modes start from identical weights
         dtypes: dict[str, str] = {}
         step = make_train_step(model, x, target, mode == "autocast", dtypes)
         first_loss = step().item()
@@ -518,15 +684,25 @@ def mixed_precision_step(width: int, batch: int, device: torch.device | str, min
     return results
 
 
+def amp_speedup(results: dict[str, dict[str, object]]) -> float:
+    """float32 step time / autocast step time (> 1: autocast is faster)."""
+    return results["float32"]["seconds"] / results["autocast"]["seconds"]
+
+
 # %% [markdown]
 # ## Saving, loading and exporting
 #
 # Save the `state_dict` (names → tensors), not the pickled module; load it into a freshly built
 # model with `weights_only=True`, which refuses to unpickle arbitrary code. To run a model
-# without its Python class, `torch.export.export` traces it into a self-contained graph
-# (TorchScript is deprecated).
+# without its Python class, `torch.export.export` traces it into a self-contained graph whose
+# inputs are the parameters, the buffers and the model's own input (TorchScript is deprecated).
 
 # %%
+def state_dict_tensor_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors in the state_dict (parameters and buffers); the file adds a little metadata."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def save_load_export(model: nn.Module, example: torch.Tensor, rebuild: Callable[[], nn.Module]) -> dict[str, object]:
     """Round-trip the state_dict through a file and export the model; report output differences."""
     model.eval()
@@ -544,78 +720,95 @@ def save_load_export(model: nn.Module, example: torch.Tensor, rebuild: Callable[
     other_batch = example[:3]
     with torch.no_grad():
         return {
+            "state_dict tensor bytes": state_dict_tensor_bytes(model),
             "state_dict file bytes": size,
             "reloaded max |diff|": (fresh(example) - expected).abs().max().item(),
             "exported max |diff|": (exported.module()(example) - expected).abs().max().item(),
             "exported, batch of 3, max |diff|":
                 (exported.module()(other_batch) - model(other_batch)).abs().max().item(),
-            "exported graph nodes": len(exported.graph.nodes),
+            "exported graph inputs": sum(node.op == "placeholder" for node in exported.graph.nodes),
         }
 
 
 # %% [markdown]
 # ## Architectures compared
+#
+# Parameter counts from the modules and from the layer shapes, and the median forward time of
+# one batch in eval mode.
 
 # %%
-def architectures() -> dict[str, tuple[nn.Module, Callable[[int], torch.Tensor], int | None]]:
-    """name → (model, input maker for a batch size, formula count or None)."""
-    def tabular(batch: int) -> torch.Tensor:
-        return torch.randn(batch, 32)  # (batch, features)
+@dataclass(frozen=True)
+class Architecture:
+    model: nn.Module
+    layout: str  # printed beside the name
+    make_input: Callable[[int, torch.Generator], torch.Tensor]  # batch size, generator -> input
+    formula: int  # parameter count from the layer shapes
 
-    def sequence(batch: int) -> torch.Tensor:
-        return torch.randn(max(1, batch // 16), 16, 64)  # (batch, seq, d_model)
 
-    return {  # sizes: MLPs 32 → hidden → 10; residual 32 → 8 blocks of 128 → 10; attention (seq 16, d_model 64)
-        "small MLP": (MyMLP(32, [64, 64], 10), tabular, mlp_parameter_count(32, [64, 64], 10)),
-        "deep MLP": (MyMLP(32, [256] * 8, 10), tabular, mlp_parameter_count(32, [256] * 8, 10)),
-        "deep MLP + BN": (MyMLP(32, [256] * 8, 10, use_batch_norm=True), tabular,
-                          mlp_parameter_count(32, [256] * 8, 10, use_batch_norm=True)),
-        "residual net": (ResidualNet(32, 128, 8, 10), tabular, None),
-        "attention": (AttentionLayer(64), sequence, None),
+def tabular_input(batch: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(batch, TABULAR_FEATURES, generator=generator)  # (batch, features)
+
+
+def sequence_input(batch: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(max(1, batch // SEQ_LEN), SEQ_LEN, D_MODEL, generator=generator)  # (batch, seq, d_model)
+
+
+def mlp_architecture(hidden: Sequence[int], layout: str, use_batch_norm: bool = False) -> Architecture:
+    return Architecture(MyMLP(TABULAR_FEATURES, hidden, CLASSES, use_batch_norm=use_batch_norm), layout,
+                        tabular_input, mlp_parameter_count(TABULAR_FEATURES, hidden, CLASSES, use_batch_norm))
+
+
+def architectures() -> dict[str, Architecture]:
+    res_dim, res_blocks = 128, 8
+    return {
+        "small MLP": mlp_architecture([64, 64], "32-64-64-10"),
+        "deep MLP": mlp_architecture([256] * 8, "32-[256]x8-10"),
+        "deep MLP + BN": mlp_architecture([256] * 8, "32-[256]x8-10, BatchNorm", use_batch_norm=True),
+        "residual net": Architecture(ResidualNet(TABULAR_FEATURES, res_dim, res_blocks, CLASSES),
+                                     f"32-{res_dim}, {res_blocks} residual blocks, 10", tabular_input,
+                                     residual_parameter_count(TABULAR_FEATURES, res_dim, res_blocks, CLASSES)),
+        "attention": Architecture(AttentionLayer(D_MODEL), f"d_model {D_MODEL}, seq {SEQ_LEN}", sequence_input,
+                                  attention_parameter_count(D_MODEL)),
     }
 
 
-ARCHITECTURE_SHAPES = {  # printed beside the names
-    "small MLP": "32-64-64-10", "deep MLP": "32-[256]x8-10", "deep MLP + BN": "32-[256]x8-10, BatchNorm",
-    "residual net": "32-128, 8 residual blocks, 10", "attention": "d_model 64, seq 16",
-}
-
-
-def architecture_table(batch: int, min_run_time: float, device: torch.device | str = "cpu") -> list[dict[str, object]]:
+def architecture_table(batch: int, min_run_time: float, device: torch.device | str,
+                       seed: int) -> list[dict[str, object]]:
     device = as_device(device)
+    generator = seeded(seed)
     rows = []
-    for name, (model, make_input, formula) in architectures().items():
-        model = model.to(device).eval()
-        x = make_input(batch).to(device)
+    for name, arch in architectures().items():
+        model = arch.model.to(device).eval()
+        x = arch.make_input(batch, generator).to(device)
         with torch.no_grad():
             seconds = time_median(lambda model=model, x=x: model(x), device, min_run_time)
-        rows.append({"name": name, "parameters": count_parameters(model), "formula": formula, "seconds": seconds})
+        rows.append({"name": name, "layout": arch.layout, "parameters": count_parameters(model),
+                     "formula": arch.formula, "seconds": seconds})
     return rows
 
 
 # %% [markdown]
 # ## Figures
+#
+# The plot functions draw what the experiments returned; they compute nothing.
 
 # %%
-def plot_analysis(arch_rows, init_stats, flows):
+def plot_analysis(arch_rows, curves, init_stats, flows):
     fig, axes = new_figure(2, 3, "Custom nn.Modules: size, activations, initialisation, speed and gradient flow")
     ax_params, ax_act, ax_init, ax_time, ax_flow, ax_cost = axes.flat
     names = [r["name"] for r in arch_rows]
     short = [n.replace(" + ", "\n+ ").replace(" net", "\nnet") for n in names]
     colors = [f"C{i}" for i in range(len(names))]
 
-    bars = ax_params.bar(range(len(names)), [r["parameters"] for r in arch_rows], color=colors)
+    bars = ax_params.bar(range(len(names)), [r["parameters"] / 1e3 for r in arch_rows], color=colors)
     ax_params.bar_label(bars, labels=[f"{r['parameters']:,}" for r in arch_rows], fontsize=8)
     ax_params.set_xticks(range(len(names)), short, fontsize=7)
-    ax_params.set(yscale="log", title="Trainable parameters per architecture", ylabel="parameters (log)")
+    ax_params.set(title="Trainable parameters per architecture", ylabel="parameters (thousands)")
+    ax_params.margins(y=0.12)
 
-    x = torch.linspace(-4, 4, 401, requires_grad=True)
-    for i, (name, module) in enumerate([("ReLU", nn.ReLU()), ("sigmoid", nn.Sigmoid()), ("tanh", nn.Tanh()),
-                                         ("GELU", nn.GELU()), ("Swish", Swish())]):
-        y = module(x)
-        (dy,) = torch.autograd.grad(y.sum(), x)  # element-wise activation: the gradient of the sum is f'(x)
-        ax_act.plot(x.detach().numpy(), y.detach().numpy(), color=f"C{i}", label=name)
-        ax_act.plot(x.detach().numpy(), dy.numpy(), color=f"C{i}", linestyle="--", linewidth=1)
+    for i, (name, (y, dy)) in enumerate(curves["outputs"].items()):
+        ax_act.plot(curves["x"].numpy(), y.numpy(), color=f"C{i}", label=name)
+        ax_act.plot(curves["x"].numpy(), dy.numpy(), color=f"C{i}", linestyle="--", linewidth=1)
     ax_act.set(title="Activations (solid) and derivatives (dashed)", xlabel="input x", ylabel="f(x), f′(x)",
                ylim=(-1.2, 2.5))
     ax_act.legend(fontsize=8)
@@ -624,8 +817,9 @@ def plot_analysis(arch_rows, init_stats, flows):
         stats = init_stats[scheme]
         ax_init.hist(stats["weights"].numpy(), bins=80, histtype="step", linewidth=1.5, density=True,
                      label=f"{scheme}: std {stats['measured']:.4f} (theory {stats['theory']:.4f})")
-    ax_init.set(yscale="log", title="Initial weight distributions (zeros: a spike at 0)", xlabel="weight value",
-                ylabel="density (log)")
+    ax_init.set(yscale="log", title="Initial weights (zeros, not drawn: a spike at 0)",
+                xlabel="weight value", ylabel="density (log)")
+    ax_init.set_ylim(top=ax_init.get_ylim()[1] * 100)  # room for the legend above the histograms
     ax_init.legend(fontsize=7, loc="upper right")
 
     times_ms = [r["seconds"] * 1e3 for r in arch_rows]
@@ -633,6 +827,7 @@ def plot_analysis(arch_rows, init_stats, flows):
     ax_time.bar_label(bars, fmt="%.2f ms", fontsize=8)
     ax_time.set_xticks(range(len(names)), short, fontsize=7)
     ax_time.set(title="Forward time per architecture (median)", ylabel="time (ms)")
+    ax_time.margins(y=0.12)
 
     for name, norms in flows.items():
         ax_flow.plot(range(1, len(norms) + 1), norms, "o-", markersize=3, label=name)
@@ -642,7 +837,7 @@ def plot_analysis(arch_rows, init_stats, flows):
 
     for i, row in enumerate(arch_rows):
         ax_cost.scatter(row["parameters"], row["seconds"] * 1e3, color=colors[i], s=40, label=row["name"])
-    ax_cost.set(xscale="log", yscale="log", title="Parameters vs forward time", xlabel="parameters (log)",
+    ax_cost.set(xscale="log", yscale="log", title="Parameters vs forward time (points)", xlabel="parameters (log)",
                 ylabel="forward time (ms, log)")
     ax_cost.legend(fontsize=7)
     for ax in axes.flat:
@@ -654,16 +849,98 @@ def plot_checkpointing(rows, layers: int):
     fig, axes = new_figure(1, 2, f"Activation checkpointing on a {layers}-layer MLP: memory vs compute")
     ax_mem, ax_time = axes.flat
     labels = ["none" if r["segments"] == 0 else str(r["segments"]) for r in rows]
-    bars = ax_mem.bar(labels, [r["saved_bytes"] / 2**20 for r in rows], color="tab:blue")
-    ax_mem.bar_label(bars, fmt="%.1f MiB", fontsize=8)
-    ax_mem.set(title="Activations saved for backward (weights excluded)", xlabel="checkpoint segments",
+    bars = ax_mem.bar(labels, [r["saved_bytes"] / 2**20 for r in rows], color="tab:blue", label="measured")
+    ax_mem.bar_label(bars, fmt="%.1f MiB", fontsize=8, padding=7)
+    ax_mem.plot(labels, [r["hand_count_bytes"] / 2**20 for r in rows], "kD", markersize=5,
+                label="hand count: L + 1 (none), k + L/k activations")
+    ax_mem.set(title="Activations saved for backward (weights excluded)", xlabel="checkpoint segments k",
                ylabel="saved (MiB)")
+    ax_mem.set_ylim(0, 1.4 * max(r["saved_bytes"] for r in rows) / 2**20)  # room for the legend
+    ax_mem.legend(fontsize=8, loc="upper center")
     bars = ax_time.bar(labels, [r["seconds"] * 1e3 for r in rows], color="tab:orange")
     ax_time.bar_label(bars, fmt="%.1f ms", fontsize=8)
-    ax_time.set(title="Forward + backward time (median)", xlabel="checkpoint segments", ylabel="time (ms)")
+    ax_time.set(title="Forward + backward time (median)", xlabel="checkpoint segments k", ylabel="time (ms)")
+    ax_time.margins(y=0.12)
     for ax in axes.flat:
         ax.grid(True, axis="y", alpha=0.3)
     return fig
+
+
+# %% [markdown]
+# ## Printing the results
+#
+# Each printer formats what one experiment returned.
+
+# %%
+def print_architectures(rows, batch: int, device: torch.device) -> None:
+    print_table(f"Architectures (forward time: batch {batch}, eval mode, on {device.type})",
+                ["architecture", "layout", "parameters", "from layer shapes", "forward"],
+                [[r["name"], r["layout"], r["parameters"], r["formula"], fmt_seconds(r["seconds"])] for r in rows])
+
+
+def print_initialisation(width: int, init_stats, ratio, depth_stds, theory, zeros) -> None:
+    depth = len(next(iter(depth_stds.values())))
+    print_table(f"Initial weight std of a {width}×{width} Linear", ["scheme", "measured std", "theory",
+                                                                      "measured / theory"],
+                [[s, f"{v['measured']:.5f}", f"{v['theory']:.5f}", "-" if v["ratio"] is None else f"{v['ratio']:.3f}"]
+                 for s, v in init_stats.items()])
+    print(f"Kaiming std / Xavier std: measured {ratio['measured']:.4f}, theory √2 = {ratio['theory']:.4f} "
+          "(twice the variance)")
+    mid = depth // 2
+    print_table(f"Activation std through {depth} Linear+ReLU layers (width {VARIANCE_WIDTH}, input std 1)",
+                ["scheme", "after layer 1", f"after layer {mid + 1}", f"after layer {depth}", f"theory at {depth}"],
+                [[s, f"{v[0]:.3g}", f"{v[mid]:.3g}", f"{v[-1]:.3g}", f"{theory[s][-1]:.3g}"]
+                 for s, v in depth_stds.items()])
+    print(f"zeros init after {ZERO_INIT_STEPS} SGD steps:", {k: round(v, 4) for k, v in zeros.items()})
+
+
+def print_checkpointing(rows, layers: int, width: int, batch: int) -> None:
+    print_table(f"Checkpointing a {layers}-layer MLP (width {width}, batch {batch}); saved = activations, "
+                "weights excluded", ["segments", "saved for backward", "hand count", "vs none", "fwd+bwd", "vs none"],
+                [[r["segments"] or "none", f"{r['saved_bytes'] / 2**20:.2f} MiB",
+                  f"{r['hand_count_bytes'] / 2**20:.2f} MiB", f"{r['saved_ratio']:.2f}×", fmt_seconds(r["seconds"]),
+                  fmt_timing(r["time_ratio"], ".2f", "×")] for r in rows])
+
+
+def print_mixed_precision(amp, width: int, batch: int, device: torch.device) -> None:
+    print_table(f"Mixed precision: one SGD step of a {width}-wide MLP, batch {batch}, on "
+                f"{device.type} (autocast dtype {_dtype_name(autocast_dtype(device))})",
+                ["mode", "linear output", "loss", "weights", "weight grad", "first loss", "step time"],
+                [[mode, r["dtypes"]["linear output"], r["dtypes"]["loss"], r["weight dtype"],
+                  r["dtypes"]["weight grad"], f"{r['loss']:.4f}", fmt_seconds(r["seconds"])]
+                 for mode, r in amp.items()])
+    print(f"autocast speed-up: {fmt_timing(amp_speedup(amp), '.2f', '×')}")
+
+
+def print_values(values: dict[str, object], width: int = 34) -> None:
+    for key, value in values.items():
+        print(f"{key:{width}s} {value}")
+
+
+def print_dynamic(rows) -> None:
+    for row in rows:
+        print(f"input scale {row['scale']}: {row['depth']} pass(es) through the shared layer, "
+              f"shared-layer grad norm {row['grad norm']:.4f}")
+
+
+def print_custom_layers(swish_diff: float, drop: dict[str, object]) -> None:
+    print(f"Swish(1) vs nn.SiLU max |diff|: {swish_diff:.1e}")
+    print(f"CustomDropout({DROPOUT_P}) train: kept {drop['kept']:.4f} (expect {1 - DROPOUT_P}), mean "
+          f"{drop['mean']:.4f} (expect 1.0); eval is identity: {drop['eval is identity']}")
+
+
+def print_hooks(stats, norms) -> None:
+    print_table("Activation statistics (forward hooks, removed afterwards)", ["module", "mean", "std", "zeros"],
+                [[name, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"{s['fraction_zero']:.2f}"]
+                 for name, s in stats.items()])
+    print("gradient norms:", {name: round(value, 4) for name, value in norms.items()})
+
+
+def print_gradient_flow(flows, ratios) -> None:
+    depth = len(next(iter(flows.values())))
+    print_table(f"Gradient flow through {depth} layers: ‖∂L/∂W‖ of the first and last layer",
+                ["network", "layer 1 (input side)", f"layer {depth}", "ratio first/last"],
+                [[name, f"{f[0]:.2e}", f"{f[-1]:.2e}", f"{ratios[name]:.1e}"] for name, f in flows.items()])
 
 
 # %% [markdown]
@@ -671,103 +948,51 @@ def plot_checkpointing(rows, layers: int):
 
 # %%
 def run(ctx: LessonContext) -> None:
-    cfg = ctx.config(FULL, QUICK)
+    cfg, seed = ctx.config(FULL, QUICK), ctx.seed
 
     print_section("MyMLP")
-    mlp = MyMLP(32, [64, 64], 10, activation="gelu", dropout_rate=0.1, use_batch_norm=True)
+    mlp = MyMLP(TABULAR_FEATURES, [64, 64], CLASSES, activation="gelu", dropout_rate=0.1, use_batch_norm=True)
     print(mlp)
-    print(f"output shape for a batch of 5: {tuple(mlp(torch.randn(5, 32)).shape)}")
-
-    arch_rows = architecture_table(cfg.batch, cfg.min_run_time, ctx.device)
-    print_table(f"Architectures (forward time: batch {cfg.batch}, eval mode, on {ctx.device.type})",
-                ["architecture", "layout", "parameters", "formula", "forward"],
-                [[r["name"], ARCHITECTURE_SHAPES[r["name"]], r["parameters"],
-                  "-" if r["formula"] is None else r["formula"],
-                  fmt_seconds(r["seconds"])] for r in arch_rows])
+    print(f"output shape for a batch of 5: {output_shape(mlp, 5, seed)}")
+    arch_rows = architecture_table(cfg.batch, cfg.min_run_time, ctx.device, seed)
+    print_architectures(arch_rows, cfg.batch, ctx.device)
 
     print_section("Self-attention vs F.scaled_dot_product_attention")
-    attention = AttentionLayer(16)
-    x = torch.randn(2, 5, 16, generator=ctx.generator)  # (batch, seq, d_model)
-    q, k, v = attention.query(x), attention.key(x), attention.value(x)
-    for label, mask in [("no mask", None), ("causal mask", causal_mask(5))]:
-        with torch.no_grad():
-            diff = (attention(x, mask) - F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).abs().max().item()
-        print(f"{label:12s} max |diff| = {diff:.1e}")
-
+    attention_x = torch.randn(*ATTENTION_SHAPE, generator=seeded(seed))  # (batch, seq, d_model)
+    diffs = attention_vs_sdpa(AttentionLayer(ATTENTION_SHAPE[-1]), attention_x)
+    print_values({f"{label}: max |diff|": f"{diff:.1e}" for label, diff in diffs.items()}, 24)
     print_section("A dynamic network: depth chosen by the input")
-    dynamic = DynamicDepthNet(8)
-    for scale in (0.5, 2.0, 5.0):
-        dynamic(torch.randn(4, 8, generator=ctx.generator) * scale).sum().backward()
-        print(f"input scale {scale}: {dynamic.last_depth} pass(es) through the shared layer, "
-              f"shared-layer grad norm {dynamic.shared.weight.grad.norm().item():.4f}")
-        dynamic.zero_grad()
+    print_dynamic(dynamic_depth_demo(DynamicDepthNet(8), DYNAMIC_SCALES, seed))
 
-    init_stats = init_statistics(cfg.init_width, ctx.seed)
-    print_table(f"Initial weight std of a {cfg.init_width}×{cfg.init_width} Linear",
-                ["scheme", "measured std", "theory", "measured / theory"],
-                [[s, f"{v['measured']:.5f}", f"{v['theory']:.5f}",
-                  f"{v['measured'] / v['theory']:.3f}" if v["theory"] else "-"] for s, v in init_stats.items()])
-    depth_rows = []
-    for scheme in INIT_SCHEMES:
-        stds = activation_std_by_depth(scheme, cfg.variance_depth, 256, seed=ctx.seed)
-        depth_rows.append([scheme, f"{stds[0]:.3g}", f"{stds[len(stds) // 2]:.3g}", f"{stds[-1]:.3g}"])
-    print_table(f"Activation std through {cfg.variance_depth} Linear+ReLU layers (width 256, input std 1)",
-                ["scheme", "after layer 1", f"after layer {cfg.variance_depth // 2 + 1}",
-                 f"after layer {cfg.variance_depth}"], depth_rows)
-    print("zeros init after 20 SGD steps:", {k: round(v, 4) for k, v in zeros_cannot_learn(seed=ctx.seed).items()})
+    init_stats = init_statistics(cfg.init_width, seed)
+    depth_stds = {s: activation_std_by_depth(s, cfg.variance_depth, VARIANCE_WIDTH, seed) for s in INIT_SCHEMES}
+    theory = {s: relu_stack_std_theory(theoretical_std(s, VARIANCE_WIDTH, VARIANCE_WIDTH), VARIANCE_WIDTH,
+                                       cfg.variance_depth) for s in INIT_SCHEMES}
+    print_initialisation(cfg.init_width, init_stats, kaiming_over_xavier(init_stats), depth_stds, theory,
+                         zeros_cannot_learn(seed))
 
     print_section("Custom layers")
-    probe = torch.linspace(-3, 3, 7)
-    print(f"Swish(1) vs nn.SiLU max |diff|: {(Swish(1.0)(probe) - nn.SiLU()(probe)).abs().max().item():.1e}")
-    dropout = CustomDropout(0.3)
-    ones = torch.ones(100_000)
-    dropped = dropout(ones)
-    print(f"CustomDropout(0.3) train: kept {(dropped != 0).float().mean().item():.4f} (expect 0.7), "
-          f"mean {dropped.mean().item():.4f} (expect 1.0); eval is identity: {torch.equal(dropout.eval()(ones), ones)}")
-
+    print_custom_layers(swish_vs_silu(torch.linspace(-3, 3, 7)), dropout_check(DROPOUT_P, DROPOUT_SAMPLES))
     print_section("Hooks")
-    probe_model = MyMLP(32, [64, 64], 10)
-    stats = activation_stats(probe_model, torch.randn(cfg.batch, 32, generator=ctx.generator))
-    print_table("Activation statistics (forward hooks, removed afterwards)", ["module", "mean", "std", "zeros"],
-                [[name, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"{s['fraction_zero']:.2f}"]
-                 for name, s in stats.items()])
-    norms = gradient_norms(probe_model, torch.randn(cfg.batch, 32), torch.randn(cfg.batch, 10), F.mse_loss)
-    print("gradient norms:", {name: round(value, 4) for name, value in norms.items()})
+    print_hooks(*hook_demo(MyMLP(TABULAR_FEATURES, [64, 64], CLASSES), cfg.batch, seed))
+    flows = gradient_flow(cfg.flow_depth, cfg.flow_width, seed)
+    print_gradient_flow(flows, first_over_last(flows))
 
-    flows = gradient_flow(cfg.flow_depth, cfg.flow_width, seed=ctx.seed)
-    print_table(f"Gradient flow through {cfg.flow_depth} layers: ‖∂L/∂W‖ of the first and last layer",
-                ["network", "layer 1 (input side)", f"layer {cfg.flow_depth}", "ratio first/last"],
-                [[name, f"{f[0]:.2e}", f"{f[-1]:.2e}", f"{f[0] / f[-1]:.1e}"] for name, f in flows.items()])
-
-    segment_counts = [0] + [n for n in (2, 4, 8, 16) if n <= cfg.checkpoint_layers]  # 0: no checkpointing
+    segments = [0] + [k for k in CHECKPOINT_SEGMENTS if cfg.checkpoint_layers % k == 0]  # 0: no checkpointing
     checkpoint_rows = checkpointing_tradeoff(cfg.checkpoint_layers, cfg.checkpoint_width, cfg.checkpoint_batch,
-                                             segment_counts, cfg.min_run_time, ctx.device)
-    baseline = checkpoint_rows[0]
-    print_table(f"Checkpointing a {cfg.checkpoint_layers}-layer MLP (width {cfg.checkpoint_width}, "
-                f"batch {cfg.checkpoint_batch}); saved = activations, weights excluded",
-                ["segments", "saved for backward", "vs none", "fwd+bwd", "vs none"],
-                [[r["segments"] or "none", f"{r['saved_bytes'] / 2**20:.2f} MiB",
-                  f"{r['saved_bytes'] / baseline['saved_bytes']:.2f}×", fmt_seconds(r["seconds"]),
-                  fmt_timing(r["seconds"] / baseline["seconds"], ".2f", "×")] for r in checkpoint_rows])
-
-    amp = mixed_precision_step(cfg.amp_width, cfg.amp_batch, ctx.device, cfg.min_run_time, ctx.seed)
-    print_table(f"Mixed precision: one SGD step of a {cfg.amp_width}-wide MLP, batch {cfg.amp_batch}, on "
-                f"{ctx.device.type} (autocast dtype {_dtype_name(autocast_dtype(ctx.device))})",
-                ["mode", "linear output", "loss", "weights", "weight grad", "first loss", "step time"],
-                [[mode, r["dtypes"]["linear output"], r["dtypes"]["loss"], r["weight dtype"],
-                  r["dtypes"]["weight grad"],
-                  f"{r['loss']:.4f}", fmt_seconds(r["seconds"])] for mode, r in amp.items()])
-    print(f"autocast speed-up: {fmt_timing(amp['float32']['seconds'] / amp['autocast']['seconds'], '.2f', '×')}")
+                                             segments, cfg.min_run_time, ctx.device, seed)
+    print_checkpointing(checkpoint_rows, cfg.checkpoint_layers, cfg.checkpoint_width, cfg.checkpoint_batch)
+    amp = mixed_precision_step(cfg.amp_width, cfg.amp_batch, ctx.device, cfg.min_run_time, seed)
+    print_mixed_precision(amp, cfg.amp_width, cfg.amp_batch, ctx.device)
 
     print_section("Saving, loading and exporting")
     def rebuild() -> MyMLP:
-        return MyMLP(32, [64, 64], 10, use_batch_norm=True)
-    saved = save_load_export(rebuild(), torch.randn(8, 32, generator=ctx.generator), rebuild)
-    for key, value in saved.items():
-        print(f"{key:34s} {value}")
+        return MyMLP(TABULAR_FEATURES, [64, 64], CLASSES, use_batch_norm=True)
+    print_values(save_load_export(rebuild(), torch.randn(8, TABULAR_FEATURES, generator=seeded(seed)), rebuild))
 
     print_section("Figures")
-    save_figure(plot_analysis(arch_rows, init_stats, flows), "custom_modules_analysis.png", ctx.plots_dir)
+    curves = {"x": ACTIVATION_GRID, "outputs": activation_curves(ACTIVATION_GRID)}
+    save_figure(plot_analysis(arch_rows, curves, init_stats, flows), "custom_modules_analysis.png", ctx.plots_dir)
     save_figure(plot_checkpointing(checkpoint_rows, cfg.checkpoint_layers), "memory_checkpointing.png", ctx.plots_dir)
 
 

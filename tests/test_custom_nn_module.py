@@ -1,4 +1,4 @@
-"""custom_nn_module: modules checked against torch.nn / torch.nn.functional, formulas and hand counts.
+"""custom_nn_module: modules checked against torch.nn / torch.nn.functional, closed forms and hand counts.
 
 The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
 """
@@ -6,14 +6,17 @@ The quick end-to-end run of main() (figures, reproducibility, exit codes) is in 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICES, ROOT
 from torch import nn
 
 import custom_nn_module as cm
 
+# --- MLP and parameter counts -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("hidden", "activation", "dropout", "bn"), [
     ([], "relu", 0.0, False), ([16], "tanh", 0.2, False), ([16, 8], "gelu", 0.0, True), ([4, 4, 4], "swish", 0.5, True),
@@ -21,7 +24,7 @@ import custom_nn_module as cm
 def test_mlp_shapes_and_parameter_counts(hidden, activation, dropout, bn):
     torch.manual_seed(0)
     model = cm.MyMLP(7, hidden, 3, activation=activation, dropout_rate=dropout, use_batch_norm=bn)
-    assert model(torch.randn(5, 7)).shape == (5, 3)
+    assert cm.output_shape(model, 5, seed=0) == (5, 3)
     assert cm.count_parameters(model) == cm.mlp_parameter_count(7, hidden, 3, use_batch_norm=bn)
     # Independent count: torch's own Linear/BatchNorm modules summed by hand.
     by_hand = sum(m.weight.numel() + m.bias.numel()
@@ -31,6 +34,18 @@ def test_mlp_shapes_and_parameter_counts(hidden, activation, dropout, bn):
     assert isinstance(model.net[-1], nn.Linear)
     assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == (len(hidden) if bn else 0)
     assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == (len(hidden) if dropout else 0)
+
+
+def test_parameter_formulas_match_hand_counts_and_modules():
+    assert cm.linear_parameter_count(3, 5) == 3 * 5 + 5
+    assert cm.mlp_parameter_count(32, [64, 64], 10) == (32 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10) == 6_922
+    assert cm.mlp_parameter_count(4, [6], 2, use_batch_norm=True) == (4 * 6 + 6) + 2 * 6 + (6 * 2 + 2)
+    assert cm.residual_parameter_count(5, 8, 3, 2) == (5 * 8 + 8) + 3 * 2 * (8 * 8 + 8) + (8 * 2 + 2)
+    assert cm.attention_parameter_count(6) == 3 * (6 * 6 + 6)
+    for blocks in (1, 3):
+        assert cm.count_parameters(cm.ResidualNet(5, 8, blocks, 2)) == cm.residual_parameter_count(5, 8, blocks, 2)
+    for d_model in (4, 6):
+        assert cm.count_parameters(cm.AttentionLayer(d_model)) == cm.attention_parameter_count(d_model)
 
 
 def test_count_parameters_ignores_frozen_parameters():
@@ -55,6 +70,21 @@ def test_mlp_rejects_bad_sizes(args, message):
     with pytest.raises(ValueError, match=message):
         cm.MyMLP(*args)
 
+
+def test_architecture_table_counts_formulas_and_times(monkeypatch):
+    times = iter([1e-3, 2e-3, 3e-3, 4e-3, 5e-3])
+    monkeypatch.setattr(cm, "time_median", lambda fn, device, min_run_time: (fn(), next(times))[1])
+    rows = cm.architecture_table(batch=16, min_run_time=0.005, device="cpu", seed=0)
+    assert [r["name"] for r in rows] == ["small MLP", "deep MLP", "deep MLP + BN", "residual net", "attention"]
+    assert [r["parameters"] for r in rows] == [r["formula"] for r in rows]
+    # By hand: 32-64-64-10; 32-[256]x8-10 (+ γ, β per hidden layer); stem + 8·2 Linear(128) + head; q, k, v.
+    assert [r["parameters"] for r in rows] == [
+        6_922, 32 * 256 + 256 + 7 * (256 * 256 + 256) + 256 * 10 + 10, 471_562 + 8 * 2 * 256,
+        32 * 128 + 128 + 16 * (128 * 128 + 128) + 128 * 10 + 10, 3 * (64 * 64 + 64)]
+    assert [r["seconds"] for r in rows] == [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]
+
+
+# --- residual, attention, dynamic ---------------------------------------------------------------------------------
 
 def test_residual_block_is_identity_plus_f():
     torch.manual_seed(0)
@@ -81,6 +111,31 @@ def test_attention_matches_scaled_dot_product_attention(masked):
         assert torch.all(weights.triu(diagonal=1) == 0)  # nothing attends to the future
 
 
+def test_attention_vs_sdpa_reports_round_off_only_and_detects_a_wrong_layer():
+    torch.manual_seed(0)
+    layer = cm.AttentionLayer(16)
+    x = torch.randn(2, 5, 16)
+    diffs = cm.attention_vs_sdpa(layer, x)
+    assert list(diffs) == ["no mask", "causal mask"]
+    assert all(0 <= d <= 1e-6 for d in diffs.values())  # float32: equal up to round-off
+    assert all(d <= 1e-12 for d in cm.attention_vs_sdpa(layer.double(), x.double()).values())
+
+    class Unscaled(cm.AttentionLayer):  # forgets the 1/√d: a different softmax
+        def forward(self, x, mask=None):
+            scores = self.query(x) @ self.key(x).transpose(-2, -1)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            return scores.softmax(-1) @ self.value(x)
+
+    class Unmasked(cm.AttentionLayer):  # ignores the mask
+        def forward(self, x, mask=None):
+            return super().forward(x)
+
+    for broken, label in ((Unscaled(16), "no mask"), (Unmasked(16), "causal mask")):
+        broken.load_state_dict(layer.state_dict())
+        assert cm.attention_vs_sdpa(broken, x)[label] > 1e-2
+
+
 def test_attention_accepts_a_per_batch_mask_and_rejects_bad_input():
     torch.manual_seed(0)
     layer = cm.AttentionLayer(8)
@@ -95,19 +150,36 @@ def test_attention_accepts_a_per_batch_mask_and_rejects_bad_input():
         layer(torch.randn(4, 8))
 
 
-def test_dynamic_net_depth_follows_the_input():
+def test_dynamic_depth_demo_matches_an_unrolled_forward():
     torch.manual_seed(0)
     net = cm.DynamicDepthNet(8, max_depth=4)
     net(torch.zeros(2, 8))
     assert net.last_depth == 1
     net(torch.full((2, 8), 10.0))
     assert net.last_depth == 4
+    rows = cm.dynamic_depth_demo(net, (0.5, 2.0, 5.0), seed=3)
+    generator = torch.Generator().manual_seed(3)
+    weight = net.shared.weight.detach().clone().requires_grad_(True)
+    for row, scale in zip(rows, (0.5, 2.0, 5.0)):
+        x = torch.randn(4, 8, generator=generator) * scale
+        depth = min(4, max(1, round(x.norm(dim=-1).mean().item() / 2)))
+        h = x
+        for _ in range(depth):
+            h = torch.tanh(h @ weight.T + net.shared.bias.detach())
+        (grad,) = torch.autograd.grad(net.head(h).sum(), weight)
+        assert row["scale"] == scale and row["depth"] == depth
+        assert row["grad norm"] == pytest.approx(grad.norm().item(), rel=1e-5)
+    assert [r["depth"] for r in rows] != [rows[0]["depth"]] * 3  # the depth really varies with the input
+    assert net.shared.weight.grad is None  # the demo leaves no gradients behind
 
+
+# --- custom layers ---------------------------------------------------------------------------------------------------
 
 def test_swish_equals_silu_and_passes_gradcheck():
     x = torch.linspace(-6, 6, 101)
     torch.testing.assert_close(cm.Swish(1.0)(x), nn.SiLU()(x), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(cm.Swish(2.0)(x), x * torch.sigmoid(2 * x), rtol=1e-6, atol=1e-7)
+    assert cm.swish_vs_silu(x) <= 1e-6
     xd = torch.randn(10, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(cm.Swish(1.5), (xd,))
 
@@ -130,30 +202,130 @@ def test_custom_dropout_statistics_and_modes():
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match=f"p={bad}"):
             cm.CustomDropout(bad)
+    check = cm.dropout_check(p, n)
+    assert abs(check["kept"] - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    assert abs(check["mean"] - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
+    assert check["eval is identity"] is True
+
+
+def test_activation_curves_match_closed_form_derivatives():
+    x = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    curves = cm.activation_curves(x)
+    s, t = torch.sigmoid(x), torch.tanh(x)
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+    expected = {
+        "ReLU": (x.clamp(min=0), (x > 0).double()),
+        "sigmoid": (s, s * (1 - s)),
+        "tanh": (t, 1 - t**2),
+        "GELU": (x * normal.cdf(x), normal.cdf(x) + x * normal.log_prob(x).exp()),
+        "Swish": (x * s, s + x * s * (1 - s)),
+    }
+    assert list(curves) == list(expected)
+    for name, (y, dy) in expected.items():
+        torch.testing.assert_close(curves[name][0], y, rtol=1e-12, atol=1e-12, msg=name)
+        torch.testing.assert_close(curves[name][1], dy, rtol=1e-12, atol=1e-12, msg=name)
+
+
+# --- initialisation ----------------------------------------------------------------------------------------------
+
+def test_theoretical_std_closed_forms_on_a_non_square_layer():
+    assert cm.theoretical_std("xavier", 400, 900) == pytest.approx(math.sqrt(2 / 1300), rel=1e-15)
+    assert cm.theoretical_std("kaiming", 400, 900) == pytest.approx(math.sqrt(2 / 400), rel=1e-15)
+    assert cm.theoretical_std("normal", 400, 900) == 0.01 and cm.theoretical_std("zeros", 400, 900) == 0.0
+    # The prose: He doubles the variance of the 1/fan_in rule (Xavier's, for a square layer), so std × √2.
+    for n in (64, 512):
+        assert cm.theoretical_std("kaiming", n, n) ** 2 == pytest.approx(2 * cm.theoretical_std("xavier", n, n) ** 2)
+        assert cm.theoretical_std("kaiming", n, n) / cm.theoretical_std("xavier", n, n) == pytest.approx(math.sqrt(2))
 
 
 @pytest.mark.parametrize("scheme", ["xavier", "kaiming", "normal", "zeros"])
 def test_init_weights_std_matches_theory(scheme):
-    torch.manual_seed(0)
-    layer = cm.init_weights(nn.Linear(400, 600), scheme)
-    expected = {"xavier": math.sqrt(2 / (400 + 600)), "kaiming": math.sqrt(2 / 400), "normal": 0.01, "zeros": 0.0}
-    assert layer.weight.std().item() == pytest.approx(expected[scheme], rel=0.02, abs=1e-12)
+    generator = torch.Generator().manual_seed(0)
+    layer = cm.init_weights(nn.Linear(400, 900), scheme, generator)  # weight (900, 400): fan_in 400, fan_out 900
+    expected = {"xavier": math.sqrt(2 / (400 + 900)), "kaiming": math.sqrt(2 / 400), "normal": 0.01, "zeros": 0.0}
+    # 360,000 draws: the sample std is within 1% of the true one.
+    assert layer.weight.std().item() == pytest.approx(expected[scheme], rel=0.01, abs=1e-12)
+    assert layer.weight.std().item() == pytest.approx(cm.theoretical_std(scheme, 400, 900), rel=0.01, abs=1e-12)
+    assert layer.weight.mean().item() == pytest.approx(0.0, abs=0.01 * expected[scheme] + 1e-12)
     assert torch.count_nonzero(layer.bias) == 0
     if scheme == "xavier":  # uniform on ±sqrt(6 / (fan_in + fan_out))
-        assert layer.weight.abs().max().item() <= math.sqrt(6 / 1000)
+        assert layer.weight.abs().max().item() <= math.sqrt(6 / 1300)
+        assert layer.weight.abs().max().item() > 0.99 * math.sqrt(6 / 1300)
     with pytest.raises(ValueError, match="unknown init scheme"):
         cm.init_weights(layer, "orthogonal")
 
 
-def test_kaiming_keeps_activation_scale_and_zeros_cannot_learn():
-    kaiming = cm.activation_std_by_depth("kaiming", depth=10, width=128)
-    normal = cm.activation_std_by_depth("normal", depth=10, width=128)
-    assert 0.5 < kaiming[-1] / kaiming[0] < 2.0
-    assert normal[-1] < 1e-6 * normal[0]
-    frozen = cm.zeros_cannot_learn(steps=10)
+def test_init_statistics_are_seeded_and_kaiming_is_sqrt2_times_xavier():
+    stats = cm.init_statistics(256, seed=1)
+    again, other = cm.init_statistics(256, seed=1), cm.init_statistics(256, seed=2)
+    assert torch.equal(stats["kaiming"]["weights"], again["kaiming"]["weights"])
+    assert not torch.equal(stats["kaiming"]["weights"], other["kaiming"]["weights"])
+    for scheme, s in stats.items():
+        assert s["theory"] == cm.theoretical_std(scheme, 256, 256)
+        assert s["measured"] == pytest.approx(s["weights"].std().item(), rel=1e-12)
+        if s["theory"]:
+            assert s["ratio"] == pytest.approx(s["measured"] / s["theory"], rel=1e-12)
+            assert s["ratio"] == pytest.approx(1.0, abs=0.01)  # 65,536 draws
+        else:
+            assert s["ratio"] is None and s["measured"] == 0.0
+    ratio = cm.kaiming_over_xavier(stats)
+    assert ratio["theory"] == pytest.approx(math.sqrt(2), rel=1e-12)
+    assert ratio["measured"] == pytest.approx(math.sqrt(2), rel=0.015)
+    assert ratio["measured"] == pytest.approx(stats["kaiming"]["measured"] / stats["xavier"]["measured"], rel=1e-12)
+
+
+def test_reset_linear_layers_is_torchs_default_init_from_a_generator():
+    torch.manual_seed(5)
+    expected = nn.Linear(7, 3)  # torch's own reset_parameters, from the global generator
+    mine = cm.reset_linear_layers(nn.Linear(7, 3), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(mine.weight, expected.weight, rtol=0, atol=0)
+    torch.testing.assert_close(mine.bias, expected.bias, rtol=0, atol=0)
+
+
+def test_relu_stack_theory_closed_form():
+    # std of ReLU(z), z ~ N(0, 1), by numerical integration on a fine grid.
+    z = torch.linspace(-12, 12, 200_001, dtype=torch.float64)
+    density = torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+    relu = z.clamp(min=0)
+    dz = z[1] - z[0]
+    mean, second = (relu * density).sum() * dz, (relu**2 * density).sum() * dz
+    std_unit = math.sqrt(second - mean**2)
+    theory = cm.relu_stack_std_theory(weight_std=0.1, fan_in=400, depth=3)
+    assert theory[0] == pytest.approx(0.1 * 20 * std_unit, rel=1e-9)  # pre-activation std 0.1·√400 = 2
+    assert theory[1] / theory[0] == pytest.approx(math.sqrt(400 * 0.01 / 2), rel=1e-12)  # second moment × 2
+    assert theory[2] / theory[1] == pytest.approx(math.sqrt(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("scheme", ["xavier", "kaiming", "normal"])
+def test_activation_std_by_depth_follows_the_theory(scheme):
+    depth, width = 10, 256
+    stds = cm.activation_std_by_depth(scheme, depth, width, seed=0)
+    theory = cm.relu_stack_std_theory(cm.theoretical_std(scheme, width, width), width, depth)
+    assert len(stds) == depth
+    assert stds[0] == pytest.approx(theory[0], rel=0.02)
+    # Per-layer factor (geometric mean): ½ of the variance for Xavier, 1 for Kaiming, 256·1e-4/2 for N(0, 0.01).
+    factor = (stds[-1] / stds[0]) ** (1 / (depth - 1))
+    assert factor == pytest.approx(theory[1] / theory[0], rel=0.06)
+    assert stds == cm.activation_std_by_depth(scheme, depth, width, seed=0)
+    assert stds != cm.activation_std_by_depth(scheme, depth, width, seed=1)
+
+
+def test_zeros_cannot_learn():
+    frozen = cm.zeros_cannot_learn(seed=0, steps=10)
     assert frozen["first layer |w| max"] == 0.0 and frozen["second layer |w| max"] == 0.0
     assert frozen["output bias (the only thing that learns)"] != 0.0
+    # Only the output bias moves: with zero hidden outputs, its SGD steps fit the mean of y exactly as a
+    # scalar regression would. Independent reference: that scalar regression by hand.
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(64, 8, generator=generator)
+    y = torch.randn(64, 1, generator=generator)
+    bias = 0.0
+    for _ in range(10):
+        bias -= 0.1 * 2 * (bias - y.mean().item())
+    assert frozen["output bias (the only thing that learns)"] == pytest.approx(bias, rel=1e-5)
 
+
+# --- hooks and gradient flow -----------------------------------------------------------------------------------------
 
 def test_activation_stats_match_manual_forward_and_leave_no_hooks():
     torch.manual_seed(0)
@@ -162,7 +334,9 @@ def test_activation_stats_match_manual_forward_and_leave_no_hooks():
     stats = cm.activation_stats(model, x)
     hidden = torch.relu(model.net[0](x))
     assert stats["net.1"]["mean"] == pytest.approx(hidden.mean().item(), rel=1e-6)
+    assert stats["net.1"]["std"] == pytest.approx(hidden.std().item(), rel=1e-6)
     assert stats["net.1"]["fraction_zero"] == pytest.approx((hidden == 0).float().mean().item())
+    assert stats["net.2"]["mean"] == pytest.approx(model(x).mean().item(), rel=1e-5)
     assert all(not m._forward_hooks for m in model.modules())
 
 
@@ -185,13 +359,45 @@ def test_gradient_norms_match_a_manual_computation():
     assert norms["bias"] == pytest.approx(grad_b.abs().item(), rel=1e-5)
 
 
+def test_hook_demo_uses_seeded_inputs_and_matches_torch_func():
+    torch.manual_seed(0)
+    model = cm.MyMLP(4, [5], 3)
+    stats, norms = cm.hook_demo(model, batch=6, seed=2)
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 4, generator=generator), torch.randn(6, 3, generator=generator)
+    params = dict(model.named_parameters())
+    grads = torch.func.grad(lambda p: F.mse_loss(torch.func.functional_call(model, p, (x,)), y))(params)
+    for name, grad in grads.items():
+        assert norms[name] == pytest.approx(grad.norm().item(), rel=1e-5)
+    assert stats["net.0"]["mean"] == pytest.approx(model.net[0](x).mean().item(), rel=1e-5)
+
+
 def test_gradient_flow_shows_vanishing_and_its_cures():
-    flows = cm.gradient_flow(depth=12, width=32)
+    flows = cm.gradient_flow(depth=12, width=32, seed=0)
     plain, residual, kaiming = flows.values()
     assert len(plain) == len(residual) == len(kaiming) == 12
     assert plain[0] < 1e-4 * plain[-1]
     assert residual[0] > 1e-2 * residual[-1] and kaiming[0] > 1e-1 * kaiming[-1]
+    ratios = cm.first_over_last(flows)
+    assert ratios == {name: f[0] / f[-1] for name, f in flows.items()}
+    assert flows == cm.gradient_flow(depth=12, width=32, seed=0)  # the seed alone decides
+    assert flows != cm.gradient_flow(depth=12, width=32, seed=1)
 
+
+def test_gradient_flow_first_layer_norm_matches_torch_func():
+    """Layer 1 of the plain sigmoid net, rebuilt independently from the same seed."""
+    depth, width = 3, 8
+    flows = cm.gradient_flow(depth, width, seed=4, batch=16)
+    generator = torch.Generator().manual_seed(4)
+    x, y = torch.randn(16, width, generator=generator), torch.randn(16, 1, generator=generator)
+    net = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(width, width), nn.Sigmoid())],
+                        nn.Linear(width, 1))
+    cm.reset_linear_layers(net, generator)
+    (grad,) = torch.autograd.grad(F.mse_loss(net(x), y), net[0].weight)
+    assert flows["plain sigmoid (default init)"][0] == pytest.approx(grad.norm().item(), rel=1e-5)
+
+
+# --- memory and checkpointing ----------------------------------------------------------------------------------------
 
 def test_saved_tensor_bytes_matches_a_hand_count():
     torch.manual_seed(0)
@@ -203,31 +409,89 @@ def test_saved_tensor_bytes_matches_a_hand_count():
     assert cm.saved_tensor_bytes(model, x, exclude=model.parameters()) == 4 * (5 * 4 + 5 * 3)
 
 
-def test_checkpointing_reduces_saved_bytes_and_keeps_gradients():
+@pytest.mark.parametrize(("layers", "segments"), [(4, 0), (4, 1), (4, 2), (4, 4), (16, 0), (16, 2), (16, 4), (16, 8),
+                                                  (16, 16), (6, 3)])
+def test_checkpoint_hand_count_equals_the_measured_saved_bytes(layers, segments):
+    width, batch = 8, 4
+    model = cm.deep_mlp(layers, width)
+    x = torch.randn(batch, width, requires_grad=True)
+    measured = cm.saved_tensor_bytes(cm.checkpointed_forward, model, x, segments, exclude=model.parameters())
+    assert measured == cm.checkpoint_saved_activations(layers, segments) * batch * width * 4
+
+
+def test_checkpoint_hand_count_and_the_claims_in_the_prose():
+    assert cm.checkpoint_saved_activations(16, 0) == 17  # input + 16 ReLU outputs
+    assert [cm.checkpoint_saved_activations(16, k) for k in (1, 2, 4, 8, 16)] == [17, 10, 8, 10, 17]
+    for layers in (4, 16, 64):  # smallest at k = √L, and 2 segments keep more than half
+        counts = {k: cm.checkpoint_saved_activations(layers, k) for k in range(1, layers + 1) if layers % k == 0}
+        assert min(counts, key=counts.get) == math.isqrt(layers)
+        assert counts[2] > (layers + 1) / 2
+    with pytest.raises(ValueError, match="segments=3 must be 0 or divide layers=16"):
+        cm.checkpoint_saved_activations(16, 3)
+
+
+def test_checkpointing_keeps_gradients():
     torch.manual_seed(0)
     model = cm.deep_mlp(8, 32)
     x = torch.randn(16, 32, requires_grad=True)
-    plain = cm.saved_tensor_bytes(cm.checkpointed_forward, model, x, 0, exclude=model.parameters())
-    checkpointed = cm.saved_tensor_bytes(cm.checkpointed_forward, model, x, 4, exclude=model.parameters())
-    assert checkpointed < 0.7 * plain
     grads = []
     for segments in (0, 4):
         model.zero_grad()
         cm.checkpointed_forward(model, x, segments).sum().backward()
         grads.append(model[0].weight.grad.clone())
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-7)
-    rows = cm.checkpointing_tradeoff(4, 16, 8, [0, 2], min_run_time=0.005)
-    assert rows[1]["saved_bytes"] < rows[0]["saved_bytes"] and all(r["seconds"] > 0 for r in rows)
 
 
-def test_mixed_precision_step_uses_bfloat16_inside_and_float32_weights():
-    results = cm.mixed_precision_step(32, 16, "cpu", min_run_time=0.005)
-    assert results["autocast"]["dtypes"] == {"linear output": "bfloat16", "loss": "float32", "weight grad": "float32"}
-    assert results["float32"]["dtypes"]["linear output"] == "float32"
+@pytest.mark.parametrize("device", DEVICES)
+def test_checkpointing_tradeoff_rows_and_ratios(device, monkeypatch):
+    times = iter([4e-3, 5e-3, 6e-3])
+    calls = []
+
+    def fake_median(fn, dev, min_run_time):
+        fn()  # a forward+backward step that must run
+        calls.append((torch.device(dev).type, min_run_time))
+        return next(times)
+
+    monkeypatch.setattr(cm, "time_median", fake_median)
+    rows = cm.checkpointing_tradeoff(4, 16, 8, [0, 2, 4], min_run_time=0.005, device=device, seed=0)
+    assert calls == [(torch.device(device).type, 0.005)] * 3
+    assert [r["segments"] for r in rows] == [0, 2, 4]
+    assert [r["saved_bytes"] for r in rows] == [r["hand_count_bytes"] for r in rows] == [5 * 512, 4 * 512, 5 * 512]
+    assert [r["saved_ratio"] for r in rows] == [1.0, 4 / 5, 1.0]
+    assert [r["seconds"] for r in rows] == [4e-3, 5e-3, 6e-3]
+    assert [r["time_ratio"] for r in rows] == [1.0, 5e-3 / 4e-3, 6e-3 / 4e-3]
+
+
+# --- mixed precision ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_precision_step_dtypes_and_speedup(device, monkeypatch):
+    times = iter([6e-3, 2e-3])
+    monkeypatch.setattr(cm, "time_median", lambda fn, dev, min_run_time: (fn(), next(times))[1])
+    results = cm.mixed_precision_step(32, 16, device, min_run_time=0.005, seed=0)
+    low = str(cm.autocast_dtype(torch.device(device))).removeprefix("torch.")
+    assert results["autocast"]["dtypes"] == {"linear output": low, "loss": "float32", "weight grad": "float32"}
+    assert results["float32"]["dtypes"] == {"linear output": "float32", "loss": "float32", "weight grad": "float32"}
     assert results["autocast"]["weight dtype"] == "float32"
-    # Same initial weights: bfloat16's ~3 significant digits keep the first loss close.
+    # Same initial weights and data: the 16-bit type's ~3 significant digits keep the first loss close.
     assert results["autocast"]["loss"] == pytest.approx(results["float32"]["loss"], rel=1e-2)
+    assert results["float32"]["seconds"] == 6e-3 and results["autocast"]["seconds"] == 2e-3
+    assert cm.amp_speedup(results) == pytest.approx(3.0, rel=1e-12)  # float32 time / autocast time
 
+
+def test_mixed_precision_first_losses_are_the_cross_entropy_of_the_seeded_model(monkeypatch):
+    monkeypatch.setattr(cm, "time_median", lambda fn, dev, min_run_time: 1e-3)
+    results = cm.mixed_precision_step(16, 8, "cpu", min_run_time=0.005, seed=3)
+    generator = torch.Generator().manual_seed(3)
+    model = cm.reset_linear_layers(cm.MyMLP(16, [16, 16], 10), generator)
+    x, target = torch.randn(8, 16, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+    assert results["float32"]["loss"] == pytest.approx(F.cross_entropy(model(x), target).item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast also starts from the untouched weights
+        reference = F.cross_entropy(model(x), target).item()
+    assert results["autocast"]["loss"] == pytest.approx(reference, rel=1e-6)
+
+
+# --- saving and exporting ------------------------------------------------------------------------------------------
 
 def test_state_dict_round_trip_and_export_give_identical_outputs():
     torch.manual_seed(0)
@@ -239,14 +503,114 @@ def test_state_dict_round_trip_and_export_give_identical_outputs():
     assert report["reloaded max |diff|"] == 0.0
     assert report["exported max |diff|"] == 0.0
     assert report["exported, batch of 3, max |diff|"] == 0.0
+    # Hand count: 3 Linear + 2 BatchNorm (γ, β) = 10 parameters, 2 × (running mean, var, count) = 6 buffers, + x.
+    assert report["exported graph inputs"] == 10 + 6 + 1
+    params = cm.mlp_parameter_count(6, [12, 12], 3, use_batch_norm=True)
+    tensor_bytes = 4 * params + 4 * (2 * 2 * 12) + 8 * 2  # float32 weights and statistics, int64 counters
+    assert report["state_dict tensor bytes"] == tensor_bytes
+    assert report["state_dict file bytes"] > tensor_bytes
 
 
-def test_architecture_table_counts_agree_with_formulas():
-    rows = cm.architecture_table(batch=16, min_run_time=0.005)
-    assert len(rows) == 5
-    for row in rows:
-        assert row["seconds"] > 0
-        if row["formula"] is not None:
-            assert row["parameters"] == row["formula"]
-    attention = next(r for r in rows if r["name"] == "attention")
-    assert attention["parameters"] == 3 * (64 * 64 + 64)
+# --- the whole lesson --------------------------------------------------------------------------------------------
+
+def test_different_seeds_print_different_output_and_the_printers_show_the_functions_values(
+        tmp_path, capsys, fake_timings):
+    outputs = []
+    for seed in (1, 2):
+        assert cm.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0
+        outputs.append(capsys.readouterr().out.replace(f"seed: {seed}", "seed: ?"))
+    assert outputs[0] != outputs[1]
+    printed, cfg = outputs[0], cm.QUICK  # seed 1; every timing is FAKE_MEDIAN_S, so time ratios are 1
+    mib = cfg.checkpoint_batch * cfg.checkpoint_width * 4 / 2**20
+    for k in (0, 2, 4):
+        count = cm.checkpoint_saved_activations(cfg.checkpoint_layers, k)
+        ratio = count / cm.checkpoint_saved_activations(cfg.checkpoint_layers, 0)
+        assert re.search(_row(str(k or "none"), f"{count * mib:.2f} MiB", f"{count * mib:.2f} MiB", f"{ratio:.2f}×",
+                              "1 ms", "1.00×"), printed, re.M), k
+    assert "autocast speed-up: 1.00×" in printed
+    ratio = cm.kaiming_over_xavier(cm.init_statistics(cfg.init_width, seed=1))
+    assert f"Kaiming std / Xavier std: measured {ratio['measured']:.4f}, theory √2 = {ratio['theory']:.4f}" in printed
+    flows = cm.gradient_flow(cfg.flow_depth, cfg.flow_width, seed=1)
+    for (name, norms), r in zip(flows.items(), cm.first_over_last(flows).values()):
+        assert re.search(_row(name, f"{norms[0]:.2e}", f"{norms[-1]:.2e}", f"{r:.1e}"), printed, re.M), name
+
+
+def _readme_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return text.split("## Lesson 4")[1].split("\n## ")[0]
+
+
+def _row(*cells: str) -> str:
+    """A regex for one README table row: these cells, in order, separated by spaces, the whole line."""
+    return r"^" + r"\s+".join(map(re.escape, cells)) + r"\s*$"
+
+
+def test_readme_numbers_match_a_full_run():
+    """Every non-timing number in the README's lesson 4 section, against the functions at FULL settings, seed 0."""
+    readme, cfg = _readme_section(), cm.FULL
+    arch = {name: arch.formula for name, arch in cm.architectures().items()}
+    for (name, count), layout in zip(arch.items(), [a.layout for a in cm.architectures().values()]):
+        assert re.search(_row(name, layout, f"{count:,}", f"{count:,}"), readme, re.M), name
+
+    stats = cm.init_statistics(cfg.init_width, seed=0)
+    for scheme, s in stats.items():
+        ratio_cell = "-" if s["ratio"] is None else f"{s['ratio']:.3f}"
+        assert re.search(_row(scheme, f"{s['measured']:.5f}", f"{s['theory']:.5f}", ratio_cell), readme, re.M), scheme
+    ratio = cm.kaiming_over_xavier(stats)
+    assert f"measured {ratio['measured']:.4f}, theory √2 = {ratio['theory']:.4f}" in readme
+
+    depth = cfg.variance_depth
+    for scheme in cm.INIT_SCHEMES:
+        stds = cm.activation_std_by_depth(scheme, depth, cm.VARIANCE_WIDTH, seed=0)
+        theory = cm.relu_stack_std_theory(cm.theoretical_std(scheme, cm.VARIANCE_WIDTH, cm.VARIANCE_WIDTH),
+                                          cm.VARIANCE_WIDTH, depth)
+        cells = [f"{v:.3g}" for v in (stds[0], stds[depth // 2], stds[-1], theory[-1])]
+        assert re.search(_row(scheme, *cells), readme, re.M), scheme
+        if scheme == "kaiming":
+            assert f"Kaiming ends at {cells[2]}, not {cells[3]}" in readme
+
+    flows = cm.gradient_flow(cfg.flow_depth, cfg.flow_width, seed=0)
+    for name, norms in flows.items():
+        ratio = cm.first_over_last(flows)[name]
+        assert re.search(_row(name, f"{norms[0]:.2e}", f"{norms[-1]:.2e}", f"{ratio:.1e}"), readme, re.M), name
+    plain, residual, kaiming = cm.first_over_last(flows).values()
+    mantissa, exponent = f"{1 / plain:.0e}".split("e+")
+    superscript = str(int(exponent)).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    assert f"about {mantissa} × 10{superscript} times smaller" in readme
+    assert f"a factor of {round(1 / residual)}," in readme and f"({kaiming:.1f} here" in readme
+
+    activation_mib = cfg.checkpoint_batch * cfg.checkpoint_width * 4 / 2**20
+    baseline = cm.checkpoint_saved_activations(cfg.checkpoint_layers, 0)
+    for k in (0, *cm.CHECKPOINT_SEGMENTS):
+        count = cm.checkpoint_saved_activations(cfg.checkpoint_layers, k)
+        mib = f"{count * activation_mib:.2f} MiB"
+        assert re.search(_row(str(k or "none"), mib, mib, f"{count / baseline:.2f}×"), readme, re.M), k
+    saved = {k: cm.checkpoint_saved_activations(cfg.checkpoint_layers, k) * activation_mib for k in (0, 2, 4)}
+    assert f"float32 = {activation_mib:.0f} MiB" in readme and f"are kept ({saved[0]:.0f} MiB)" in readme
+    assert f"Two segments therefore save {saved[0] - saved[2]:.0f} MiB" in readme
+    assert f"is the minimum ({saved[4]:.0f} MiB)" in readme
+
+
+def test_readme_mixed_precision_dtypes(monkeypatch):
+    """The dtypes do not depend on the MLP's size: a small step gives the README's rows."""
+    monkeypatch.setattr(cm, "time_median", lambda fn, dev, min_run_time: 1e-3)
+    amp = cm.mixed_precision_step(16, 8, "cpu", min_run_time=0.005, seed=0)
+    for mode, r in amp.items():
+        cells = (mode, r["dtypes"]["linear output"], r["dtypes"]["loss"], r["weight dtype"], r["dtypes"]["weight grad"])
+        assert re.search(_row(*cells), _readme_section(), re.M), mode
+
+
+def test_timing_printers_show_ratios_of_unequal_times(capsys):
+    dtypes = {"linear output": "float32", "loss": "float32", "weight grad": "float32"}
+    amp = {"float32": {"dtypes": dtypes, "loss": 2.3, "weight dtype": "float32", "seconds": 6e-3},
+           "autocast": {"dtypes": dtypes, "loss": 2.3, "weight dtype": "float32", "seconds": 2e-3}}
+    cm.print_mixed_precision(amp, 8, 4, torch.device("cpu"))
+    rows = [{"segments": 0, "saved_bytes": 2**20, "hand_count_bytes": 2**20, "saved_ratio": 1.0, "seconds": 4e-3,
+             "time_ratio": 1.0},
+            {"segments": 2, "saved_bytes": 2**19, "hand_count_bytes": 2**19, "saved_ratio": 0.5, "seconds": 5e-3,
+             "time_ratio": 1.25}]
+    cm.print_checkpointing(rows, 4, 8, 2)
+    printed = capsys.readouterr().out
+    assert "autocast speed-up: 3.00×" in printed
+    assert re.search(r"^float32 .* 2\.3000\s+6 ms\s*$", printed, re.M)
+    assert re.search(_row("2", "0.50 MiB", "0.50 MiB", "0.50×", "5 ms", "1.25×"), printed, re.M)
