@@ -76,7 +76,7 @@ def cholesky_solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Task: solve A X = B for a symmetric positive-definite A with its Cholesky factor A = L Lᵀ and two
     triangular solves; do not call torch.linalg.solve, torch.linalg.inv, torch.cholesky_solve or lstsq.
 
-    Section: "Linear algebra with torch.linalg" in tensor_basics.py (lesson 1).
+    Section: "Linear algebra with torch.linalg, in float64 and float32" in tensor_basics.py (lesson 1).
     Signature: cholesky_solve(A, B) -> Tensor
     Shapes: A (n, n), B (n, k) -> X (n, k), dtype of A.
     Hint: L = torch.linalg.cholesky(A); L Lᵀ X = B splits into L Y = B (forward substitution) and
