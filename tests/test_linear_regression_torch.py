@@ -262,9 +262,41 @@ def test_fit_module_validation_losses_are_tracked(data):
     assert len(X_val) == 75 and len(X_train) == 225
     assert set(map(tuple, X_train.tolist())).isdisjoint(map(tuple, X_val.tolist()))
     fit = lr.fit_module(X_train, y_train, "adam", 0.05, 100, X_val=X_val, y_val=y_val, record_weights=True)
+    start = lr.make_model(4, seed=0)  # fit_module's default seed: the weights before the first step
+    w0, b0 = start.linear.weight.detach().squeeze(0), start.linear.bias.item()
+    assert fit.weight_history[0] == w0.tolist()
+    assert fit.val_losses[0] == pytest.approx(lr.mse(X_val, y_val, w0, b0), rel=1e-6)
+    assert fit.losses[0] == pytest.approx(lr.mse(X_train, y_train, w0, b0), rel=1e-6)
     assert len(fit.val_losses) == 100 and fit.val_losses[-1] < fit.val_losses[0]
     assert len(fit.weight_history) == 100 and len(fit.weight_history[0]) == 4
     assert fit.val_losses[-1] == pytest.approx(lr.mse(X_val, y_val, fit.weights, fit.bias), rel=0.05)
+
+
+def test_train_val_split_shuffles_with_the_generator(data):
+    X, y, _, _ = data
+    first = lr.train_val_split(X, y, 0.2, torch.Generator().manual_seed(1))
+    again = lr.train_val_split(X, y, 0.2, torch.Generator().manual_seed(1))
+    other = lr.train_val_split(X, y, 0.2, torch.Generator().manual_seed(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[1], other[1])
+    X_train, X_val, y_train, y_val = first
+    assert not torch.equal(X_val, X[:60]) and not torch.equal(X_val, X[-60:])  # not the first or last rows
+    rows = torch.cat([X_train, X_val]).tolist()
+    assert sorted(map(tuple, rows)) == sorted(map(tuple, X.tolist()))  # every row exactly once
+    pairs = {tuple(row): target for row, target in zip(X.tolist(), y.tolist())}
+    assert all(pairs[tuple(row)] == target for row, target in zip(X_val.tolist(), y_val.tolist()))
+
+
+def test_printed_rates_divide_the_right_times(capsys):
+    rows = [{"n": 10, "backend": "numpy", "seconds": 1e-3}, {"n": 10, "backend": "torch cpu", "seconds": 4e-3}]
+    lr.print_scaling(rows)
+    torch_line = [line for line in capsys.readouterr().out.splitlines() if "torch cpu" in line][0]
+    assert torch_line.split()[-1] == "0.25×"  # NumPy's time over this backend's: above 1 means faster than NumPy
+    implementation = {"implementation": "NumPy", "device": "cpu", "seconds": 0.2, "per_epoch": 0.2 / 40,
+                      "final_mse": 0.25, "max_weight_error": 1e-6}
+    lr.print_implementations([implementation], 100, 40, 0.05)
+    numpy_line = capsys.readouterr().out.splitlines()[-1]
+    assert numpy_line.split()[2:6] == ["200", "ms", "5", "ms"]
 
 
 def test_custom_optimizer_matches_torch_sgd_exactly(data):
@@ -451,6 +483,8 @@ def _printed_output(argv, monkeypatch, capsys):
 def test_two_seeds_print_different_results(tmp_path, monkeypatch, capsys):
     outputs = [_printed_output(["--quick", "--device", "cpu", "--seed", seed, "--plots-dir", str(tmp_path)],
                                monkeypatch, capsys) for seed in ("1", "2")]
+    numpy_row = [line for line in outputs[0].splitlines() if line.startswith("NumPy ")][0]
+    assert numpy_row.split()[2:6] == ["1", "ms", "10", "µs"]  # per epoch: the 1 ms fake median over 100 epochs
     lines = [[line for line in out.splitlines() if "closed form lstsq" in line] for out in outputs]
     assert lines[0] and lines[0] != lines[1]
     assert outputs[0].replace("seed: 1", "") != outputs[1].replace("seed: 2", "")
