@@ -398,7 +398,7 @@ def test_landscape_window_frames_every_point_with_the_margin():
 
 def test_per_epoch_time_is_the_median_over_epochs(data, monkeypatch):
     X, y, _, _ = data
-    monkeypatch.setattr(lr, "time_median", lambda fn, device="cpu", min_run_time=0.2: 0.2)
+    monkeypatch.setattr(lr, "time_median", lambda fn, device="cpu", min_run_time=0.2: (fn(), 0.2)[1])
     rows = lr.time_implementations(X, y, 0.1, 40, [torch.device("cpu")], min_run_time=0.005)
     for row in rows:
         assert row["seconds"] == 0.2 and row["per_epoch"] == 0.2 / 40
@@ -471,7 +471,7 @@ class _SingleProcessDDP:
 
 def _printed_output(argv, monkeypatch, capsys):
     """What main() prints, with timings replaced by constants and no DDP processes or figures."""
-    monkeypatch.setattr(lr, "time_median", lambda fn, device="cpu", min_run_time=0.2: 1e-3)
+    monkeypatch.setattr(lr, "time_median", lambda fn, device="cpu", min_run_time=0.2: (fn(), 1e-3)[1])
     monkeypatch.setattr(lr, "DDPRun", _SingleProcessDDP)
     monkeypatch.setattr(lr, "save_figure", lambda fig, name, plots_dir: None)
     monkeypatch.setattr(lr, "plot_comparison", lambda *args: None)
