@@ -94,7 +94,7 @@ REACHED_DISTANCE = 0.01  # a path that ends this close to the least-squares (w, 
 
 # %%
 def make_regression_data(n_samples: int, n_features: int, noise: float = 0.5, seed: int = 0):
-    """(X, y, w_true, b_true) as float32 tensors; X is standard normal, so already standardised."""
+    """(X, y, w_true, b_true) as float32 tensors; X is drawn standard normal (mean 0, std 1 in expectation)."""
     if n_samples < 1 or n_features < 1:
         raise ValueError(f"n_samples={n_samples} and n_features={n_features} must be positive")
     if noise < 0:
@@ -380,11 +380,11 @@ def optimizer_summary(fits: dict[str, FitResult], X, y, closed_mse: float, toler
 # Feed each optimizer the same gradient, g = 1, at every step and watch how far it moves. SGD
 # moves lr·g. Momentum's velocity builds up to g/(1 − β), so its steps grow to 10× SGD's.
 # AdaGrad divides by the root of the *sum* of squared gradients: lr/sqrt(t). Adam and RMSprop
-# divide by the root of a running *mean* of g², which starts at 0. After t steps that mean is
-# only (1 − αᵗ)·g²: too small, so the division overshoots. Adam corrects for it (bias
-# correction: divide the running means by 1 − βᵗ), and moves lr from the first step. RMSprop
-# does not: its first step is lr/sqrt(1 − α) = 10·lr, and its steps shrink to lr only as
-# αᵗ → 0, over a few hundred steps.
+# divide by the root of a running *mean* of g² that starts at 0: with decay α, after t steps it
+# is only (1 − αᵗ)·g², too small, so the division overshoots. Adam corrects for it (bias
+# correction: its running means of g and g² are divided by 1 − β₁ᵗ and 1 − β₂ᵗ) and moves lr
+# from the first step. RMSprop (α = 0.99) does not: its first step is lr/sqrt(1 − α) = 10·lr,
+# and its steps shrink to lr only as αᵗ → 0, over a few hundred steps.
 
 # %%
 def constant_gradient_steps(steps: int, gradient: float = 1.0, lrs: dict[str, float] | None = None
@@ -545,9 +545,10 @@ def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: in
 # five end within 0.01 of it after 1000 steps), by very different paths. The figure draws fewer
 # steps (150 in a full run), and there they have not all arrived: SGD and momentum follow the
 # slope, which is steep here, and reach the bottom; AdaGrad, Adam and RMSprop take steps of a
-# set length per coordinate (lr/sqrt(t), about lr, about lr) however steep the slope, so with
-# their small learning rates they are still on the way. With seed 0, AdaGrad ends 0.04 from the
-# bottom, Adam 0.08 and RMSprop 0.84; the run prints each distance.
+# set length per coordinate however steep the slope (AdaGrad lr/sqrt(t), Adam about lr, RMSprop
+# from 10·lr down towards lr), so with their learning rates they are still on the way. With
+# seed 0, AdaGrad ends 0.04 from the bottom, Adam 0.08 and RMSprop 0.84; the run prints each
+# distance.
 
 # %%
 def loss_landscape(X1, y1, w_range, b_range, steps: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
