@@ -579,6 +579,16 @@ def final_distances(paths: dict[str, np.ndarray], optimum: tuple[float, float]) 
     return {name: math.hypot(path[-1, 0] - optimum[0], path[-1, 1] - optimum[1]) for name, path in paths.items()}
 
 
+def landscape_experiment(seed: int, epochs: int) -> dict[str, object]:
+    """Every optimizer's path on the one-feature problem, the optimum, each path's distance left, the loss grid."""
+    X1, y1 = landscape_problem(seed)
+    paths = optimizer_paths(X1, y1, LANDSCAPE_START, epochs)
+    w1, b1 = closed_form(X1, y1)
+    optimum = (w1.item(), b1)
+    return {"paths": paths, "optimum": optimum, "distances": final_distances(paths, optimum),
+            "grid": loss_landscape(X1, y1, *landscape_window(paths))}
+
+
 def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str, np.ndarray]:
     """(w, b) after every step, per optimizer, from one start point; arrays of shape (epochs + 1, 2)."""
     paths = {}
@@ -749,10 +759,11 @@ def _fmt_vector(t: torch.Tensor) -> str:
 # ## Figures
 
 # %%
-def plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape, paths, optimum, distances):
+def plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape):
     """Top row: solvers, optimizers, timing, validation, weights; bottom row: each optimizer's path on the landscape."""
-    fig, axes = new_figure(2, len(paths), "Linear regression: implementations, optimizers and the loss landscape",
-                           figsize=(4.2 * len(paths), 8.0))
+    n_paths = len(landscape["paths"])
+    fig, axes = new_figure(2, n_paths, "Linear regression: implementations, optimizers and the loss landscape",
+                           figsize=(4.2 * n_paths, 8.0))
     ax_conv, ax_opt, ax_time, ax_scatter, ax_weights = axes[0]
     _plot_convergence(ax_conv, implementations, closed_mse)
     _plot_optimizer_losses(ax_opt, optimizer_fits, closed_mse)
@@ -761,7 +772,7 @@ def plot_comparison(implementations, optimizer_fits, closed_mse, validation, lan
     for ax in axes[1, 1:]:
         ax.sharex(axes[1, 0])
         ax.sharey(axes[1, 0])
-    _plot_landscapes(fig, list(axes[1]), landscape, paths, optimum, distances)
+    _plot_landscapes(fig, list(axes[1]), landscape)
     return fig
 
 
@@ -817,8 +828,9 @@ def _plot_validation(ax_scatter, ax_weights, validation):
     ax_weights.legend(fontsize=8, ncols=2)
 
 
-def _plot_landscapes(fig, axes, landscape, paths, optimum, distances):
-    W, B, loss = landscape
+def _plot_landscapes(fig, axes, landscape):
+    W, B, loss = landscape["grid"]
+    paths, optimum, distances = landscape["paths"], landscape["optimum"], landscape["distances"]
     levels = np.geomspace(loss.min() * 1.05, loss.max(), 14)
     for ax, (name, path) in zip(axes, paths.items()):
         contour = ax.contour(W, B, loss, levels=levels, cmap="viridis", linewidths=0.8)
@@ -927,17 +939,12 @@ def run(ctx: LessonContext) -> None:
     ddp_run = DDPRun(X, y, cfg.ddp_world_size, cfg.ddp_epochs, cfg.lr, ctx.seed)
     single = fit_module(X, y, "sgd", cfg.lr, cfg.ddp_epochs, "cpu", ctx.seed)
 
-    X1, y1 = landscape_problem(ctx.seed)
-    paths = optimizer_paths(X1, y1, LANDSCAPE_START, cfg.landscape_epochs)
-    w1, b1 = closed_form(X1, y1)
-    distances = final_distances(paths, (w1.item(), b1))
+    landscape = landscape_experiment(ctx.seed, cfg.landscape_epochs)
     print(f"\nLoss landscape, {cfg.landscape_epochs} steps from (w, b) = {LANDSCAPE_START}: distance left to the "
-          "bottom: " + ", ".join(f"{name} {d:.2g}" for name, d in distances.items()))
-    landscape = loss_landscape(X1, y1, *landscape_window(paths))
+          "bottom: " + ", ".join(f"{name} {d:.2g}" for name, d in landscape["distances"].items()))
 
     print_section("Figures")
-    fig = plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape, paths, (w1.item(), b1),
-                          distances)
+    fig = plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape)
     save_figure(fig, "linear_regression_comparison.png", ctx.plots_dir)
     save_figure(plot_scaling(scaling), "numpy_vs_torch_scaling.png", ctx.plots_dir)
 

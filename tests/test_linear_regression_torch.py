@@ -391,6 +391,20 @@ def test_landscape_prose_what_the_figure_shows_and_where_every_path_ends():
     assert max(lr.final_distances(paths, (w1.item(), b1)).values()) < 0.01
 
 
+def test_landscape_experiment_frames_the_paths_and_measures_from_the_lstsq_optimum():
+    result = lr.landscape_experiment(seed=1, epochs=20)
+    X1, y1 = lr.landscape_problem(seed=1)
+    assert X1.mean().item() == pytest.approx(lr.LANDSCAPE_SHIFT, abs=0.2)  # the shifted, uncentred feature
+    expected = np.polyfit(X1.double().squeeze(1).numpy(), y1.double().numpy(), 1)  # NumPy's (slope, intercept)
+    np.testing.assert_allclose(result["optimum"], expected, rtol=1e-9)
+    W, B, loss = result["grid"]
+    for path in result["paths"].values():
+        assert path.shape == (21, 2) and tuple(path[0]) == lr.LANDSCAPE_START
+        assert W.min() < path[:, 0].min() and path[:, 0].max() < W.max()
+        assert B.min() < path[:, 1].min() and path[:, 1].max() < B.max()
+    assert result["distances"] == lr.final_distances(result["paths"], result["optimum"])
+
+
 def test_landscape_window_frames_every_point_with_the_margin():
     paths = {"a": np.array([[0.0, 1.0], [2.0, -1.0]]), "b": np.array([[-1.0, 0.5]])}
     assert lr.landscape_window(paths, 0.5) == ((-1.5, 2.5), (-1.5, 1.5))
