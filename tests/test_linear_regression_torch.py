@@ -343,6 +343,11 @@ def test_make_model_uses_nn_linear_default_bounds_and_leaves_the_global_rng_alon
     assert reference.weight.abs().max() <= bound
     assert torch.equal(lr.make_model(400, seed=2).linear.weight, model.linear.weight)
     assert not torch.equal(lr.make_model(400, seed=3).linear.weight, model.linear.weight)
+    biases = [lr.make_model(3, seed=seed).linear.bias.item() for seed in (2, 2, 3)]
+    assert biases[0] == biases[1] != biases[2] and all(abs(b) <= 1 / math.sqrt(3) for b in biases)
+    torch.manual_seed(5)
+    direct = torch.nn.Linear(3, 1)  # same bound as nn.Linear: a value from our init could have come from its
+    assert abs(direct.bias.item()) <= 1 / math.sqrt(3)
 
 
 def test_divergence_message_names_the_epoch_and_is_empty_when_stable(data):
