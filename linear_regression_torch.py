@@ -1,4 +1,4 @@
-"""Linear regression four ways: NumPy, manual autograd, nn.Module + optim, closed form, and DDP.
+"""Linear regression four ways (NumPy, manual autograd, nn.Module + optim, closed form), then with DDP.
 
 Lesson 3 of the course. Run `python linear_regression_torch.py` (add `--quick` for a smoke run).
 One synthetic regression problem is solved with hand-derived NumPy gradients, with PyTorch
@@ -46,9 +46,9 @@ from lesson_harness import (
 class Config:
     n_samples: int = 1_000  # rows in the main regression problem
     n_features: int = 5  # columns (few enough to draw every weight's trajectory)
-    noise: float = 0.5  # std of the Gaussian noise added to y: the MSE floor is noise² = 0.25
+    noise: float = 0.5  # std of the Gaussian noise added to y: the true weights' expected MSE is noise² = 0.25
     epochs: int = 1_000  # full-batch steps for the NumPy / manual / module comparison
-    lr: float = 0.05  # plain gradient-descent step size (stable below 1 for standardised X)
+    lr: float = 0.05  # plain gradient-descent step size (stable below max_stable_lr: 0.91 in a full run)
     optimizer_epochs: int = 500  # steps per optimizer in the five-way comparison
     scaling_sizes: tuple[int, ...] = (100, 1_000, 10_000, 100_000, 1_000_000)  # rows in the per-epoch timing
     landscape_epochs: int = 150  # steps drawn on the loss landscape
@@ -64,12 +64,24 @@ PROG = "linear_regression_torch.py"
 DDP_TIMEOUT_S = 120.0  # a data-parallel run that takes longer than this is stuck: kill it and fail
 FLOAT32_LOSS_RESOLUTION = 1e-7  # relative: float32 losses cannot resolve differences smaller than this
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
+MOMENTUM = 0.9  # β of the "momentum" optimizer (torch.optim.SGD's momentum)
+RMSPROP_ALPHA = 0.99  # decay of RMSprop's running mean of squared gradients (torch's default)
 # Step sizes for the five-way comparison on standardised features. Gradient descent is stable
-# for lr < 2/λ_max(2XᵀX/n) ≈ 1; momentum 0.9 multiplies the effective step by 1/(1 − 0.9) = 10,
-# so it gets a tenth; Adam and RMSprop take steps of about lr per coordinate whatever the gradient
-# size, so lr is the distance they move per step; AdaGrad's steps shrink as squared gradients
-# pile up, so it starts large.
+# for lr < 2/λ_max(2AᵀA/n), A = [X, 1]: 0.91 for the full run's data (`max_stable_lr`). Under a steady
+# gradient, momentum's steps grow to 1/(1 − β) = 10 times SGD's, so its lr is SGD's times
+# (1 − β). Adam's bias correction makes its steps about lr from the first one, whatever the
+# gradient's size. RMSprop has no bias correction: its running mean of g² starts at 0, so its
+# first step is lr/sqrt(1 − α) = 10·lr and it settles towards lr only over a few hundred steps;
+# a small lr keeps that first jump small. AdaGrad's steps shrink like lr/sqrt(t) as squared
+# gradients pile up, so it starts large. `constant_gradient_steps` prints all five.
 OPTIMIZER_LRS = {"sgd": 0.1, "momentum": 0.01, "adam": 0.05, "adagrad": 0.5, "rmsprop": 0.01}
+STEP_TABLE_STEPS = (1, 2, 3, 10, 100)  # which of the constant-gradient steps the table shows
+VAL_FRACTION = 0.2  # share of the rows held out for validation
+LANDSCAPE_SAMPLES = 200  # rows in the one-feature problem drawn as a loss landscape
+LANDSCAPE_SHIFT = 1.5  # added to its feature: an uncentred feature couples w and b into a long, tilted valley
+LANDSCAPE_START = (3.0, 1.5)  # (w, b) every path starts from, across the valley from its bottom
+LANDSCAPE_MARGIN = 0.7  # the drawn (w, b) window extends this far past every visited point
+REACHED_DISTANCE = 0.01  # a path that ends this close to the least-squares (w, b) has reached the bottom
 
 
 # %% [markdown]
@@ -82,7 +94,7 @@ OPTIMIZER_LRS = {"sgd": 0.1, "momentum": 0.01, "adam": 0.05, "adagrad": 0.5, "rm
 
 # %%
 def make_regression_data(n_samples: int, n_features: int, noise: float = 0.5, seed: int = 0):
-    """(X, y, w_true, b_true) as float32 tensors; X is standard normal, so already standardised."""
+    """(X, y, w_true, b_true) as float32 tensors; X is drawn standard normal (mean 0, std 1 in expectation)."""
     if n_samples < 1 or n_features < 1:
         raise ValueError(f"n_samples={n_samples} and n_features={n_features} must be positive")
     if noise < 0:
@@ -106,13 +118,22 @@ def _check_xy(X: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {tuple(y.shape)}")
 
 
+def _with_ones(X: torch.Tensor) -> torch.Tensor:
+    return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)  # (n, f) -> (n, f + 1)
+
+
 def closed_form(X, y) -> tuple[torch.Tensor, float]:
-    """Least-squares (w, b) from torch.linalg.lstsq on [X, 1], computed in float64."""
+    """Least-squares (w, b) from torch.linalg.lstsq on [X, 1], computed and returned in float64."""
     X, y = _as_tensor(X, torch.float64), _as_tensor(y, torch.float64)
     _check_xy(X, y)
-    augmented = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)  # (n, f + 1)
-    solution = torch.linalg.lstsq(augmented, y.unsqueeze(1)).solution.squeeze(1)  # (f + 1,)
-    return solution[:-1].float(), solution[-1].item()
+    solution = torch.linalg.lstsq(_with_ones(X), y.unsqueeze(1)).solution.squeeze(1)  # (f + 1,)
+    return solution[:-1], solution[-1].item()
+
+
+def max_stable_lr(X) -> float:
+    """2/λ_max of the MSE's Hessian 2AᵀA/n, A = [X, 1]: full-batch gradient descent diverges above it."""
+    A = _with_ones(_as_tensor(X, torch.float64))
+    return 2.0 / torch.linalg.eigvalsh(2.0 * A.T @ A / len(A)).max().item()
 
 
 def train_val_split(X: torch.Tensor, y: torch.Tensor, val_fraction: float, generator: torch.Generator | None = None):
@@ -126,8 +147,48 @@ def train_val_split(X: torch.Tensor, y: torch.Tensor, val_fraction: float, gener
 
 
 def mse(X, y, w: torch.Tensor, b: float) -> float:
+    """Mean squared error of (w, b), evaluated in float64 whatever the precision of the inputs."""
     X, y = _as_tensor(X, torch.float64), _as_tensor(y, torch.float64)
     return ((X @ w.double() + b - y) ** 2).mean().item()
+
+
+def predict(X, w: torch.Tensor, b: float) -> torch.Tensor:
+    return _as_tensor(X) @ w.float() + b  # (n, f) @ (f,) -> (n,)
+
+
+# %% [markdown]
+# ## Standardise with the training split's statistics
+#
+# Gradient descent wants features on one scale (the stable lr depends on it). The mean and
+# standard deviation come from the training rows only: computing them on all rows would let the
+# validation set leak into training. The validation rows are transformed with the same numbers.
+
+# %%
+def fit_standardizer(X_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature (mean, std) of the training rows; std is the population one (divides by n)."""
+    if len(X_train) < 2:
+        raise ValueError(f"X_train has {len(X_train)} rows; standardising needs at least 2")
+    return X_train.mean(0), X_train.std(0, correction=0)  # (f,), (f,)
+
+
+def standardize(X: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (X - mean) / std  # (n, f), broadcast over rows
+
+
+def standardized_truth(w_true: torch.Tensor, b_true: float, mean: torch.Tensor, std: torch.Tensor):
+    """(w, b) on standardised features that give the same predictions as (w_true, b_true) on raw ones."""
+    return w_true * std, b_true + (mean * w_true).sum().item()
+
+
+def validation_noise(X_val, y_val, w_true: torch.Tensor, b_true: float, noise: float) -> dict[str, float]:
+    """The validation rows' own noise: its mean square, the expected value noise², and its standard error.
+
+    The mean of n squared N(0, σ²) draws has expectation σ² and standard deviation σ²·sqrt(2/n).
+    """
+    X_val, y_val = _as_tensor(X_val, torch.float64), _as_tensor(y_val, torch.float64)
+    residual = y_val - X_val @ w_true.double() - b_true  # exactly the noise that was added, (n_val,)
+    return {"mean_square": (residual**2).mean().item(), "expected": noise**2,
+            "standard_error": noise**2 * math.sqrt(2 / len(y_val))}
 
 
 # %% [markdown]
@@ -138,8 +199,7 @@ def mse(X, y, w: torch.Tensor, b: float) -> float:
 class FitResult:
     weights: torch.Tensor  # (n_features,) on the CPU
     bias: float
-    losses: list[float]  # training MSE at the start of each epoch
-    seconds: float  # wall time of this one run (the comparisons use Timer medians instead)
+    losses: list[float]  # training MSE at the start of each epoch (before that epoch's step)
     val_losses: list[float] = field(default_factory=list)  # validation MSE per epoch, when given
     weight_history: list[list[float]] = field(default_factory=list)  # per epoch, when recorded
 
@@ -174,7 +234,6 @@ def fit_numpy(X, y, lr: float, epochs: int) -> FitResult:
     _check_xy(torch.from_numpy(X), torch.from_numpy(y))
     w, b = np.zeros(X.shape[1], dtype=np.float32), np.float32(0.0)
     losses = []
-    start = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected below, not warned about
         for epoch in range(epochs):
             grad_w, grad_b, loss = numpy_gradients(X, y, w, b)
@@ -182,7 +241,7 @@ def fit_numpy(X, y, lr: float, epochs: int) -> FitResult:
             losses.append(loss)
             w = w - np.float32(lr) * grad_w
             b = b - np.float32(lr) * grad_b
-    return FitResult(torch.from_numpy(w.copy()), float(b), losses, time.perf_counter() - start)
+    return FitResult(torch.from_numpy(w.copy()), float(b), losses)
 
 
 # %% [markdown]
@@ -200,50 +259,55 @@ def fit_manual(X, y, lr: float, epochs: int, device: torch.device | str = "cpu")
     w = torch.zeros(X.shape[1], device=device, requires_grad=True)
     b = torch.zeros((), device=device, requires_grad=True)
     losses = []
-    start = time.perf_counter()
     for epoch in range(epochs):
         loss = ((X @ w + b - y) ** 2).mean()
         loss.backward()
-        losses.append(loss.item())  # .item() also waits for the GPU, so the timing is honest
+        losses.append(loss.item())  # .item() also waits for the GPU, so a timing of the loop is honest
         _check_finite(losses[-1], epoch, lr)
         with torch.no_grad():
             w -= lr * w.grad
             b -= lr * b.grad
         w.grad = None
         b.grad = None
-    return FitResult(w.detach().cpu(), b.item(), losses, time.perf_counter() - start)
+    return FitResult(w.detach().cpu(), b.item(), losses)
 
 
 # %% [markdown]
 # ## Solver 3: nn.Module + torch.optim
 #
 # `nn.Linear` holds the parameters, `nn.MSELoss` the loss, an optimizer the update rule. Swapping
-# SGD for Adam is one string. The initial weights come from `seed`, drawn in a forked RNG so
-# the caller's random state is untouched.
+# SGD for Adam is one string. The initial weights are drawn from a generator seeded with `seed`,
+# with nn.Linear's own default distribution (uniform in ±1/sqrt(n_features)), so every optimizer
+# starts from the same point and the global random state is neither used nor changed.
 
 # %%
 class LinearRegression(nn.Module):
-    def __init__(self, n_features: int):
+    def __init__(self, n_features: int, device: torch.device | str | None = None):
         super().__init__()
-        self.linear = nn.Linear(n_features, 1)
+        self.linear = nn.Linear(n_features, 1, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x).squeeze(-1)  # (batch, f) -> (batch,)
 
 
 def make_model(n_features: int, seed: int = 0) -> LinearRegression:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LinearRegression(n_features)
+    """nn.Linear(n_features, 1) with its default init bound 1/sqrt(fan_in), drawn from a seeded generator."""
+    model = LinearRegression(n_features, device="meta").to_empty(device="cpu")  # allocated, not yet initialised
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(n_features)
+    with torch.no_grad():
+        for param in (model.linear.weight, model.linear.bias):
+            param.uniform_(-bound, bound, generator=generator)
+    return model
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     factories = {
         "sgd": lambda: torch.optim.SGD(params, lr=lr),
-        "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9),
+        "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=MOMENTUM),
         "adam": lambda: torch.optim.Adam(params, lr=lr),
         "adagrad": lambda: torch.optim.Adagrad(params, lr=lr),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, alpha=RMSPROP_ALPHA),
     }
     if name not in factories:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(factories)}")
@@ -252,26 +316,19 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 def fit_module(
     X, y, optimizer: str = "sgd", lr: float = 0.05, epochs: int = 1_000, device: torch.device | str = "cpu",
-    seed: int = 0, X_val=None, y_val=None, initial: tuple[list[float], float] | None = None,
-    record_weights: bool = False,
+    seed: int = 0, X_val=None, y_val=None, record_weights: bool = False,
 ) -> FitResult:
-    """Train nn.Linear with the named optimizer; optional validation set, start point and weight log."""
+    """Train nn.Linear with the named optimizer; optional validation set and weight log."""
     device = as_device(device)
     X, y = _as_tensor(X).to(device), _as_tensor(y).to(device)
     _check_xy(X, y)
-    model = make_model(X.shape[1], seed)
-    if initial is not None:
-        with torch.no_grad():
-            model.linear.weight.copy_(torch.tensor([initial[0]]))
-            model.linear.bias.fill_(initial[1])
-    model.to(device)
+    model = make_model(X.shape[1], seed).to(device)
     opt = make_optimizer(optimizer, model.parameters(), lr)
     loss_fn = nn.MSELoss()
     has_val = X_val is not None
     if has_val:
         X_val, y_val = _as_tensor(X_val).to(device), _as_tensor(y_val).to(device)
-    result = FitResult(torch.empty(0), 0.0, [], 0.0)
-    start = time.perf_counter()
+    result = FitResult(torch.empty(0), 0.0, [])
     for epoch in range(epochs):
         if record_weights:
             result.weight_history.append(model.linear.weight.detach().squeeze(0).tolist())
@@ -284,22 +341,69 @@ def fit_module(
             with torch.no_grad():
                 result.val_losses.append(loss_fn(model(X_val), y_val).item())
         opt.step()
-    result.seconds = time.perf_counter() - start
     result.weights = model.linear.weight.detach().squeeze(0).cpu()
     result.bias = model.linear.bias.item()
     return result
 
 
 def compare_optimizers(X, y, epochs: int, device: torch.device | str = "cpu", seed: int = 0,
-                       lrs: dict[str, float] | None = None) -> dict[str, list[float]]:
-    """Loss history of each optimizer from the same initial weights, each with its own lr."""
+                       lrs: dict[str, float] | None = None) -> dict[str, FitResult]:
+    """The fit of each optimizer from the same initial weights, each with its own lr."""
     lrs = lrs or OPTIMIZER_LRS
-    return {name: fit_module(X, y, name, lrs[name], epochs, device, seed).losses for name in OPTIMIZER_NAMES}
+    return {name: fit_module(X, y, name, lrs[name], epochs, device, seed) for name in OPTIMIZER_NAMES}
 
 
 def epochs_to_reach(losses: list[float], target: float) -> int | str:
     """First epoch whose loss is at or below `target`, or "never"."""
     return next((epoch for epoch, loss in enumerate(losses) if loss <= target), "never")
+
+
+def optimizer_summary(fits: dict[str, FitResult], X, y, closed_mse: float, tolerance: float = 1e-3,
+                      lrs: dict[str, float] | None = None) -> list[dict[str, object]]:
+    """One row per optimizer: lr, initial and final MSE, excess over the optimum, epochs to get within `tolerance`.
+
+    The final MSE is that of the float32 weights after the last step, evaluated in float64 like
+    the optimum, so the excess is never negative (in float32 the loss itself rounds by ~1e-7·MSE).
+    """
+    lrs = lrs or OPTIMIZER_LRS
+    rows = []
+    for name, fit in fits.items():
+        final = mse(X, y, fit.weights, fit.bias)
+        rows.append({"optimizer": name, "lr": lrs[name], "initial_mse": fit.losses[0], "final_mse": final,
+                     "excess": final - closed_mse, "epochs": epochs_to_reach(fit.losses, closed_mse + tolerance)})
+    return rows
+
+
+# %% [markdown]
+# ## How far each optimizer steps
+#
+# Feed each optimizer the same gradient, g = 1, at every step and watch how far it moves. SGD
+# moves lr·g. Momentum's velocity builds up to g/(1 − β), so its steps grow to 10× SGD's.
+# AdaGrad divides by the root of the *sum* of squared gradients: lr/sqrt(t). Adam and RMSprop
+# divide by the root of a running *mean* of g² that starts at 0: with decay α, after t steps it
+# is only (1 − αᵗ)·g², too small, so the division overshoots. Adam corrects for it (bias
+# correction: its running means of g and g² are divided by 1 − β₁ᵗ and 1 − β₂ᵗ) and moves lr
+# from the first step. RMSprop (α = 0.99) does not: its first step is lr/sqrt(1 − α) = 10·lr,
+# and its steps shrink to lr only as αᵗ → 0, over a few hundred steps.
+
+# %%
+def constant_gradient_steps(steps: int, gradient: float = 1.0, lrs: dict[str, float] | None = None
+                            ) -> dict[str, list[float]]:
+    """|Δp| of each torch.optim optimizer's first `steps` updates of one float64 parameter whose gradient is fixed."""
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be at least 1")
+    lrs = lrs or OPTIMIZER_LRS
+    sizes = {}
+    for name in OPTIMIZER_NAMES:
+        param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = make_optimizer(name, [param], lrs[name])
+        positions = [0.0]
+        for _ in range(steps):
+            param.grad = torch.full_like(param, gradient)
+            opt.step()
+            positions.append(param.item())
+        sizes[name] = np.abs(np.diff(positions)).tolist()
+    return sizes
 
 
 # %% [markdown]
@@ -347,6 +451,39 @@ def custom_vs_builtin_sgd(X, y, lr: float, epochs: int, seed: int = 0) -> list[f
     return differences
 
 
+def divergence_message(X, y, lr: float, epochs: int) -> str:
+    """The FloatingPointError a too-large learning rate raises, as text ("" if it does not diverge)."""
+    try:
+        fit_manual(X, y, lr, epochs)
+    except FloatingPointError as err:
+        return str(err)
+    return ""
+
+
+# %% [markdown]
+# ## Validation: held-out rows and the noise floor
+#
+# Fit on 80% of the rows, standardised with the training statistics, and measure the MSE on the
+# other 20%. The noise variance noise² = 0.25 is the *expected* MSE of the true weights, an
+# average over all possible samples. A finite validation set has its own noise, whose mean
+# square scatters around 0.25 by about noise²·sqrt(2/n_val) (0.025 for 200 rows). So a
+# validation MSE below 0.25 is no miracle: compare it with the mean square of the noise that
+# was actually drawn for those rows, which `validation_noise` recovers from w_true and b_true.
+
+# %%
+def validation_experiment(X, y, w_true, b_true, noise: float, lr: float, epochs: int, seed: int,
+                          generator: torch.Generator, device: torch.device | str = "cpu") -> dict[str, object]:
+    """Split, standardise with training statistics, fit with SGD; the fit, predictions and the validation noise."""
+    X_train, X_val, y_train, y_val = train_val_split(X, y, VAL_FRACTION, generator)
+    mean, std = fit_standardizer(X_train)
+    fit = fit_module(standardize(X_train, mean, std), y_train, "sgd", lr, epochs, device, seed,
+                     standardize(X_val, mean, std), y_val, record_weights=True)
+    return {"fit": fit, "lr": lr, "n_train": len(y_train), "n_val": len(y_val), "y_val": y_val,
+            "y_pred": predict(standardize(X_val, mean, std), fit.weights, fit.bias),
+            "truth": standardized_truth(w_true, b_true.item(), mean, std),
+            "noise": validation_noise(X_val, y_val, w_true, b_true.item(), noise)}
+
+
 # %% [markdown]
 # ## Timing: what each layer of abstraction costs
 #
@@ -356,7 +493,7 @@ def custom_vs_builtin_sgd(X, y, lr: float, epochs: int, seed: int = 0) -> list[f
 
 # %%
 def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: float) -> list[dict[str, object]]:
-    """Median wall time of a whole `epochs`-epoch fit per implementation and device, with final MSE."""
+    """Median wall time of a whole `epochs`-epoch fit (and that over `epochs`) per implementation and device."""
     w_exact, b_exact = closed_form(X, y)
     runs = [("NumPy", "cpu", lambda: fit_numpy(X, y, lr, epochs))]
     for device in devices:
@@ -364,9 +501,15 @@ def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: fl
         runs.append(("PyTorch nn.Module + SGD", device.type, lambda d=device: fit_module(X, y, "sgd", lr, epochs, d)))
     rows = []
     for name, device_name, fit in runs:
-        result = fit()
-        rows.append({"implementation": name, "device": device_name,
-                     "seconds": time_median(fit, device_name, min_run_time), "final_mse": result.losses[-1],
+        kept = {}  # the timed runs are deterministic: keep one's result instead of fitting once more
+
+        def fit_and_keep(fit=fit, kept=kept):
+            kept["result"] = fit()
+
+        seconds = time_median(fit_and_keep, device_name, min_run_time)
+        result = kept["result"]
+        rows.append({"implementation": name, "device": device_name, "seconds": seconds,
+                     "per_epoch": seconds / epochs, "final_mse": result.losses[-1],
                      "max_weight_error": (result.weights - w_exact).abs().max().item(),
                      "losses": result.losses})
     return rows
@@ -398,7 +541,14 @@ def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: in
 # ## The loss landscape
 #
 # With one feature the loss is a function of two numbers, (w, b), and can be drawn. MSE is a
-# convex bowl: every optimizer reaches the same bottom, by very different paths.
+# convex bowl with a single bottom, and every optimizer here gets there given enough steps (all
+# five end within 0.01 of it after 1000 steps), by very different paths. The figure draws fewer
+# steps (150 in a full run), and there they have not all arrived: SGD and momentum follow the
+# slope, which is steep here, and reach the bottom; AdaGrad, Adam and RMSprop take steps of a
+# set length per coordinate however steep the slope (AdaGrad lr/sqrt(t), Adam about lr, RMSprop
+# from 10·lr down towards lr), so with their learning rates they are still on the way. With
+# seed 0, AdaGrad ends 0.04 from the bottom, Adam 0.08 and RMSprop 0.84; the run prints each
+# distance.
 
 # %%
 def loss_landscape(X1, y1, w_range, b_range, steps: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -409,6 +559,34 @@ def loss_landscape(X1, y1, w_range, b_range, steps: int = 120) -> tuple[np.ndarr
     # (steps, steps, 1) against (n,) broadcasts to (steps, steps, n), then the mean over samples.
     loss = ((W.unsqueeze(-1) * X1 + B.unsqueeze(-1) - y1) ** 2).mean(-1)
     return W.numpy(), B.numpy(), loss.numpy()
+
+
+def landscape_problem(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A one-feature problem whose feature is shifted off zero, so w and b are coupled."""
+    X1, y1, _, _ = make_regression_data(LANDSCAPE_SAMPLES, 1, 0.5, seed)
+    return X1 + LANDSCAPE_SHIFT, y1
+
+
+def landscape_window(paths: dict[str, np.ndarray], margin: float = LANDSCAPE_MARGIN):
+    """(w_range, b_range) that frames every visited point with `margin` to spare."""
+    visited = np.concatenate(list(paths.values()))  # (points, 2)
+    return ((visited[:, 0].min() - margin, visited[:, 0].max() + margin),
+            (visited[:, 1].min() - margin, visited[:, 1].max() + margin))
+
+
+def final_distances(paths: dict[str, np.ndarray], optimum: tuple[float, float]) -> dict[str, float]:
+    """Euclidean distance in (w, b) from each path's last point to `optimum`, the least-squares (w, b)."""
+    return {name: math.hypot(path[-1, 0] - optimum[0], path[-1, 1] - optimum[1]) for name, path in paths.items()}
+
+
+def landscape_experiment(seed: int, epochs: int) -> dict[str, object]:
+    """Every optimizer's path on the one-feature problem, the optimum, each path's distance left, the loss grid."""
+    X1, y1 = landscape_problem(seed)
+    paths = optimizer_paths(X1, y1, LANDSCAPE_START, epochs)
+    w1, b1 = closed_form(X1, y1)
+    optimum = (w1.item(), b1)
+    return {"paths": paths, "optimum": optimum, "distances": final_distances(paths, optimum),
+            "grid": loss_landscape(X1, y1, *landscape_window(paths))}
 
 
 def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str, np.ndarray]:
@@ -468,7 +646,6 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
         # The sampler lists positions rank, rank + W, ...; those at or past n are padding repeats.
         n_real = len(range(rank, n, world_size))
         losses = []
-        start = time.perf_counter()
         for epoch in range(epochs):
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
             shard = torch.tensor(list(sampler)[:n_real], dtype=torch.long)
@@ -480,9 +657,8 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
             dist.all_reduce(total)  # the global MSE, for the loss curve
             losses.append(total.item() / n)
             _check_finite(losses[-1], epoch, lr)
-        seconds = time.perf_counter() - start
         module = ddp_model.module
-        result = FitResult(module.linear.weight.detach().squeeze(0).clone(), module.linear.bias.item(), losses, seconds)
+        result = FitResult(module.linear.weight.detach().squeeze(0).clone(), module.linear.bias.item(), losses)
         del ddp_model, module, opt  # drop DDP before tearing the group down (a live DDP can hang shutdown)
         gc.collect()
         dist.barrier()
@@ -566,7 +742,7 @@ def torchrun_main(cfg: Config, seed: int) -> None:
 
 
 def print_ddp_check(world_size: int, ddp: FitResult, single: FitResult) -> None:
-    print_table(f"DDP on {world_size} CPU processes vs single-process nn.Module + SGD",
+    print_table(f"DDP on {world_size} CPU processes vs single-process nn.Module + SGD ({len(single.losses)} epochs)",
                 ["run", "weights", "bias", "final MSE"],
                 [[f"DDP ({world_size} ranks)", _fmt_vector(ddp.weights), f"{ddp.bias:.6f}", f"{ddp.losses[-1]:.6f}"],
                  ["single process", _fmt_vector(single.weights), f"{single.bias:.6f}", f"{single.losses[-1]:.6f}"]])
@@ -583,63 +759,91 @@ def _fmt_vector(t: torch.Tensor) -> str:
 # ## Figures
 
 # %%
-def plot_comparison(implementations, optimizer_losses, closed_mse, y_val, y_pred, weight_history, w_true,
-                    landscape, paths):
-    fig, axes = new_figure(2, 3, "Linear regression: implementations, optimizers and the loss landscape")
-    ax_conv, ax_opt, ax_time, ax_scatter, ax_weights, ax_land = axes.flat
+def plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape):
+    """Top row: solvers, optimizers, timing, validation, weights; bottom row: each optimizer's path on the landscape."""
+    n_paths = len(landscape["paths"])
+    fig, axes = new_figure(2, n_paths, "Linear regression: implementations, optimizers and the loss landscape",
+                           figsize=(4.2 * n_paths, 8.0))
+    ax_conv, ax_opt, ax_time, ax_scatter, ax_weights = axes[0]
+    _plot_convergence(ax_conv, implementations, closed_mse)
+    _plot_optimizer_losses(ax_opt, optimizer_fits, closed_mse)
+    _plot_times(ax_time, implementations)
+    _plot_validation(ax_scatter, ax_weights, validation)
+    for ax in axes[1, 1:]:
+        ax.sharex(axes[1, 0])
+        ax.sharey(axes[1, 0])
+    _plot_landscapes(fig, list(axes[1]), landscape)
+    return fig
 
+
+def _plot_convergence(ax, implementations, closed_mse):
     styles = {"NumPy": ("-", 4), "PyTorch manual": ("--", 2), "PyTorch nn.Module + SGD": ("-", 1.5)}
     for row in implementations:
         if row["device"] == "cpu":
             style, width = styles[row["implementation"]]
-            ax_conv.plot(range(1, len(row["losses"]) + 1), row["losses"], style, linewidth=width,
-                         label=row["implementation"])
-    ax_conv.axhline(closed_mse, color="black", linestyle="--", label="closed form (lstsq)")
-    ax_conv.set(xscale="log", yscale="log", title="Gradient descent: NumPy and manual start at 0, coincide",
-                xlabel="epoch (log)", ylabel="training MSE (log)")
-    ax_conv.legend(fontsize=8)
+            ax.plot(range(1, len(row["losses"]) + 1), row["losses"], style, linewidth=width,
+                    label=row["implementation"])
+    ax.axhline(closed_mse, color="black", linestyle="--", label="closed form (lstsq)")
+    ax.set(xscale="log", yscale="log", title="Gradient descent: NumPy and manual\nstart at 0 and coincide",
+           xlabel="epoch (log)", ylabel="training MSE (log)")
+    ax.legend(fontsize=8)
 
+
+def _plot_optimizer_losses(ax, optimizer_fits, closed_mse):
     resolution = FLOAT32_LOSS_RESOLUTION * closed_mse
-    for name, losses in optimizer_losses.items():
-        excess = np.maximum(np.array(losses) - closed_mse, resolution)  # below this it is float32 rounding
-        ax_opt.plot(range(1, len(losses) + 1), excess, label=f"{name} (lr {OPTIMIZER_LRS[name]:g})")
-    ax_opt.axhline(resolution, color="grey", linestyle=":", label="float32 resolution")
-    ax_opt.set(yscale="log", title="Five optimizers: loss above the optimum", xlabel="epoch",
-               ylabel="MSE − closed-form MSE (log)")
-    ax_opt.legend(fontsize=8)
+    for name, fit in optimizer_fits.items():
+        excess = np.maximum(np.array(fit.losses) - closed_mse, resolution)  # below this it is float32 rounding
+        ax.plot(range(1, len(fit.losses) + 1), excess, label=f"{name} (lr {OPTIMIZER_LRS[name]:g})")
+    ax.axhline(resolution, color="grey", linestyle=":", label="float32 resolution")
+    ax.set(yscale="log", title="Five optimizers: loss above the optimum", xlabel="epoch",
+           ylabel="MSE − closed-form MSE (log)")
+    ax.legend(fontsize=8)
 
+
+def _plot_times(ax, implementations):
     labels = [f"{r['implementation'].replace(' + SGD', '')}\n({r['device']})" for r in implementations]
-    bars = ax_time.bar(range(len(labels)), [r["seconds"] * 1e3 for r in implementations],
-                       color=["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"][: len(labels)])
-    ax_time.bar_label(bars, fmt="%.0f ms", fontsize=8)
-    ax_time.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax_time.set(title=f"Time for {len(implementations[0]['losses'])} epochs (median)", ylabel="time (ms)")
+    bars = ax.bar(range(len(labels)), [r["seconds"] * 1e3 for r in implementations],
+                  color=["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"][: len(labels)])
+    ax.bar_label(bars, fmt="%.0f ms", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set(title=f"Time for {len(implementations[0]['losses'])} epochs (median)", ylabel="time (ms)")
 
+
+def _plot_validation(ax_scatter, ax_weights, validation):
+    y_val, y_pred = validation["y_val"].numpy(), validation["y_pred"].numpy()
     ax_scatter.scatter(y_val, y_pred, s=8, alpha=0.6)
     low, high = float(min(y_val.min(), y_pred.min())), float(max(y_val.max(), y_pred.max()))
     ax_scatter.plot([low, high], [low, high], "k--", label="perfect prediction")
-    ax_scatter.set(title="Validation set: predicted vs actual", xlabel="actual y", ylabel="predicted y")
+    ax_scatter.set(title=f"Validation set ({validation['n_val']} rows): predicted vs actual", xlabel="actual y",
+                   ylabel="predicted y")
     ax_scatter.legend()
 
-    history = np.array(weight_history)  # (epochs, n_features)
+    history = np.array(validation["fit"].weight_history)  # (epochs, n_features); row i: weights at epoch i + 1
     for j in range(history.shape[1]):
-        line, = ax_weights.plot(history[:, j], label=f"w[{j}]")
-        ax_weights.axhline(float(w_true[j]), color=line.get_color(), linestyle=":", linewidth=1)
-    ax_weights.set_xscale("symlog", linthresh=10)
-    ax_weights.set(xlim=(0, len(history)), title="Weights during training (dotted: true values)",
-                   xlabel="epoch (linear to 10, log after)", ylabel="weight value")
+        line, = ax_weights.plot(range(1, len(history) + 1), history[:, j], label=f"w[{j}]")
+        ax_weights.axhline(float(validation["truth"][0][j]), color=line.get_color(), linestyle=":", linewidth=1)
+    ax_weights.set(xscale="log", title=f"Weights of the validation fit (SGD, lr {validation['lr']:g})\n"
+                   "dotted: true weights, in standardised units",
+                   xlabel="epoch (log; epoch 1 shows the initial weights)", ylabel="weight (standardised feature)")
     ax_weights.legend(fontsize=8, ncols=2)
 
-    W, B, loss = landscape
-    contour = ax_land.contour(W, B, loss, levels=np.geomspace(loss.min() * 1.05, loss.max(), 14), cmap="viridis")
-    fig.colorbar(contour, ax=ax_land, label="MSE")
-    for (name, path), style in zip(paths.items(), ["-", "-", "--", "-", ":"]):
-        ax_land.plot(path[:, 0], path[:, 1], style, marker=".", markersize=2, linewidth=1.5, label=name)
-    ax_land.plot(*next(iter(paths.values()))[0], "ko", label="start")
-    ax_land.set(title="Loss landscape (1 feature) and optimizer paths", xlabel="weight w", ylabel="bias b")
-    ax_land.legend(fontsize=8, loc="upper left")
-    return fig
 
+def _plot_landscapes(fig, axes, landscape):
+    W, B, loss = landscape["grid"]
+    paths, optimum, distances = landscape["paths"], landscape["optimum"], landscape["distances"]
+    levels = np.geomspace(loss.min() * 1.05, loss.max(), 14)
+    for ax, (name, path) in zip(axes, paths.items()):
+        contour = ax.contour(W, B, loss, levels=levels, cmap="viridis", linewidths=0.8)
+        ax.plot(path[:, 0], path[:, 1], "-", color="tab:red", marker=".", markersize=3, linewidth=1.2)
+        ax.plot(*path[0], "ko", label="start")
+        ax.plot(*path[-1], "s", color="tab:red", label=f"after {len(path) - 1} steps")
+        ax.plot(*optimum, "*", color="gold", markeredgecolor="black", markersize=12, label="bottom (lstsq)")
+        ax.set(title=f"{name} (lr {OPTIMIZER_LRS[name]:g}), {len(path) - 1} steps:\n"
+               f"ends {distances[name]:.2g} from the bottom", xlabel="weight w", ylabel="bias b")
+        ax.title.set_fontsize(10)
+        ax.label_outer()  # one shared bias axis: tick labels on the first panel only
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9)
+    fig.colorbar(contour, ax=axes, label="training MSE")
 
 def plot_scaling(rows):
     fig, axes = new_figure(1, 2, "NumPy vs PyTorch: one gradient step as the data grows")
@@ -668,6 +872,41 @@ def plot_scaling(rows):
 # ## Putting it together
 
 # %%
+def print_implementations(rows, n_samples: int, epochs: int, lr: float) -> None:
+    print_table(f"{n_samples} samples, {epochs} epochs of gradient descent (lr {lr}); time = median of Timer runs",
+                ["implementation", "device", "time", "per epoch", "final MSE", "max |w − w_lstsq|"],
+                [[r["implementation"], r["device"], fmt_seconds(r["seconds"]), fmt_seconds(r["per_epoch"]),
+                  f"{r['final_mse']:.5f}", f"{r['max_weight_error']:.1e}"] for r in rows])
+
+
+def print_optimizers(rows, epochs: int, closed_mse: float, steps: dict[str, list[float]]) -> None:
+    print_table(f"Five optimizers, {epochs} epochs from the same initial weights (closed-form MSE {closed_mse:.6f})",
+                ["optimizer", "lr", "initial MSE", "final MSE", "final − optimum", "epochs to within 1e-3"],
+                [[r["optimizer"], r["lr"], f"{r['initial_mse']:.4f}", f"{r['final_mse']:.6f}", f"{r['excess']:.1e}",
+                  r["epochs"]] for r in rows])
+    print("(final MSE: the float32 weights after the last step, evaluated in float64 like the optimum)")
+    print_table("Step length ÷ lr under a constant gradient g = 1 (torch.optim, float64)",
+                ["optimizer", "lr", *(f"step {t}" for t in STEP_TABLE_STEPS)],
+                [[name, OPTIMIZER_LRS[name], *(f"{sizes[t - 1] / OPTIMIZER_LRS[name]:.3f}" for t in STEP_TABLE_STEPS)]
+                 for name, sizes in steps.items()])
+
+
+def print_validation(validation) -> None:
+    fit, sample = validation["fit"], validation["noise"]
+    print(f"Train/validation split {validation['n_train']}/{validation['n_val']} rows, standardised with the training "
+          f"statistics: final train MSE {fit.losses[-1]:.5f}, validation MSE {fit.val_losses[-1]:.5f}")
+    print(f"  noise floor: noise² = {sample['expected']:.2f} on average over samples, ± {sample['standard_error']:.3f} "
+          f"for {validation['n_val']} rows; these rows' own noise has mean square {sample['mean_square']:.5f}")
+
+
+def print_scaling(rows) -> None:
+    numpy_time = {r["n"]: r["seconds"] for r in rows if r["backend"] == "numpy"}
+    print_table("Time per epoch (one forward + gradient) vs samples",
+                ["samples", "backend", "per epoch", "NumPy / this"],
+                [[r["n"], r["backend"], fmt_seconds(r["seconds"]),
+                  fmt_timing(numpy_time[r["n"]] / r["seconds"], ".2f", "×")] for r in rows])
+
+
 def run(ctx: LessonContext) -> None:
     cfg = ctx.config(FULL, QUICK)
     devices = [torch.device("cpu")] + ([ctx.device] if ctx.device.type != "cpu" else [])
@@ -677,65 +916,35 @@ def run(ctx: LessonContext) -> None:
     closed_mse = mse(X, y, w_exact, b_exact)
     print_section(f"Data: {cfg.n_samples} samples × {cfg.n_features} features, noise std {cfg.noise}")
     print(f"true weights       {_fmt_vector(w_true)}  bias {b_true.item():.4f}")
-    print(f"closed form lstsq  {_fmt_vector(w_exact)}  bias {b_exact:.4f}  MSE {closed_mse:.5f}")
+    print(f"closed form lstsq  {_fmt_vector(w_exact)}  bias {b_exact:.4f}  MSE {closed_mse:.6f}")
+    print(f"gradient descent is stable for lr < 2/λ_max = {max_stable_lr(X):.3f}")
 
     implementations = time_implementations(X, y, cfg.lr, cfg.epochs, devices, cfg.min_run_time)
-    print_table(f"{cfg.n_samples} samples, {cfg.epochs} epochs of gradient descent (lr {cfg.lr}); "
-                "time = median of Timer runs",
-                ["implementation", "device", "time", "per epoch", "final MSE", "max |w − w_lstsq|"],
-                [[r["implementation"], r["device"], fmt_seconds(r["seconds"]), fmt_seconds(r["seconds"] / cfg.epochs),
-                  f"{r['final_mse']:.5f}", f"{r['max_weight_error']:.1e}"] for r in implementations])
-
-    optimizer_losses = compare_optimizers(X, y, cfg.optimizer_epochs, ctx.device, ctx.seed)
-    print_table(f"Five optimizers, {cfg.optimizer_epochs} epochs from the same initial weights "
-                f"(closed-form MSE {closed_mse:.5f})",
-                ["optimizer", "lr", "initial MSE", "final MSE", "final − optimum", "epochs to within 1e-3"],
-                [[name, OPTIMIZER_LRS[name], f"{losses[0]:.4f}", f"{losses[-1]:.6f}", f"{losses[-1] - closed_mse:+.1e}",
-                  epochs_to_reach(losses, closed_mse + 1e-3)] for name, losses in optimizer_losses.items()])
-    print("(a difference within ±3e-8 of zero is float32 rounding: the optimum itself is computed in float64)")
+    print_implementations(implementations, cfg.n_samples, cfg.epochs, cfg.lr)
+    optimizer_fits = compare_optimizers(X, y, cfg.optimizer_epochs, ctx.device, ctx.seed)
+    steps = constant_gradient_steps(max(STEP_TABLE_STEPS))
+    print_optimizers(optimizer_summary(optimizer_fits, X, y, closed_mse), cfg.optimizer_epochs, closed_mse, steps)
 
     differences = custom_vs_builtin_sgd(X, y, cfg.lr, 50, ctx.seed)
     print(f"\nPlainSGD vs torch.optim.SGD over 50 steps: max |weight difference| = {max(differences):.1e}")
-
-    X_train, X_val, y_train, y_val = train_val_split(X, y, 0.2, ctx.generator)
-    split = fit_module(X_train, y_train, "sgd", cfg.lr, cfg.epochs, ctx.device, ctx.seed, X_val, y_val,
-                       record_weights=True)
-    print(f"Train/validation split 80/20: final train MSE {split.losses[-1]:.5f}, "
-          f"validation MSE {split.val_losses[-1]:.5f} (noise floor {cfg.noise**2:.2f})")
-
-    try:
-        fit_manual(X, y, lr=5.0, epochs=100)
-    except FloatingPointError as err:
-        print(f"lr = 5.0 is far too large: FloatingPointError: {err}")
+    validation = validation_experiment(X, y, w_true, b_true, cfg.noise, cfg.lr, cfg.epochs, ctx.seed, ctx.generator,
+                                       ctx.device)
+    print_validation(validation)
+    print(f"lr = 5.0 is far too large: FloatingPointError: {divergence_message(X, y, 5.0, 100)}")
 
     scaling = scaling_sweep(cfg.scaling_sizes, cfg.n_features, devices, cfg.min_run_time / 3, ctx.seed)
-    numpy_time = {r["n"]: r["seconds"] for r in scaling if r["backend"] == "numpy"}
-    print_table("Time per epoch (one forward + gradient) vs samples",
-                ["samples", "backend", "per epoch", "NumPy / this"],
-                [[r["n"], r["backend"], fmt_seconds(r["seconds"]),
-                  fmt_timing(numpy_time[r["n"]] / r["seconds"], ".2f", "×")] for r in scaling])
+    print_scaling(scaling)
 
     # The timings are done: start the DDP workers now so their start-up overlaps the work below.
     ddp_run = DDPRun(X, y, cfg.ddp_world_size, cfg.ddp_epochs, cfg.lr, ctx.seed)
     single = fit_module(X, y, "sgd", cfg.lr, cfg.ddp_epochs, "cpu", ctx.seed)
 
-    X1, y1, _, _ = make_regression_data(200, 1, 0.5, ctx.seed)
-    X1 = X1 + 1.5  # an uncentred feature couples w and b: the bowl tilts into a long valley
-    start = (3.0, 1.5)  # across the valley from its bottom, so the optimizers' paths differ
-    paths = optimizer_paths(X1, y1, start, cfg.landscape_epochs)
-    visited = np.concatenate(list(paths.values()))  # (points, 2): frame every path with a margin
-    landscape = loss_landscape(X1, y1, (visited[:, 0].min() - 0.7, visited[:, 0].max() + 0.7),
-                               (visited[:, 1].min() - 0.7, visited[:, 1].max() + 0.7))
-
-    with torch.no_grad():
-        model = make_model(cfg.n_features)
-        model.linear.weight.copy_(split.weights.unsqueeze(0))
-        model.linear.bias.fill_(split.bias)
-        y_pred = model(X_val)
+    landscape = landscape_experiment(ctx.seed, cfg.landscape_epochs)
+    print(f"\nLoss landscape, {cfg.landscape_epochs} steps from (w, b) = {LANDSCAPE_START}: distance left to the "
+          "bottom: " + ", ".join(f"{name} {d:.2g}" for name, d in landscape["distances"].items()))
 
     print_section("Figures")
-    fig = plot_comparison(implementations, optimizer_losses, closed_mse, y_val.numpy(), y_pred.numpy(),
-                          split.weight_history, w_true, landscape, paths)
+    fig = plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape)
     save_figure(fig, "linear_regression_comparison.png", ctx.plots_dir)
     save_figure(plot_scaling(scaling), "numpy_vs_torch_scaling.png", ctx.plots_dir)
 
