@@ -748,6 +748,9 @@ def training_curve(steps: int, generator: torch.Generator | None = None) -> dict
 
 # %% [markdown]
 # ## Figures
+#
+# The plot functions draw what the sections above returned; they compute nothing, so a figure
+# cannot disagree with the printed tables.
 
 # %%
 def plot_autograd_graph(nodes: list[dict], edges: list[tuple], title: str):
@@ -842,6 +845,10 @@ def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timi
 
 # %% [markdown]
 # ## Putting it together
+#
+# `run` only wires: each section's function returns data, the helpers below format it and the
+# plot functions draw it. In a notebook, the last cell runs the lesson with the flags in
+# `LESSON_ARGS`.
 
 # %%
 def print_facts(title: str, facts: dict[str, object]) -> None:

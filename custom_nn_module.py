@@ -945,6 +945,9 @@ def print_gradient_flow(flows, ratios) -> None:
 
 # %% [markdown]
 # ## Putting it together
+#
+# `run` only wires: each experiment returns data, a printer formats it and the plot functions
+# draw it. In a notebook, the last cell runs the lesson with the flags in `LESSON_ARGS`.
 
 # %%
 def run(ctx: LessonContext) -> None:

@@ -788,6 +788,9 @@ def show_throughput(cfg: Config, seed: int, generator: torch.Generator) -> list[
 
 # %% [markdown]
 # ## Figures
+#
+# The plot functions draw what the sections returned; they compute nothing, so a figure cannot
+# disagree with the printed tables.
 
 # %%
 def plot_analysis(counts, stats, series, class_balance, throughput, footprint, file_bytes):
@@ -883,6 +886,9 @@ def plot_digits(labels: Sequence[int], rows: Sequence[Sequence[torch.Tensor]], c
 
 # %% [markdown]
 # ## Putting it together
+#
+# `run` only wires: each `show_*` section prints its results and returns what the figures need.
+# In a notebook, the last cell runs the lesson with the flags in `LESSON_ARGS`.
 
 # %%
 def run(ctx: LessonContext) -> None:

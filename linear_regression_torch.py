@@ -193,6 +193,10 @@ def validation_noise(X_val, y_val, w_true: torch.Tensor, b_true: float, noise: f
 
 # %% [markdown]
 # ## One result type for every solver
+#
+# Every solver below returns the same `FitResult`: final weights and bias, and the loss per
+# epoch. That is what lets the tables and figures compare NumPy, manual PyTorch and `nn.Module`
+# line by line. A loss that stops being finite raises `FloatingPointError` with the fix to try.
 
 # %%
 @dataclass
@@ -757,6 +761,9 @@ def _fmt_vector(t: torch.Tensor) -> str:
 
 # %% [markdown]
 # ## Figures
+#
+# The plot functions draw what the sections above returned; they compute nothing, so a figure
+# cannot disagree with the printed tables.
 
 # %%
 def plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape):
@@ -870,6 +877,10 @@ def plot_scaling(rows):
 
 # %% [markdown]
 # ## Putting it together
+#
+# `run` only wires: each section's function returns data, the `print_*` helpers format it and
+# the plot functions draw it. In a notebook, the last cell runs the lesson with the flags in
+# `LESSON_ARGS`.
 
 # %%
 def print_implementations(rows, n_samples: int, epochs: int, lr: float) -> None:
