@@ -1319,7 +1319,8 @@ def plot_digits_training(runs: dict[str, DigitsRun], baseline: dict[str, float],
     ax_loss.set(title="Loss per epoch (training: mean over the epoch's batches)", xlabel="epoch",
                 ylabel="label-smoothed cross-entropy (nats)")
     ax_loss.legend(fontsize=8)
-    ax_acc.axhline(100 * baseline["val_accuracy"], color="grey", linestyle="--", label="logistic regression, same split")
+    ax_acc.axhline(100 * baseline["val_accuracy"], color="grey", linestyle="--",
+                   label="logistic regression, same split")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.set(title="Validation accuracy (dotted: epoch kept)", xlabel="epoch", ylabel="accuracy (%)",
