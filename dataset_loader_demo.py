@@ -95,6 +95,7 @@ DIGITS_WEIGHT_DECAY = 0.05  # AdamW decoupled weight decay, on Linear and Conv w
 DIGITS_LABEL_SMOOTHING = 0.1  # training target: 0.9 · one-hot + 0.1 · uniform
 DIGITS_MAX_GRAD_NORM = 1.0  # clip_grad_norm_ threshold on the global gradient norm
 DIGITS_PATIENCE = 3  # epochs without a lower validation loss before early stopping
+RESUME_EPOCHS = 4  # the in-script resume check trains this many epochs, checkpointing halfway
 LOGREG_MAX_ITER = 1_000  # L-BFGS iteration cap for the logistic-regression baseline (it converges well before)
 
 
@@ -663,7 +664,7 @@ def plot_digits(dataset: DigitsDataset, augmented: DigitsDataset):
 # (the images have one channel) come from the training images only and are applied to all
 # three splits. The data is 1,797 × 64 floats already in memory, so batches come from the fast
 # path above (one index operation per batch with a seeded `randperm`) instead of a DataLoader
-# calling `__getitem__` 64 times per batch. With CUDA each batch is copied into pinned
+# calling `__getitem__` once per image and collating. With CUDA each batch is copied into pinned
 # (page-locked) memory, so `.to(device, non_blocking=True)` returns before the copy ends; on
 # other devices pinning would only add a copy, and `pin_memory` warns without an accelerator.
 
@@ -714,10 +715,11 @@ def make_digits_loader(subset: Subset, batch_size: int, device: torch.device, sh
 
 # %% [markdown]
 # ### Two models, chosen by name
-# The MLP sees 64 numbers and no geometry; the CNN slides 3×3 filters over the image, so a
-# stroke is recognised wherever it lies. The convolutions have no bias because the BatchNorm
-# after each one subtracts the batch mean, which would cancel any bias. Both end in dropout,
-# so training mode and evaluation mode compute different functions.
+# The MLP sees 64 numbers and no geometry. The CNN applies the same 3×3 filters at every
+# position, so a stroke detector learned in one place works everywhere, with few weights. The
+# convolutions have no bias because the BatchNorm after each one subtracts the batch mean,
+# which would cancel any bias. Both have dropout before their last layer, so training mode and
+# evaluation mode compute different functions.
 
 
 def make_digits_model(arch: str) -> nn.Module:
@@ -749,7 +751,7 @@ def parameter_counts(archs: Sequence[str] = DIGITS_ARCHS) -> dict[str, int]:
 # %% [markdown]
 # ### Losses: cross-entropy on logits, and label smoothing as a module
 # `nn.CrossEntropyLoss` takes logits and computes log-softmax with the log-sum-exp trick: it
-# never forms the probabilities. Doing it by hand fails at large logits: `exp(1000)` is `inf`
+# never takes the log of a rounded probability. Doing it by hand fails at large logits: `exp(1000)` is `inf`
 # in float32, so exp-normalise-log gives `nan`; even a stable softmax rounds `exp(-1000)` to 0
 # and its log is `-inf`. Label smoothing trains against (1 − s)·one-hot + s/10 instead of the
 # one-hot target, which keeps the model from driving logits apart without bound. Written as
@@ -813,11 +815,12 @@ def label_smoothing_gap(smoothing: float, seed: int, scale: float = 1.0) -> dict
 
 # %% [markdown]
 # ### Optimisation: parameter groups, a schedule, gradient clipping
-# AdamW shrinks weights by lr × weight_decay each step, separately from the gradient. That
-# penalises the size of the linear maps in Linear and Conv weights, which is what limits
-# overfitting. Biases only shift activations, and normalisation weights and biases set their
-# scale and shift after normalising: pulling those towards 0 fights the normalisation instead
-# of regularising, so they get no decay. Every parameter goes in exactly one group.
+# AdamW multiplies each decayed weight by (1 − lr × weight_decay) every step, separately from
+# the gradient step: a regulariser on the size of the linear maps that Linear and Conv weights
+# hold. Biases only shift activations, and a normalisation layer's weight and bias set the scale
+# and shift of its output; pulling those towards 0 does not make the function simpler (a gain
+# of 0 silences a channel), so the usual practice is no decay for them. Every parameter goes
+# in exactly one group.
 # The learning rate rises linearly over the first epoch (Adam's moment estimates are noisy in
 # the first steps) and then follows a cosine down to 0; `LambdaLR` applies it per optimizer
 # step. `clip_grad_norm_` rescales the gradient when its norm exceeds a threshold and returns
@@ -873,7 +876,7 @@ class WarmupCosine:
 # (and update its running averages); `model.eval()` turns dropout off and uses the running
 # averages. Evaluation runs under `torch.no_grad()`: no graph is recorded, so it is faster and
 # uses less memory. The `record_function` labels name the four phases of a step for the
-# profiler below; without a profiler running they cost well under a microsecond. Early
+# profiler below; without a profiler running each costs a few microseconds. Early
 # stopping ends training when the validation loss has not improved on its best for `patience`
 # epochs in a row, and the model returned is the one from the best epoch.
 
@@ -894,18 +897,19 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer: tor
                     max_grad_norm: float = DIGITS_MAX_GRAD_NORM) -> dict[str, object]:
     """One pass over `loader`: mean training loss, and per step the gradient norm before clipping and the lr."""
     model.train()
+    optimizer.zero_grad(set_to_none=True)  # nothing left over from code that ran before this epoch
     loss_sum, n_samples, grad_norms, lrs = torch.zeros((), device=device), 0, [], []
     for images, labels in _batches_on(loader, device):
         with record_function("forward"):
             loss = loss_fn(model(images), labels)
         with record_function("backward"):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # gradients are None here (zeroed after the previous step): they are set, not added
         with record_function("optimizer step"):
             grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
             lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach() * len(labels)  # stays on the device: no synchronisation per step
         n_samples += len(labels)
     return {"loss": (loss_sum / n_samples).item(), "grad_norms": torch.stack(grad_norms).tolist(), "lrs": lrs}
@@ -1116,9 +1120,9 @@ def fit_digits(arch: str, epochs: int = FULL.digits_epochs, seed: int = 0, devic
                      time.perf_counter() - start_time)
 
 
-def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: torch.device,
-                 uninterrupted: DigitsRun) -> dict[str, object]:
+def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: torch.device) -> dict[str, object]:
     """Train `stop_after` epochs, checkpoint, resume into fresh objects, compare with an uninterrupted run."""
+    uninterrupted = fit_digits(arch, epochs, seed, device)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{arch}.pt"
         fit_digits(arch, epochs, seed, device, checkpoint_path=path, stop_after=stop_after)
@@ -1221,7 +1225,7 @@ def train_vs_eval(model: nn.Module, subset: Subset, device: torch.device, seed: 
     """Accuracy of a copy of `model` on `subset`, twice in eval mode and twice in train mode, under no_grad."""
     probe = copy.deepcopy(model)
     images, labels = (t.to(device) for t in subset_tensors(subset))
-    norms = [m for m in probe.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in probe.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
     before = [m.running_mean.clone() for m in norms]
     results: dict[str, object] = {}
     with torch.no_grad(), seeded_global_rng(seed, device):
@@ -1522,8 +1526,8 @@ def run(ctx: LessonContext) -> None:
                   "no BatchNorm" if m["running stats changed"] is None else m["running stats changed"]]
                  for arch, m in modes.items()])
 
-    resumed = resume_check("mlp", cfg.digits_epochs, cfg.digits_epochs // 2, ctx.seed, ctx.device, runs["mlp"])
-    print(f"\nmlp: train {cfg.digits_epochs // 2} of {cfg.digits_epochs} epochs, save a checkpoint "
+    resumed = resume_check("mlp", RESUME_EPOCHS, RESUME_EPOCHS // 2, ctx.seed, ctx.device)
+    print(f"\nmlp: train {RESUME_EPOCHS // 2} of {RESUME_EPOCHS} epochs, save a checkpoint "
           f"({resumed['checkpoint_bytes'] / 1024:.0f} KiB), load it with weights_only=True into fresh objects, train "
           f"the rest: {resumed['tensors']} state tensors and the history bit-identical to the uninterrupted run: "
           f"{resumed['bit_identical']}")

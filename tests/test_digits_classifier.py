@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -374,48 +373,44 @@ def test_fit_digits_rejects_inconsistent_arguments(tmp_path):
         dl.fit_digits("mlp", epochs=2, seed=1, resume_from=path)
 
 
-_FIRST_PROCESS = """
-import torch, dataset_loader_demo as dl
-for arch in dl.DIGITS_ARCHS:
-    run = dl.fit_digits(arch, epochs=4, seed=6)
-    torch.save({"state": run.model.state_dict(), "history": run.history, "best_epoch": run.best_epoch,
-                "test_accuracy": run.test_accuracy}, f"{arch}-uninterrupted.pt")
-    stopped = dl.fit_digits(arch, epochs=4, seed=6, checkpoint_path=f"{arch}-checkpoint.pt", stop_after=2)
-    assert stopped.test_accuracy is None and len(stopped.history) == 2
-dl.profile_training_epoch("mlp", 0, torch.device("cpu"))  # the test checks this process's stderr stays empty
-"""
-_SECOND_PROCESS = """
-import torch, dataset_loader_demo as dl
+_RESUME_IN_A_NEW_PROCESS = """
+import sys, torch, dataset_loader_demo as dl
+torch.set_num_threads(int(sys.argv[1]))  # the parent's: results are bit-identical for one thread count
 for arch in dl.DIGITS_ARCHS:
     run = dl.fit_digits(arch, epochs=4, seed=6, resume_from=f"{arch}-checkpoint.pt")
     torch.save({"state": run.model.state_dict(), "history": run.history, "best_epoch": run.best_epoch,
                 "test_accuracy": run.test_accuracy}, f"{arch}-resumed.pt")
+dl.profile_training_epoch("mlp", 0, torch.device("cpu"))  # a real process: its stderr must stay empty
 """
 
 
 def test_resuming_in_a_new_process_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"} | {"PYTHONPATH": str(ROOT)}
-    for script in (_FIRST_PROCESS, _SECOND_PROCESS):
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stderr == ""
+    references = {}
     for arch in dl.DIGITS_ARCHS:
+        references[arch] = dl.fit_digits(arch, epochs=4, seed=6)
+        stopped = dl.fit_digits(arch, epochs=4, seed=6, checkpoint_path=tmp_path / f"{arch}-checkpoint.pt",
+                                stop_after=2)
+        assert stopped.test_accuracy is None and stopped.history == references[arch].history[:2]
+        assert references[arch].best_epoch > 2  # so the weights compared below were trained after the resume
         checkpoint = torch.load(tmp_path / f"{arch}-checkpoint.pt", weights_only=True)
         assert checkpoint["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= checkpoint.keys()
-        reference = torch.load(tmp_path / f"{arch}-uninterrupted.pt", weights_only=True)
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _RESUME_IN_A_NEW_PROCESS, str(torch.get_num_threads())],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""
+    for arch, reference in references.items():
         resumed = torch.load(tmp_path / f"{arch}-resumed.pt", weights_only=True)
-        assert reference["best_epoch"] > 2  # the weights compared below were trained after the resume
-        assert resumed["history"] == reference["history"]
-        assert resumed["test_accuracy"] == reference["test_accuracy"]
-        assert resumed["state"].keys() == reference["state"].keys()
-        for key, value in reference["state"].items():
+        assert resumed["history"] == reference.history and resumed["best_epoch"] == reference.best_epoch
+        assert resumed["test_accuracy"] == reference.test_accuracy
+        state = reference.model.state_dict()
+        assert resumed["state"].keys() == state.keys()
+        for key, value in state.items():
             assert torch.equal(resumed["state"][key], value), f"{arch}: {key} differs"
 
 
 def test_resume_check_in_process_agrees():
-    uninterrupted = dl.fit_digits("mlp", epochs=2, seed=0)
-    result = dl.resume_check("mlp", 2, 1, 0, torch.device("cpu"), uninterrupted)
+    result = dl.resume_check("mlp", 2, 1, 0, torch.device("cpu"))
     assert result["bit_identical"] is True and result["tensors"] == 4 and result["checkpoint_bytes"] > 0
 
 
