@@ -1036,7 +1036,7 @@ class DigitsRun:
     """The result of fit_digits."""
 
     arch: str
-    model: nn.Module  # weights of the epoch with the lowest validation loss
+    model: nn.Module  # weights of the epoch with the lowest validation loss (after stop_after: the latest)
     history: list[dict[str, float]]  # one dict per epoch
     test_accuracy: float | None  # measured once, after training; None when stopped for a checkpoint
     best_epoch: int
@@ -1068,56 +1068,58 @@ def fit_digits(arch: str, epochs: int = FULL.digits_epochs, seed: int = 0, devic
     if stop_after is not None and (checkpoint_path is None or not 1 <= stop_after < epochs):
         raise ValueError(f"stop_after={stop_after} needs a checkpoint_path (got {checkpoint_path!r}) and must be "
                          f"between 1 and epochs - 1 = {epochs - 1}")
+    settings = {"arch": arch, "seed": seed, "epochs": epochs, "peak_lr": peak_lr, "patience": patience}
     with seeded_global_rng(seed + 2, device):  # + 2: a different stream from the split and the batch order
         parts = build_digits_training(arch, epochs, seed, device, peak_lr)
         stopper = EarlyStopping(patience)
-        history, step_lrs, grad_norms = [], [], []
-        best_state, first_epoch = _state_copy(parts.model), 1
+        log = {"history": [], "step_lrs": [], "grad_norms": [], "best_model": _state_copy(parts.model)}
+        first_epoch = 1
         if resume_from is not None:
-            checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
-            expected = {"arch": arch, "seed": seed, "epochs": epochs, "peak_lr": peak_lr, "patience": patience}
-            found = {key: checkpoint[key] for key in expected}
-            if found != expected:
-                raise ValueError(f"resume_from={str(resume_from)!r} was written with {found}, not {expected}")
-            parts.model.load_state_dict(checkpoint["model"])
-            parts.optimizer.load_state_dict(checkpoint["optimizer"])
-            parts.scheduler.load_state_dict(checkpoint["scheduler"])
-            stopper.load_state_dict(checkpoint["early_stopping"])
-            best_state = checkpoint["best_model"]
-            history, step_lrs, grad_norms = checkpoint["history"], checkpoint["step_lrs"], checkpoint["grad_norms"]
-            parts.batch_order.set_state(checkpoint["rng"]["batch_order"])
-            torch.set_rng_state(checkpoint["rng"]["cpu"])
-            _set_device_rng_state(device, checkpoint["rng"]["device"])
-            first_epoch = checkpoint["epoch"] + 1
+            first_epoch = _restore_checkpoint(resume_from, settings, parts, stopper, log, device) + 1
         for epoch in range(first_epoch, epochs + 1):
             trained = train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
                                       parts.scheduler, device)
             validated = evaluate(parts.model, parts.val_loader, parts.loss_fn, device)
-            history.append({"epoch": epoch, "train_loss": trained["loss"], "val_loss": validated["loss"],
-                            "val_accuracy": validated["accuracy"], "lr": trained["lrs"][-1],
-                            "max_grad_norm": max(trained["grad_norms"])})
-            step_lrs += trained["lrs"]
-            grad_norms += trained["grad_norms"]
+            log["history"].append({"epoch": epoch, "train_loss": trained["loss"], "val_loss": validated["loss"],
+                                   "val_accuracy": validated["accuracy"], "lr": trained["lrs"][-1],
+                                   "max_grad_norm": max(trained["grad_norms"])})
+            log["step_lrs"] += trained["lrs"]
+            log["grad_norms"] += trained["grad_norms"]
             stop = stopper.step(validated["loss"], epoch)
             if stopper.best_epoch == epoch:
-                best_state = _state_copy(parts.model)
+                log["best_model"] = _state_copy(parts.model)
             if stop:
                 break
             if epoch == stop_after:
-                save_checkpoint({
-                    "arch": arch, "seed": seed, "epochs": epochs, "peak_lr": peak_lr, "patience": patience,
-                    "epoch": epoch, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-                    "scheduler": parts.scheduler.state_dict(), "early_stopping": stopper.state_dict(),
-                    "best_model": best_state, "history": history, "step_lrs": step_lrs, "grad_norms": grad_norms,
-                    "rng": {"batch_order": parts.batch_order.get_state(), "cpu": torch.get_rng_state(),
-                            "device": _device_rng_state(device)},
-                }, checkpoint_path)
-                return DigitsRun(arch, parts.model, history, None, stopper.best_epoch, step_lrs, grad_norms,
-                                 time.perf_counter() - start_time)
-        parts.model.load_state_dict(best_state)
+                save_checkpoint({**settings, **log, "epoch": epoch, "model": parts.model.state_dict(),
+                                 "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+                                 "early_stopping": stopper.state_dict(),
+                                 "rng": {"batch_order": parts.batch_order.get_state(), "cpu": torch.get_rng_state(),
+                                         "device": _device_rng_state(device)}}, checkpoint_path)
+                return DigitsRun(arch, parts.model, log["history"], None, stopper.best_epoch, log["step_lrs"],
+                                 log["grad_norms"], time.perf_counter() - start_time)
+        parts.model.load_state_dict(log["best_model"])
         test_accuracy = evaluate(parts.model, parts.test_loader, parts.loss_fn, device)["accuracy"]
-    return DigitsRun(arch, parts.model, history, test_accuracy, stopper.best_epoch, step_lrs, grad_norms,
-                     time.perf_counter() - start_time)
+    return DigitsRun(arch, parts.model, log["history"], test_accuracy, stopper.best_epoch, log["step_lrs"],
+                     log["grad_norms"], time.perf_counter() - start_time)
+
+
+def _restore_checkpoint(path: str | os.PathLike, settings: dict, parts: DigitsTraining, stopper: EarlyStopping,
+                        log: dict, device: torch.device) -> int:
+    """Load everything fit_digits saved into freshly built objects; return the last completed epoch."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    found = {key: checkpoint.get(key) for key in settings}
+    if found != settings:
+        raise ValueError(f"resume_from={str(path)!r} was written with {found}, not {settings}")
+    parts.model.load_state_dict(checkpoint["model"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    stopper.load_state_dict(checkpoint["early_stopping"])
+    log.update({key: checkpoint[key] for key in log})
+    parts.batch_order.set_state(checkpoint["rng"]["batch_order"])
+    torch.set_rng_state(checkpoint["rng"]["cpu"])
+    _set_device_rng_state(device, checkpoint["rng"]["device"])
+    return checkpoint["epoch"]
 
 
 def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: torch.device) -> dict[str, object]:
