@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,8 @@ DIGITS_WEIGHT_DECAY = 0.05  # AdamW decoupled weight decay, on Linear and Conv w
 DIGITS_LABEL_SMOOTHING = 0.1  # training target: 0.9 · one-hot + 0.1 · uniform
 DIGITS_MAX_GRAD_NORM = 1.0  # clip_grad_norm_ threshold on the global gradient norm
 DIGITS_PATIENCE = 3  # epochs without a lower validation loss before early stopping
-RESUME_EPOCHS = 4  # the in-script resume check trains this many epochs, checkpointing halfway
+DIGITS_THREADS = 1  # threads (torch intra-op, BLAS) for the capstone's tiny computations; see "Where the time goes"
+RESUME_EPOCHS = 2  # the in-script resume check trains this many epochs, checkpointing halfway
 LOGREG_MAX_ITER = 1_000  # L-BFGS iteration cap for the logistic-regression baseline (it converges well before)
 
 
@@ -669,13 +670,19 @@ def plot_digits(dataset: DigitsDataset, augmented: DigitsDataset):
 # other devices pinning would only add a copy, and `pin_memory` warns without an accelerator.
 
 
+@cache
+def _digits() -> DigitsDataset:
+    """Read once per process: every training run below starts from the same images (and never modifies them)."""
+    return DigitsDataset()
+
+
 def make_digits_splits(seed: int) -> tuple[Subset, Subset, Subset]:
     """(train, val, test) Subsets of (image (1, 8, 8) float32, label int64), standardised with train statistics."""
-    digits = DigitsDataset()
+    digits = _digits()
     train, val, test = random_split(digits, DIGITS_SPLIT, generator=torch.Generator().manual_seed(seed))
     train_images = digits.images[train.indices]  # (n_train, 1, 8, 8), pixels in [0, 1]
     mean, std = train_images.mean(), train_images.std()  # one channel: one mean, one std
-    scaled = TensorDataset((digits.images - mean) / std, digits.targets)
+    scaled = TensorDataset((digits.images - mean) / std, digits.targets.clone())  # new tensors: the cache stays intact
     return Subset(scaled, train.indices), Subset(scaled, val.indices), Subset(scaled, test.indices)
 
 
@@ -983,6 +990,17 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         _set_device_rng_state(device, device_state)
 
 
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` intra-op threads (torch.set_num_threads), then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _device_rng_state(device: torch.device) -> torch.Tensor | None:
     """The state of the generator that dropout on `device` draws from (None on the CPU: that one is separate)."""
     if device.type == "cuda":
@@ -1069,7 +1087,8 @@ def fit_digits(arch: str, epochs: int = FULL.digits_epochs, seed: int = 0, devic
         raise ValueError(f"stop_after={stop_after} needs a checkpoint_path (got {checkpoint_path!r}) and must be "
                          f"between 1 and epochs - 1 = {epochs - 1}")
     settings = {"arch": arch, "seed": seed, "epochs": epochs, "peak_lr": peak_lr, "patience": patience}
-    with seeded_global_rng(seed + 2, device):  # + 2: a different stream from the split and the batch order
+    # + 2: a different stream from the split and the batch order
+    with seeded_global_rng(seed + 2, device), intra_op_threads(DIGITS_THREADS):
         parts = build_digits_training(arch, epochs, seed, device, peak_lr)
         stopper = EarlyStopping(patience)
         log = {"history": [], "step_lrs": [], "grad_norms": [], "best_model": _state_copy(parts.model)}
@@ -1137,16 +1156,24 @@ def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: tor
 
 # %% [markdown]
 # ### Where the time goes
-# `torch.profiler` records every operator of one epoch (after a warm-up epoch, so one-off
+# `torch.profiler` records every operator of one MLP epoch (after a warm-up epoch, so one-off
 # initialisation is not counted). Each operator's self time is credited to the phase whose
-# `record_function` label encloses it. A phase's total also holds the time inside its label
-# that no operator accounts for: Python (module calls, the optimizer's loop over parameters).
-# With models this small every operator is tiny, so the cost per call (Python, dispatch,
-# allocating the output), not arithmetic, sets the time. The default AdamW on the CPU updates
-# one parameter tensor at a time with about a dozen operators each, and `clip_grad_norm_`
-# adds a few more per tensor: the optimizer phase launches more operators than forward and
-# backward together and takes the largest share of the epoch.
-# `torch.optim.AdamW(..., foreach=True)` (or `fused=True`) batches those calls.
+# `record_function` label encloses it; a phase's total also holds the time inside its label
+# that no aten operator accounts for: Python (module calls, the optimizer's loop over its
+# parameters) and the autograd engine. With models this small every operator is tiny, so the
+# cost per call (Python, dispatch, allocating the output), not arithmetic, sets the time. The
+# default AdamW on the CPU updates one parameter tensor at a time with a dozen or more operators
+# each, and `clip_grad_norm_` adds more: the optimizer step launches about as many aten
+# operators as forward and backward together, spends most of its time outside them, and takes
+# the largest share of the epoch. `torch.optim.AdamW(..., foreach=True)` or `fused=True` batch
+# those calls. Data loading, one index operation per batch, is a few per cent.
+#
+# Threads: each operator here works on a few thousand numbers, so a second intra-op thread has
+# little to do and costs a synchronisation per operator; when other programs share the cores, a
+# thread can also wait a whole time slice for its partner. On the 2-core test machine with
+# other work running, two threads trained these models several times slower than one. So the
+# capstone's training, profiling and baseline run with `DIGITS_THREADS = 1` (restored after).
+# Bigger models, whose operators take milliseconds, are the other way round.
 
 
 PROFILE_PHASES = ("data loading", "forward", "backward", "optimizer step")  # record_function labels of a step
@@ -1203,7 +1230,7 @@ def profile_training_epoch(arch: str, seed: int, device: torch.device) -> list[d
     # some torch releases; level 6 silences them. setdefault: a level the user chose wins.
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with seeded_global_rng(seed + 2, device):
+    with seeded_global_rng(seed + 2, device), intra_op_threads(DIGITS_THREADS):
         parts = build_digits_training(arch, 2, seed, device)
         epoch = partial(train_one_epoch, parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
                         parts.scheduler, device)
@@ -1230,7 +1257,7 @@ def train_vs_eval(model: nn.Module, subset: Subset, device: torch.device, seed: 
     norms = [m for m in probe.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
     before = [m.running_mean.clone() for m in norms]
     results: dict[str, object] = {}
-    with torch.no_grad(), seeded_global_rng(seed, device):
+    with torch.no_grad(), seeded_global_rng(seed, device), intra_op_threads(DIGITS_THREADS):
         for mode in ("eval", "train"):
             probe.train(mode == "train")
             first, second = probe(images), probe(images)  # (n, 10) each
@@ -1252,10 +1279,12 @@ def train_vs_eval(model: nn.Module, subset: Subset, device: torch.device, seed: 
 def logistic_regression_baseline(splits: Sequence[Subset]) -> dict[str, float]:
     """scikit-learn's LogisticRegression on the flattened, standardised pixels of the same split."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     (X_train, y_train), (X_val, y_val), (X_test, y_test) = (
         (images.flatten(1).numpy(), labels.numpy()) for images, labels in map(subset_tensors, splits))
-    classifier = LogisticRegression(max_iter=LOGREG_MAX_ITER).fit(X_train, y_train)
+    with threadpool_limits(DIGITS_THREADS):  # BLAS threads: tiny matrices again (see "Where the time goes")
+        classifier = LogisticRegression(max_iter=LOGREG_MAX_ITER).fit(X_train, y_train)
     return {"val_accuracy": classifier.score(X_val, y_val), "test_accuracy": classifier.score(X_test, y_test),
             "parameters": classifier.coef_.size + classifier.intercept_.size, "iterations": int(classifier.n_iter_[0])}
 
@@ -1353,15 +1382,18 @@ def plot_digits_training(runs: dict[str, DigitsRun], baseline: dict[str, float],
     ax_confusion.set(title=f"{shown}: test-split confusion matrix (counts)", xlabel="predicted digit",
                      ylabel="true digit", xticks=range(n), yticks=range(n))
 
-    ax_mistakes.set_axis_off()  # only a frame for the small images below; they are in [0, 1] like the dataset
-    for k, (mistake, image) in enumerate(zip(mistakes, mistake_images)):
-        row, col = divmod(k, 4)
-        ax_image = ax_mistakes.inset_axes((col * 0.25 + 0.02, 0.5 - row * 0.5 + 0.02, 0.21, 0.36))
-        ax_image.imshow(image.squeeze(0).numpy(), cmap="gray_r", vmin=0, vmax=1)
-        ax_image.set_title(f"{mistake['label']}→{mistake['predicted']}, {100 * mistake['confidence']:.0f} %",
-                           fontsize=9)
-        ax_image.set_xticks([])
-        ax_image.set_yticks([])
+    ax_mistakes.set_axis_off()
+    if mistakes:
+        from matplotlib import colormaps
+
+        columns, tile = 4, 8 + 3  # 8 pixels of image, 3 of white band for the label below it
+        mosaic = digit_mosaic([mistake_images[i:i + columns] for i in range(0, len(mistakes), columns)], gap=3)
+        mosaic = np.pad(mosaic, ((0, 3), (0, 0)), constant_values=np.nan)  # a label band under the last row too
+        ax_mistakes.imshow(mosaic, cmap=colormaps["gray_r"].with_extremes(bad="white"), vmin=0, vmax=1)
+        for k, mistake in enumerate(mistakes):
+            row, col = divmod(k, columns)
+            ax_mistakes.text(col * tile + 3.5, row * tile + 9.5, f"{mistake['label']}→{mistake['predicted']}, "
+                             f"{100 * mistake['confidence']:.0f} %", ha="center", va="center", fontsize=8)
     ax_mistakes.set_title(f"{shown}: most confident test mistakes" + (
         "\n(true digit→predicted digit, confidence)" if mistakes else ": none"))
     return fig
