@@ -1164,9 +1164,10 @@ def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: tor
 # cost per call (Python, dispatch, allocating the output), not arithmetic, sets the time. The
 # default AdamW on the CPU updates one parameter tensor at a time with a dozen or more operators
 # each, and `clip_grad_norm_` adds more: the optimizer step launches about as many aten
-# operators as forward and backward together, spends most of its time outside them, and takes
-# the largest share of the epoch. `torch.optim.AdamW(..., foreach=True)` or `fused=True` batch
-# those calls. Data loading, one index operation per batch, is a few per cent.
+# operators as forward and backward together and spends most of its time outside them. On the
+# 2-core test machine it was the largest of the four phases, about a third of the epoch;
+# `torch.optim.AdamW(..., foreach=True)` or `fused=True` batch those calls. Data loading, one
+# index operation per batch, was about 5 %.
 #
 # Threads: each operator here works on a few thousand numbers, so a second intra-op thread has
 # little to do and costs a synchronisation per operator; when other programs share the cores, a
@@ -1530,9 +1531,13 @@ def run(ctx: LessonContext) -> None:
                 [[s, f"{gap['value']:.1e}", f"{gap['gradient']:.1e}", f"{smoothed_loss_floor(s):.4f}"]
                  for s, gap in ((s, label_smoothing_gap(s, ctx.seed, scale=100.0)) for s in (0.0, 0.1, 0.3))])
     cnn = make_digits_model("cnn")
-    print_table("AdamW parameter groups of the CNN", ["weight decay", "tensors", "elements", "parameters"],
+    # Building the first optimizer of a process also imports torch._dynamo (about a second here): pay it now, so
+    # the training times below measure training.
+    adamw = torch.optim.AdamW(param_groups(cnn, DIGITS_WEIGHT_DECAY), lr=DIGITS_PEAK_LR)
+    print_table("The CNN's parameter groups, as AdamW holds them",
+                ["weight decay", "tensors", "elements", "parameters"],
                 [[r["weight_decay"], r["tensors"], r["elements"], ", ".join(r["names"])]
-                 for r in param_group_rows(cnn, param_groups(cnn, DIGITS_WEIGHT_DECAY))])
+                 for r in param_group_rows(cnn, adamw.param_groups)])
 
     runs = {arch: fit_digits(arch, cfg.digits_epochs, ctx.seed, ctx.device) for arch in DIGITS_ARCHS}
     lrs = runs["mlp"].step_lrs
@@ -1548,7 +1553,7 @@ def run(ctx: LessonContext) -> None:
               f"{len(run.history)}" + (" (stopped early)" if len(run.history) < cfg.digits_epochs else ""))
     baseline = logistic_regression_baseline(splits)
     print_table("Test accuracy, measured once after training (validation accuracy at the epoch kept)",
-                ["model", "parameters", "epochs", "kept", "val accuracy", "test accuracy", "time"],
+                ["model", "parameters", "epochs", "kept", "val accuracy", "test accuracy", "fit_digits time"],
                 results_rows(runs, baseline, counts))
     print(f"logistic regression: L-BFGS converged in {baseline['iterations']} iterations")
 

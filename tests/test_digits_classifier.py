@@ -249,6 +249,7 @@ def test_train_one_epoch_reports_mean_loss_unclipped_norms_and_lrs():
     gen = torch.Generator().manual_seed(7)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(7))
     loader = dl.make_digits_loader(train, 300, torch.device("cpu"), shuffle=True, generator=gen)
+    model.eval()  # train_one_epoch must switch it back
     result = dl.train_one_epoch(model, loader, loss_fn, optimizer, scheduler, torch.device("cpu"), max_grad_norm=0.1)
     # every sample once, batch means weighted by batch size: the epoch mean is the mean over all samples
     torch.testing.assert_close(torch.tensor(result["loss"]), loss_fn(model(images), labels).detach(),
@@ -289,8 +290,11 @@ def test_evaluate_matches_functional_cross_entropy_and_records_no_graph(device):
     images, labels = dl.subset_tensors(val)
     model = _linear_model(3).to(device)
     model.train()
+    grad_mode = []
+    model.register_forward_hook(lambda module, args, output: grad_mode.append(torch.is_grad_enabled()))
     loader = dl.make_digits_loader(val, 100, device)  # 270 = 100 + 100 + 70: a mean of batch means would be off
     result = dl.evaluate(model, loader, nn.CrossEntropyLoss(), device)
+    assert grad_mode == [False, False, False]  # no graph recorded, one forward per batch
     with torch.no_grad():
         logits = model(images.to(device)).cpu()
     assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
@@ -358,6 +362,18 @@ def test_fit_digits_is_seeded_and_leaves_the_global_generator_alone():
         assert torch.equal(pa, pb) and not torch.equal(pa, pc)
     assert set(a.history[0]) >= {"epoch", "train_loss", "val_loss", "val_accuracy", "lr"}
     assert len(a.step_lrs) == len(a.grad_norms) == math.ceil(1258 / dl.DIGITS_BATCH_SIZE)
+
+
+def test_fit_digits_logs_the_scheduled_learning_rate_and_each_epochs_largest_norm():
+    run = dl.fit_digits("mlp", epochs=2, seed=0)
+    steps = math.ceil(1258 / dl.DIGITS_BATCH_SIZE)  # warm-up is one epoch, the cosine the other
+    peak = dl.DIGITS_PEAK_LR
+    expected = [peak * (t + 1) / steps for t in range(steps)]
+    expected += [peak * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
+    np.testing.assert_allclose(run.step_lrs, expected, rtol=1e-12, atol=1e-15)
+    for epoch, row in enumerate(run.history):
+        assert row["lr"] == run.step_lrs[(epoch + 1) * steps - 1]
+        assert row["max_grad_norm"] == max(run.grad_norms[epoch * steps:(epoch + 1) * steps])
 
 
 def test_fit_digits_rejects_inconsistent_arguments(tmp_path):
