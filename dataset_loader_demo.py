@@ -962,15 +962,15 @@ class EarlyStopping:
 # %% [markdown]
 # ### The driver, and a checkpoint that resumes exactly
 # `fit_digits` derives every random choice from `seed`: the split, the batch order (a generator
-# of its own) and initialisation and dropout (torch's global generators, seeded inside the call
-# and restored afterwards, so calling it changes no global state). A checkpoint holds what the
-# rest of training depends on: model, optimizer (Adam's moment estimates) and scheduler state,
-# the early-stopping counters and best weights, the history, and the states of the batch-order
-# generator and of the global generators that dropout draws from. Without any one of these a
-# resumed run drifts from the uninterrupted one. It contains only tensors, numbers, strings,
-# lists and dicts, so it loads with `torch.load(..., weights_only=True)`, which refuses to run
-# code stored in a file. It is written to a temporary file and renamed, so a crash during the
-# write leaves the previous checkpoint intact.
+# of its own), initialisation and dropout (torch's global generators, seeded inside the call and
+# restored afterwards, as is the number of threads: the caller's settings are left as they were).
+# A checkpoint holds what the rest of training depends on: model, optimizer (Adam's moment
+# estimates) and scheduler state, the early-stopping counters and best weights, the history, and
+# the states of the batch-order generator and of the global generators that dropout draws from.
+# Leave any one out and the resumed run differs from the uninterrupted one. It contains only
+# tensors, numbers, strings, lists and dicts, so it loads with `torch.load(..., weights_only=True)`,
+# which refuses to run code stored in the file. It is written to a temporary file and renamed, so
+# a crash during the write leaves the previous checkpoint intact.
 
 
 @contextmanager
@@ -1171,10 +1171,12 @@ def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: tor
 #
 # Threads: each operator here works on a few thousand numbers, so a second intra-op thread has
 # little to do and costs a synchronisation per operator; when other programs share the cores, a
-# thread can also wait a whole time slice for its partner. On the 2-core test machine with
-# other work running, two threads trained these models several times slower than one. So the
-# capstone's training, profiling and baseline run with `DIGITS_THREADS = 1` (restored after).
-# Bigger models, whose operators take milliseconds, are the other way round.
+# thread can also wait a whole time slice for its partner. On the 2-core test machine, two
+# threads trained the CNN about a quarter faster than one while the machine was otherwise
+# quiet (the MLP gained nothing), and several times slower while other programs were running.
+# One thread is the predictable choice for models this small, so the capstone's training,
+# profiling and baseline run with `DIGITS_THREADS = 1` (restored afterwards). Models whose
+# operators take milliseconds do gain from more threads.
 
 
 PROFILE_PHASES = ("data loading", "forward", "backward", "optimizer step")  # record_function labels of a step

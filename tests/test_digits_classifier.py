@@ -353,10 +353,10 @@ def test_fit_digits_with_a_zero_learning_rate_stops_after_patience_epochs():
 # --- the driver -------------------------------------------------------------------------------------------------
 
 
-def test_fit_digits_is_seeded_and_leaves_the_global_generator_alone():
-    state = torch.get_rng_state()
+def test_fit_digits_is_seeded_and_leaves_the_global_generator_and_threads_alone():
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
     a, b, c = (dl.fit_digits("mlp", epochs=1, seed=s) for s in (4, 4, 5))
-    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
     assert a.history == b.history and a.history != c.history
     for pa, pb, pc in zip(a.model.parameters(), b.model.parameters(), c.model.parameters()):
         assert torch.equal(pa, pb) and not torch.equal(pa, pc)
