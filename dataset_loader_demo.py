@@ -4,7 +4,9 @@ Lesson 5 of the course. Run `python dataset_loader_demo.py` (add `--quick` for a
 It builds Datasets for tabular, image, time-series, text and memory-mapped data; shows the
 DataLoader's batching, seeded shuffling, workers, padding collation, weighted and distributed
 sampling; and measures where loading time goes and how a batched fast path removes it.
-Figures: plots/dataset_loader_analysis.png, plots/digits_samples.png.
+It ends by training an MLP and a CNN on the digits with the complete loop (splits, losses,
+AdamW, schedule, clipping, early stopping, exact checkpoint resume, profiling, evaluation).
+Figures: plots/dataset_loader_analysis.png, plots/digits_samples.png, plots/digits_training.png.
 """
 
 from __future__ import annotations
@@ -1230,7 +1232,8 @@ def profile_table(phases: Sequence[dict[str, object]], device: torch.device) -> 
 def profile_training_epoch(arch: str, seed: int, device: torch.device) -> list[dict[str, object]]:
     """Profile the second training epoch of a fresh `arch` run and group its operators by phase."""
     # Kineto (the profiler's backend) prints status lines to stderr when tracing starts and stops in
-    # some torch releases; level 6 silences them. setdefault: a level the user chose wins.
+    # some torch releases (2.13 among them); level 6 silences them. Kineto reads the variable once, when
+    # the process's first profiler starts. setdefault: a level the user chose wins.
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with seeded_global_rng(seed + 2, device), intra_op_threads(DIGITS_THREADS):
