@@ -33,7 +33,7 @@ LESSONS = (
     Lesson("custom_nn_module", "Lesson 4: custom modules",
            ("custom_modules_analysis.png", "memory_checkpointing.png"), 15),
     Lesson("dataset_loader_demo", "Lesson 5: datasets and loaders",
-           ("dataset_loader_analysis.png", "digits_samples.png"), 15),
+           ("dataset_loader_analysis.png", "digits_samples.png", "digits_training.png"), 20),
 )
 FULL_TOTAL_BUDGET_S = 60  # all lessons in full mode, on 2 CPU cores
 QUICK_TOTAL_BUDGET_S = 25  # all lessons with --quick

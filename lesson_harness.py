@@ -178,6 +178,25 @@ def wall_seconds(fn: Callable[[], object], device: torch.device | str = "cpu") -
     return result, time.perf_counter() - start
 
 
+def profile_events(fn: Callable[[], object], device: torch.device | str = "cpu") -> list:
+    """Run `fn` once under `torch.profiler` (CPU activity, plus CUDA on a CUDA device); return its events.
+
+    Each event has a name, self CPU (and device) time in µs and its parent, as `prof.events()` gives.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    # Kineto (the profiler's backend) prints status lines to stderr when tracing starts and stops in
+    # some torch releases (2.13 among them); level 6 silences them. Kineto reads the variable once,
+    # when the process's first profiler starts. setdefault: a level the user chose wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    device = as_device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    return list(prof.events())
+
+
 def fmt_seconds(seconds: float) -> str:
     """A duration with a sensible unit: 1.23 s, 45.6 ms, 789 µs, 12.3 ns."""
     for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):

@@ -61,8 +61,9 @@ def unwritable_dir(tmp_path):
 def fake_timings(monkeypatch):
     """Every timing in every lesson returns a known constant, so printed output is exactly repeatable.
 
-    Lessons time through `time_median` (benchmarks) and `wall_seconds` (one-shot runs); both are
-    replaced in the harness and in each lesson module that imported them by name.
+    Lessons time through `time_median` (benchmarks), `wall_seconds` (one-shot runs) and
+    `profile_events` (torch.profiler); each is replaced in the harness and in every lesson module
+    that imported it by name.
     """
     def fake_median(fn, device="cpu", min_run_time=0.2):
         fn()
@@ -71,8 +72,12 @@ def fake_timings(monkeypatch):
     def fake_wall(fn, device="cpu"):
         return fn(), FAKE_WALL_S
 
+    def fake_profile(fn, device="cpu"):
+        fn()
+        return []  # no events: every profiled time reads as zero
+
     for name in PROJECT_MODULES:
         module = sys.modules.get(name) or importlib.import_module(name)
-        for attr, fake in (("time_median", fake_median), ("wall_seconds", fake_wall)):
+        for attr, fake in (("time_median", fake_median), ("wall_seconds", fake_wall), ("profile_events", fake_profile)):
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)

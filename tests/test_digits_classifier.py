@@ -1,0 +1,591 @@
+"""The capstone of dataset_loader_demo: the digit classifier, checked piece by piece against references.
+
+References: scikit-learn (load_digits, LogisticRegression, confusion_matrix), torch.nn.functional, closed forms,
+gradcheck in float64, NumPy, and an uninterrupted run for the exact resume (in separate processes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICES
+from torch import nn
+from torch.autograd import DeviceType
+
+import dataset_loader_demo as dl
+
+ROOT = Path(__file__).resolve().parents[1]
+N_DIGITS = 1797
+# Kineto reads its log level once, when the first profiler in the process starts; set it before any test profiles,
+# whatever the order, as profile_training_epoch does for the script (which the subprocess test checks on its own).
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+
+@pytest.fixture(scope="module")
+def default_runs():
+    """Both models trained once with the default settings (the accuracy claims are about these)."""
+    return {arch: dl.fit_digits(arch) for arch in dl.DIGITS_ARCHS}
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+def test_splits_have_the_documented_sizes_and_are_seeded():
+    train, val, test = dl.make_digits_splits(0)
+    # random_split: floor(1797 · 0.70) = 1257, floor(1797 · 0.15) = 269 twice; the 2 left over go one each to the
+    # first two splits.
+    assert (len(train), len(val), len(test)) == (1258, 270, 269)
+    indices = [list(s.indices) for s in (train, val, test)]
+    assert sorted(i for part in indices for i in part) == list(range(N_DIGITS))  # disjoint and complete
+    again = [list(s.indices) for s in dl.make_digits_splits(0)]
+    other = [list(s.indices) for s in dl.make_digits_splits(1)]
+    assert again == indices
+    assert other[0] != indices[0] and sorted(other[0]) != sorted(indices[0])  # a different set, not a reordering
+    image, label = train[0]
+    assert image.shape == (1, 8, 8) and image.dtype == torch.float32 and label.dtype == torch.int64
+
+
+def test_images_are_standardised_with_training_statistics_only():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    raw = digits.images.astype(np.float64) / 16.0  # (1797, 8, 8), what DigitsDataset holds
+    splits = dl.make_digits_splits(3)
+    train_idx = np.array(splits[0].indices)
+    mean, std = raw[train_idx].mean(), raw[train_idx].std(ddof=1)
+    all_mean = raw.mean()
+    assert abs(all_mean - mean) / std > 1e-3  # statistics of all the data would be caught by the tolerance below
+    for subset in splits:
+        idx = np.array(subset.indices)
+        images, labels = dl.subset_tensors(subset)
+        np.testing.assert_allclose(images.squeeze(1).numpy(), (raw[idx] - mean) / std, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(labels.numpy(), digits.target[idx])
+        first_image, first_label = subset[0]
+        torch.testing.assert_close(first_image, images[0], rtol=0, atol=0)
+        assert first_label.item() == labels[0].item()
+    rows = dl.split_summary(splits)
+    assert [r["images"] for r in rows] == [1258, 270, 269]
+    assert abs(rows[0]["pixel mean"]) < 1e-5 and abs(rows[0]["pixel std"] - 1) < 1e-5
+    val_images = (raw[np.array(splits[1].indices)] - mean) / std
+    assert rows[1]["pixel mean"] == pytest.approx(val_images.mean(), abs=1e-5)
+    assert rows[1]["pixel std"] == pytest.approx(val_images.std(ddof=1), rel=1e-5)
+    assert rows[0]["share"] == pytest.approx(1258 / N_DIGITS) and rows[2]["classes present"] == 10
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_digits_loader_visits_every_sample_once_in_seeded_order(device):
+    device = torch.device(device)
+    train = dl.make_digits_splits(0)[0]
+    images, labels = dl.subset_tensors(train)
+    loader = dl.make_digits_loader(train, 100, device, shuffle=True, generator=torch.Generator().manual_seed(5))
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [100] * 12 + [58]
+    assert all(b[0].is_pinned() == (device.type == "cuda") for b in batches)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(torch.cat([b[0] for b in batches]), images[order], rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([b[1] for b in batches]), labels[order], rtol=0, atol=0)
+
+
+# --- models and losses ------------------------------------------------------------------------------------------
+
+
+def test_models_map_images_to_logits_and_have_the_hand_counted_parameters():
+    hidden, (c1, c2) = dl.DIGITS_HIDDEN, dl.DIGITS_CHANNELS
+    expected = {
+        "mlp": 64 * hidden + hidden + hidden * 10 + 10,
+        "cnn": 1 * c1 * 9 + 2 * c1 + c1 * c2 * 9 + 2 * c2 + 4 * c2 * 10 + 10,  # convs without bias, BN weight + bias
+    }
+    assert dl.parameter_counts() == expected == {"mlp": 9_610, "cnn": 6_138}
+    for arch in dl.DIGITS_ARCHS:
+        assert dl.make_digits_model(arch)(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
+    with pytest.raises(ValueError, match="arch='resnet'"):
+        dl.make_digits_model("resnet")
+
+
+def test_softmax_then_log_overflows_where_cross_entropy_matches_the_closed_form():
+    result = dl.softmax_then_log_failure((1000.0, 0.0, -1000.0))
+    by_hand, softmax_log, stable = (result[k] for k in ("exp, normalise, log", "softmax, then log", "F.cross_entropy"))
+    assert math.isnan(by_hand[0]) and by_hand[1] == math.inf and by_hand[2] == math.inf
+    assert softmax_log[0] == 0.0 and softmax_log[1] == math.inf and softmax_log[2] == math.inf
+    logsumexp = 1000.0 + math.log1p(math.exp(-1000.0) + math.exp(-2000.0))  # closed form, in float64
+    np.testing.assert_allclose(stable, [logsumexp - z for z in (1000.0, 0.0, -1000.0)], rtol=1e-7, atol=0)
+    moderate = dl.softmax_then_log_failure((1.0, 0.0, -1.0))  # where the naive ways still work, all three agree
+    reference = [math.log(math.e + 1 + math.exp(-1.0)) - z for z in (1.0, 0.0, -1.0)]
+    for losses in moderate.values():
+        np.testing.assert_allclose(losses, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_label_smoothing_equals_cross_entropy_in_value_and_gradient(smoothing):
+    gen = torch.Generator().manual_seed(int(10 * smoothing))
+    loss_fn = dl.LabelSmoothingCrossEntropy(smoothing)
+    for scale in (1.0, 1e4):  # 1e4: exp would overflow even in float64
+        logits = (scale * torch.randn(7, 5, generator=gen, dtype=torch.float64)).requires_grad_()
+        target = torch.randint(0, 5, (7,), generator=gen)
+        mine = loss_fn(logits, target)
+        reference = F.cross_entropy(logits, target, label_smoothing=smoothing)
+        assert torch.isfinite(mine)
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12 * scale)
+        (grad,) = torch.autograd.grad(mine, logits)
+        (grad_reference,) = torch.autograd.grad(reference, logits)
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, grad_reference, rtol=1e-10, atol=1e-12)
+    small = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 6, (4,), generator=gen)
+    assert torch.autograd.gradcheck(lambda z: loss_fn(z, target), (small,), eps=1e-6, atol=1e-8)
+    gap = dl.label_smoothing_gap(smoothing, seed=0, scale=100.0)
+    assert gap["value"] < 1e-6 and gap["gradient"] < 1e-6
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_smoothed_loss_floor_is_the_entropy_of_the_target_and_is_reached(smoothing):
+    n = 10
+    high, low = 1 - smoothing + smoothing / n, smoothing / n
+    entropy = -high * math.log(high) - ((n - 1) * low * math.log(low) if low else 0.0)
+    assert dl.smoothed_loss_floor(smoothing, n) == pytest.approx(entropy, abs=1e-12)
+    target_probs = torch.full((1, n), low, dtype=torch.float64)
+    target_probs[0, 3] = high
+    logits = torch.log(target_probs.clamp_min(1e-300))  # predicting the smoothed target exactly
+    loss = dl.LabelSmoothingCrossEntropy(smoothing)(logits, torch.tensor([3]))
+    assert loss.item() == pytest.approx(entropy, abs=1e-9)
+
+
+def test_label_smoothing_rejects_bad_settings_and_shapes():
+    with pytest.raises(ValueError, match="smoothing=1.5"):
+        dl.LabelSmoothingCrossEntropy(1.5)
+    with pytest.raises(ValueError, match=r"got \(4, 3\) and \(4, 1\)"):
+        dl.LabelSmoothingCrossEntropy(0.1)(torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long))
+
+
+# --- optimisation ----------------------------------------------------------------------------------------------
+
+
+class _Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm2d = nn.BatchNorm2d(4)
+        self.layer_norm = nn.LayerNorm(4 * 8 * 8)
+        self.head = nn.Linear(4 * 8 * 8, 3)
+        self.tied = nn.Linear(3, 3, bias=False)
+        self.tied_again = nn.Linear(3, 3, bias=False)
+        self.tied_again.weight = self.tied.weight  # one parameter reachable twice
+
+    def forward(self, x):
+        h = self.layer_norm(self.norm2d(self.conv(x)).flatten(1))
+        return self.tied_again(self.tied(self.head(h)))
+
+
+def test_param_groups_decay_only_linear_and_conv_weights_each_parameter_once():
+    model = _Mixed()
+    groups = dl.param_groups(model, weight_decay=0.1)
+    decay, no_decay = groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    expected_decay = [model.conv.weight, model.head.weight, model.tied.weight]
+    expected_none = [model.conv.bias, model.norm2d.weight, model.norm2d.bias, model.layer_norm.weight,
+                     model.layer_norm.bias, model.head.bias]
+    assert {id(p) for p in decay["params"]} == {id(p) for p in expected_decay}
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in expected_none}
+    listed = [id(p) for g in groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters()) and len(set(listed)) == len(listed)
+    rows = dl.param_group_rows(model, groups)
+    assert rows[0]["names"] == ["conv.weight", "head.weight", "tied.weight"]
+    assert rows[1]["elements"] == 4 + 4 + 4 + 256 + 256 + 3
+
+    # With zero gradients Adam's step is 0, so one AdamW step is exactly the decay: p ← p · (1 − lr · wd).
+    lr = 0.5
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for p in expected_decay:
+        torch.testing.assert_close(p.detach(), before[id(p)] * (1 - lr * 0.1), rtol=1e-6, atol=0)
+    for p in expected_none:
+        torch.testing.assert_close(p.detach(), before[id(p)], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="weight_decay=-1"):
+        dl.param_groups(model, -1)
+
+
+def test_warmup_cosine_schedule_matches_its_closed_form_step_by_step():
+    warmup, total, peak = 4, 12, 0.3
+    schedule = dl.WarmupCosine(warmup, total)
+    expected = [peak * (t + 1) / warmup for t in range(warmup)]
+    expected += [peak * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) for t in range(warmup, total)]
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=peak)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    seen = []
+    for _ in range(total):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(seen, expected, rtol=1e-12, atol=1e-15)
+    assert seen[warmup - 1] == pytest.approx(peak) and schedule(total) == 0.0 and schedule(10 * total) == 0.0
+    with pytest.raises(ValueError, match="warmup_steps=5"):
+        dl.WarmupCosine(5, 5)
+
+
+def _linear_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def test_train_one_epoch_reports_mean_loss_unclipped_norms_and_lrs():
+    torch.manual_seed(0)
+    train = dl.make_digits_splits(0)[0]
+    images, labels = dl.subset_tensors(train)
+    model, loss_fn = _linear_model(1), dl.LabelSmoothingCrossEntropy(0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the parameters stay put
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, dl.WarmupCosine(3, 30))
+    gen = torch.Generator().manual_seed(7)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(7))
+    loader = dl.make_digits_loader(train, 300, torch.device("cpu"), shuffle=True, generator=gen)
+    model.eval()  # train_one_epoch must switch it back
+    result = dl.train_one_epoch(model, loader, loss_fn, optimizer, scheduler, torch.device("cpu"), max_grad_norm=0.1)
+    # every sample once, batch means weighted by batch size: the epoch mean is the mean over all samples
+    torch.testing.assert_close(torch.tensor(result["loss"]), loss_fn(model(images), labels).detach(),
+                               rtol=1e-6, atol=0)
+    expected_norms = []
+    for idx in order.split(300):
+        grads = torch.autograd.grad(loss_fn(model(images[idx]), labels[idx]), list(model.parameters()))
+        expected_norms.append(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])).item())
+    np.testing.assert_allclose(result["grad_norms"], expected_norms, rtol=1e-5)
+    assert max(expected_norms) > 0.1  # so the norms above are the ones before clipping
+    assert result["lrs"] == [0.0] * 5 and model.training
+
+
+def test_clipping_bounds_the_step_of_plain_sgd():
+    train = dl.make_digits_splits(0)[0]
+    model = _linear_model(2)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loader = dl.make_digits_loader(train, len(train), torch.device("cpu"))  # one batch: one step
+    result = dl.train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"),
+                                max_grad_norm=1e-3)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert result["grad_norms"][0] > 1e-3
+    assert torch.linalg.vector_norm(step).item() == pytest.approx(1e-3, rel=1e-4)  # rescaled to the threshold
+
+
+def test_clipping_summary_counts_against_numpy():
+    norms = [0.2, 1.5, 0.9, 3.0, 1.0]
+    summary = dl.clipping_summary(norms, max_norm=1.0)
+    assert summary == {"median": float(np.median(norms)), "max": 3.0, "clipped": 2, "steps": 5}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_matches_functional_cross_entropy_and_records_no_graph(device):
+    device = torch.device(device)
+    val = dl.make_digits_splits(0)[1]
+    images, labels = dl.subset_tensors(val)
+    model = _linear_model(3).to(device)
+    model.train()
+    grad_mode = []
+    model.register_forward_hook(lambda module, args, output: grad_mode.append(torch.is_grad_enabled()))
+    loader = dl.make_digits_loader(val, 100, device)  # 270 = 100 + 100 + 70: a mean of batch means would be off
+    result = dl.evaluate(model, loader, nn.CrossEntropyLoss(), device)
+    assert grad_mode == [False, False, False]  # no graph recorded, one forward per batch
+    with torch.no_grad():
+        logits = model(images.to(device)).cpu()
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert result["accuracy"] == pytest.approx(float((logits.argmax(1).numpy() == labels.numpy()).mean()), abs=1e-7)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+# --- early stopping ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("losses", "patience", "stop_epoch", "best_epoch"), [
+    ([1.0, 0.9, 0.95, 0.91, 0.92, 0.5], 3, 5, 2),  # best at 2; 3, 4, 5 are not better → stop after 5
+    ([1.0, 0.9, 0.95, 0.8, 0.85, 0.86, 0.87], 3, 7, 4),  # the improvement at 4 resets the count
+    ([1.0, 1.0, 1.0], 1, 2, 1),  # equal is not better
+    ([3.0, 2.0, 1.0], 2, None, 3),  # always improving: never stops
+])
+def test_early_stopping_follows_the_patience_rule(losses, patience, stop_epoch, best_epoch):
+    stopper = dl.EarlyStopping(patience)
+    stopped = None
+    for epoch, loss in enumerate(losses, start=1):
+        if stopper.step(loss, epoch):
+            stopped = epoch
+            break
+    assert stopped == stop_epoch and stopper.best_epoch == best_epoch
+    with pytest.raises(ValueError, match="patience=0"):
+        dl.EarlyStopping(0)
+
+
+def test_fit_digits_stops_when_validation_stops_improving_and_keeps_the_best_weights(monkeypatch):
+    scripted = iter([1.0, 0.9, 0.95, 0.91, 0.92, 0.5, 0.4])  # patience 3: best at epoch 2, stop after epoch 5
+    snapshots = []
+    real_evaluate = dl.evaluate
+
+    def scripted_evaluate(model, loader, loss_fn, device):
+        if len(loader.X) == 270:  # the validation split of seed 0 (the test split has 269 images)
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+            return {"loss": next(scripted), "accuracy": 0.5}
+        return real_evaluate(model, loader, loss_fn, device)  # the final test-split measurement
+
+    monkeypatch.setattr(dl, "evaluate", scripted_evaluate)
+    run = dl.fit_digits("mlp", epochs=8, seed=0, patience=3)
+    assert [h["epoch"] for h in run.history] == [1, 2, 3, 4, 5] and run.best_epoch == 2
+    for key, value in run.model.state_dict().items():
+        torch.testing.assert_close(value, snapshots[1][key], rtol=0, atol=0)
+    assert not torch.equal(snapshots[1]["1.weight"], snapshots[4]["1.weight"])  # training did move on after 2
+
+
+def test_fit_digits_with_a_zero_learning_rate_stops_after_patience_epochs():
+    # lr 0: the weights never change and the MLP has no BatchNorm, so the validation loss is the same every epoch:
+    # epoch 1 sets the best, epochs 2 and 3 do not beat it, patience 2 stops after epoch 3.
+    run = dl.fit_digits("mlp", epochs=10, seed=0, peak_lr=0.0, patience=2)
+    assert len(run.history) == 3 and run.best_epoch == 1
+    assert len({h["val_loss"] for h in run.history}) == 1
+
+
+# --- the driver -------------------------------------------------------------------------------------------------
+
+
+def test_fit_digits_is_seeded_and_leaves_the_global_generator_and_threads_alone():
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    a, b, c = (dl.fit_digits("mlp", epochs=1, seed=s) for s in (4, 4, 5))
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    assert a.history == b.history and a.history != c.history
+    for pa, pb, pc in zip(a.model.parameters(), b.model.parameters(), c.model.parameters()):
+        assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+    assert set(a.history[0]) >= {"epoch", "train_loss", "val_loss", "val_accuracy", "lr"}
+    assert len(a.step_lrs) == len(a.grad_norms) == math.ceil(1258 / dl.DIGITS_BATCH_SIZE)
+
+
+def test_fit_digits_logs_the_scheduled_learning_rate_and_each_epochs_largest_norm():
+    run = dl.fit_digits("mlp", epochs=2, seed=0)
+    steps = math.ceil(1258 / dl.DIGITS_BATCH_SIZE)  # warm-up is one epoch, the cosine the other
+    peak = dl.DIGITS_PEAK_LR
+    expected = [peak * (t + 1) / steps for t in range(steps)]
+    expected += [peak * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
+    np.testing.assert_allclose(run.step_lrs, expected, rtol=1e-12, atol=1e-15)
+    for epoch, row in enumerate(run.history):
+        assert row["lr"] == run.step_lrs[(epoch + 1) * steps - 1]
+        assert row["max_grad_norm"] == max(run.grad_norms[epoch * steps:(epoch + 1) * steps])
+
+
+def test_fit_digits_rejects_inconsistent_arguments(tmp_path):
+    with pytest.raises(ValueError, match="arch='vit'"):
+        dl.fit_digits("vit", epochs=1)
+    with pytest.raises(ValueError, match="epochs=0"):
+        dl.fit_digits("mlp", epochs=0)
+    with pytest.raises(ValueError, match="stop_after=2 needs a checkpoint_path"):
+        dl.fit_digits("mlp", epochs=3, stop_after=2)
+    path = tmp_path / "mlp.pt"
+    dl.fit_digits("mlp", epochs=2, checkpoint_path=path, stop_after=1)
+    with pytest.raises(ValueError, match="'seed': 0"):
+        dl.fit_digits("mlp", epochs=2, seed=1, resume_from=path)
+
+
+_RESUME_IN_A_NEW_PROCESS = """
+import sys, torch, dataset_loader_demo as dl
+torch.set_num_threads(int(sys.argv[1]))  # the parent's: results are bit-identical for one thread count
+for arch in dl.DIGITS_ARCHS:
+    run = dl.fit_digits(arch, epochs=4, seed=6, resume_from=f"{arch}-checkpoint.pt")
+    torch.save({"state": run.model.state_dict(), "history": run.history, "best_epoch": run.best_epoch,
+                "test_accuracy": run.test_accuracy}, f"{arch}-resumed.pt")
+dl.profile_training_epoch("mlp", 0, torch.device("cpu"))  # a real process: its stderr must stay empty
+"""
+
+
+def test_resuming_in_a_new_process_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    references = {}
+    for arch in dl.DIGITS_ARCHS:
+        references[arch] = dl.fit_digits(arch, epochs=4, seed=6)
+        stopped = dl.fit_digits(arch, epochs=4, seed=6, checkpoint_path=tmp_path / f"{arch}-checkpoint.pt",
+                                stop_after=2)
+        assert stopped.test_accuracy is None and stopped.history == references[arch].history[:2]
+        assert references[arch].best_epoch > 2  # so the weights compared below were trained after the resume
+        checkpoint = torch.load(tmp_path / f"{arch}-checkpoint.pt", weights_only=True)
+        assert checkpoint["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng"} <= checkpoint.keys()
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _RESUME_IN_A_NEW_PROCESS, str(torch.get_num_threads())],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""
+    for arch, reference in references.items():
+        resumed = torch.load(tmp_path / f"{arch}-resumed.pt", weights_only=True)
+        assert resumed["history"] == reference.history and resumed["best_epoch"] == reference.best_epoch
+        assert resumed["test_accuracy"] == reference.test_accuracy
+        state = reference.model.state_dict()
+        assert resumed["state"].keys() == state.keys()
+        for key, value in state.items():
+            assert torch.equal(resumed["state"][key], value), f"{arch}: {key} differs"
+
+
+def test_resume_check_in_process_agrees():
+    result = dl.resume_check("mlp", 2, 1, 0, torch.device("cpu"))
+    assert result["bit_identical"] is True and result["tensors"] == 4 and result["checkpoint_bytes"] > 0
+
+
+# --- results ----------------------------------------------------------------------------------------------------
+
+
+def test_both_models_beat_95_percent_and_logistic_regression(default_runs):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score
+
+    splits = dl.make_digits_splits(0)
+    baseline = dl.logistic_regression_baseline(splits)
+    assert baseline["iterations"] < dl.LOGREG_MAX_ITER and baseline["parameters"] == 64 * 10 + 10
+    (X_train, y_train), (X_test, y_test) = (dl.subset_tensors(s) for s in (splits[0], splits[2]))
+    independent = LogisticRegression(max_iter=5000).fit(X_train.flatten(1).numpy(), y_train.numpy())
+    assert baseline["test_accuracy"] == pytest.approx(independent.score(X_test.flatten(1).numpy(), y_test.numpy()),
+                                                      abs=1.5 / len(y_test))  # at most one image apart
+    for arch, run in default_runs.items():
+        predictions = dl.predict_proba(run.model, splits[2], torch.device("cpu")).argmax(1)
+        assert run.test_accuracy == pytest.approx(accuracy_score(y_test.numpy(), predictions.numpy()), abs=1e-7)
+        assert run.test_accuracy >= 0.95, arch
+        assert run.test_accuracy >= baseline["test_accuracy"], arch
+    rows = dl.results_rows(default_runs, baseline, dl.parameter_counts())
+    assert [r[0] for r in rows] == [*dl.DIGITS_ARCHS, "logistic regression (scikit-learn)"]
+    assert rows[0][5] == f"{100 * default_runs['mlp'].test_accuracy:.1f} %"
+
+
+def test_confusion_matrix_and_confident_mistakes_match_references():
+    from sklearn.metrics import confusion_matrix
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(200, 10, generator=gen), dim=1)
+    labels = torch.randint(0, 10, (200,), generator=gen)
+    predicted = probs.argmax(1)
+    np.testing.assert_array_equal(dl.confusion_matrix(labels, predicted).numpy(),
+                                  confusion_matrix(labels.numpy(), predicted.numpy(), labels=range(10)))
+    mistakes = dl.most_confident_mistakes(probs, labels, 5)
+    confidence = probs.max(1).values.numpy()
+    wrong = np.flatnonzero(predicted.numpy() != labels.numpy())
+    expected = wrong[np.argsort(-confidence[wrong], kind="stable")][:5]
+    assert [m["index"] for m in mistakes] == expected.tolist()
+    assert all(m["label"] != m["predicted"] == int(predicted[m["index"]]) for m in mistakes)
+    assert [m["confidence"] for m in mistakes] == pytest.approx(confidence[expected].tolist())
+    assert dl.most_confident_mistakes(torch.eye(10), torch.arange(10), 5) == []
+
+
+def test_the_model_shown_is_chosen_on_validation_loss_only():
+    def fake(val_losses, test_accuracy):
+        history = [{"val_loss": v} for v in val_losses]
+        return dl.DigitsRun("x", nn.Identity(), history, test_accuracy, 1, [], [], 0.0)
+
+    runs = {"mlp": fake([0.9, 0.5, 0.6], test_accuracy=0.99), "cnn": fake([0.8, 0.55], test_accuracy=0.5)}
+    assert dl.choose_by_validation(runs) == "mlp"
+    runs["cnn"] = fake([0.8, 0.45], test_accuracy=0.1)
+    assert dl.choose_by_validation(runs) == "cnn"
+
+
+def test_forgetting_eval_changes_dropout_outputs_and_batchnorm_statistics(default_runs):
+    val = dl.make_digits_splits(0)[1]
+    images, labels = dl.subset_tensors(val)
+    mlp = default_runs["mlp"].model
+    result = dl.train_vs_eval(mlp, val, torch.device("cpu"), seed=0)
+    assert result["eval"]["identical"] and not result["train"]["identical"]
+    assert result["running stats changed"] is None
+    # Reference for eval mode: the same network with dropout removed.
+    without_dropout = nn.Sequential(*(nn.Identity() if isinstance(m, nn.Dropout) else m for m in mlp))
+    with torch.no_grad():
+        reference = without_dropout.eval()(images)
+    accuracy = (reference.argmax(1) == labels).double().mean().item()
+    assert result["eval"]["accuracy"] == pytest.approx([accuracy, accuracy], abs=1e-7)
+    # Train mode: inverted dropout keeps the expectation, so the mean over many passes approaches eval's output.
+    probe = dl.make_digits_model("mlp")
+    probe.load_state_dict(mlp.state_dict())
+    probe.train()
+    torch.manual_seed(0)
+    passes = 500
+    with torch.no_grad():
+        outputs = torch.stack([probe(images[:20]) for _ in range(passes)])  # (passes, 20, 10)
+    standard_error = outputs.std(0) / math.sqrt(passes)
+    assert ((outputs.mean(0) - reference[:20]).abs() <= 5 * standard_error).all()  # a 5-sigma band
+    assert (outputs.std(0) > 0).all()  # and the passes did differ
+
+    cnn = default_runs["cnn"].model
+    running_mean = cnn[1].running_mean.clone()
+    cnn_result = dl.train_vs_eval(cnn, val, torch.device("cpu"), seed=0)
+    assert cnn_result["running stats changed"] is True and cnn_result["eval"]["identical"]
+    assert torch.equal(cnn[1].running_mean, running_mean)  # only the copy was changed
+
+
+# --- profiling --------------------------------------------------------------------------------------------------
+
+
+def _event(name, parent=None, self_us=1.0):
+    return SimpleNamespace(name=name, cpu_parent=parent, self_cpu_time_total=self_us, self_device_time_total=0.0,
+                           device_type=DeviceType.CPU)
+
+
+def test_profile_phases_credits_each_event_to_its_enclosing_label():
+    forward = _event("forward", self_us=2.0)
+    addmm = _event("aten::addmm", forward, 10.0)
+    inner = _event("aten::copy_", addmm, 3.0)
+    step = _event("optimizer step", self_us=1.0)
+    adam = _event("Optimizer.step#AdamW.step", step, 4.0)
+    mul = _event("aten::mul_", adam, 5.0)
+    engine = _event("autograd::engine::evaluate_function: MmBackward0", None, 6.0)  # another thread's backward
+    mm = _event("aten::mm", engine, 7.0)
+    loose = _event("aten::zeros", None, 0.5)
+    rows = {r["phase"]: r for r in dl.profile_phases([forward, addmm, inner, step, adam, mul, engine, mm, loose])}
+    assert rows["forward"]["self cpu us"] == 15.0 and rows["forward"]["aten calls"] == 2
+    assert rows["forward"]["top operators"] == ["aten::addmm", "aten::copy_"]
+    assert rows["optimizer step"]["other us"] == 5.0 and rows["optimizer step"]["top operators"] == ["aten::mul_"]
+    assert rows["backward"]["self cpu us"] == 13.0 and rows["backward"]["aten calls"] == 1
+    assert rows["other"]["self cpu us"] == 0.5 and rows["data loading"]["self cpu us"] == 0.0
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
+    assert rows["forward"]["share"] == pytest.approx(15.0 / 38.5)
+
+
+def test_profile_phases_on_a_real_trace_accounts_for_every_event_once():
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    model, x = nn.Linear(8, 4), torch.randn(16, 8)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("forward"):
+            out = model(x).relu().sum()
+        with record_function("backward"):
+            out.backward()
+    events = list(prof.events())
+    rows = {r["phase"]: r for r in dl.profile_phases(events)}
+    aten = [e for e in events if e.name.startswith("aten::")]
+    assert sum(r["aten calls"] for r in rows.values()) == len(aten)
+    assert sum(r["self cpu us"] for r in rows.values()) == pytest.approx(sum(e.self_cpu_time_total for e in events))
+    for phase in ("forward", "backward"):  # independent of the parent links: containment of time intervals
+        (label,) = [e for e in events if e.name == phase]
+        inside = [e for e in aten if label.time_range.start <= e.time_range.start
+                  and e.time_range.end <= label.time_range.end]
+        assert rows[phase]["aten calls"] == len(inside) > 0
+
+
+def test_profiling_an_epoch_covers_every_phase_and_prints_nothing_to_stderr(capfd):
+    rows = dl.profile_training_epoch("mlp", seed=0, device=torch.device("cpu"))
+    assert capfd.readouterr().err == ""
+    by_phase = {r["phase"]: r for r in rows}
+    steps = math.ceil(1258 / dl.DIGITS_BATCH_SIZE)
+    for phase in dl.PROFILE_PHASES:
+        assert by_phase[phase]["aten calls"] >= steps and by_phase[phase]["self cpu us"] > 0
+        if phase != "data loading":  # every step runs the same operators (the loader's randperm runs once)
+            assert by_phase[phase]["aten calls"] % steps == 0
+    optimizer, forward, backward = (by_phase[p]["aten calls"] for p in ("optimizer step", "forward", "backward"))
+    assert 0.7 < optimizer / (forward + backward) < 1.5  # "about as many aten operators as forward and backward"
+    headers, table = dl.profile_table(rows, torch.device("cpu"))
+    assert len(headers) == len(table[0]) and [r[0] for r in table] == [r["phase"] for r in rows]
+
+
+def test_training_figure_has_titled_labelled_panels(default_runs):
+    baseline = {"val_accuracy": 0.97, "test_accuracy": 0.96}
+    mistakes = [{"index": 0, "label": 3, "predicted": 8, "confidence": 0.6}]
+    fig = dl.plot_digits_training(default_runs, baseline, dl.smoothed_loss_floor(0.1), 1.0, "cnn",
+                                  torch.eye(10, dtype=torch.long) * 20, mistakes, [torch.full((1, 8, 8), 0.5)])
+    panels = fig.axes[:6]
+    assert all(ax.get_title() for ax in panels)
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in panels[:5])
+    assert [t.get_text() for t in panels[5].texts] == ["3→8, 60 %"]  # one label per mistake
