@@ -110,9 +110,11 @@ def test_pytest_turns_project_deprecations_into_errors():
 
 def test_every_timing_goes_through_the_harness_clocks():
     """A lesson that read a clock itself would escape `fake_timings`, and the repeatability check above."""
-    pattern = re.compile(r"perf_counter|time\.time\(|monotonic\(|benchmark\.Timer|\.blocked_autorange|\.timeit\(")
+    # time.monotonic() stays allowed: a deadline for a timeout is not a measurement anybody reads.
+    pattern = re.compile(r"perf_counter|time\.time\(|benchmark\.Timer|\.blocked_autorange|\.timeit\(|profiler\.profile")
     for script in SCRIPTS:
-        source = (ROOT / f"{script}.py").read_text(encoding="utf-8")
-        assert not pattern.search(source), f"{script}.py reads a clock directly: use time_median or wall_seconds"
+        lines = (ROOT / f"{script}.py").read_text(encoding="utf-8").splitlines()
+        code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))  # prose may name them
+        assert not pattern.search(code), f"{script}.py reads a clock directly: use time_median or wall_seconds"
 
 
