@@ -939,7 +939,7 @@ def plot_digits(labels: Sequence[int], rows: Sequence[Sequence[torch.Tensor]], c
 # (page-locked) memory, so `.to(device, non_blocking=True)` returns before the copy ends; on
 # other devices pinning would only add a copy, and `pin_memory` warns without an accelerator.
 
-
+# %%
 @cache
 def _digits() -> DigitsDataset:
     """Read once per process: every training run below starts from the same images (and never modifies them)."""
@@ -998,7 +998,7 @@ def make_digits_loader(subset: Subset, batch_size: int, device: torch.device, sh
 # which would cancel any bias. Both have dropout before their last layer, so training mode and
 # evaluation mode compute different functions.
 
-
+# %%
 def make_digits_model(arch: str) -> nn.Module:
     """'mlp' or 'cnn': (batch, 1, 8, 8) images → (batch, 10) logits."""
     if arch == "mlp":
@@ -1035,7 +1035,7 @@ def parameter_counts(archs: Sequence[str] = DIGITS_ARCHS) -> dict[str, int]:
 # an `nn.Module`, it equals `F.cross_entropy(..., label_smoothing=s)` in value and gradient.
 # Its lowest possible value is not 0 but the entropy of the smoothed target.
 
-
+# %%
 def softmax_then_log_failure(logits: Sequence[float] = (1000.0, 0.0, -1000.0)) -> dict[str, list[float]]:
     """The loss of one float32 sample for every possible target, computed three ways."""
     z = torch.tensor([list(logits)], dtype=torch.float32)  # (1, classes)
@@ -1103,7 +1103,7 @@ def label_smoothing_gap(smoothing: float, seed: int, scale: float = 1.0) -> dict
 # step. `clip_grad_norm_` rescales the gradient when its norm exceeds a threshold and returns
 # the norm before clipping, which is what to log.
 
-
+# %%
 DECAYED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d)  # the layers whose .weight gets weight decay
 
@@ -1157,7 +1157,7 @@ class WarmupCosine:
 # stopping ends training when the validation loss has not improved on its best for `patience`
 # epochs in a row, and the model returned is the one from the best epoch.
 
-
+# %%
 def _batches_on(loader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     iterator = iter(loader)
     while True:
@@ -1242,7 +1242,7 @@ class EarlyStopping:
 # which refuses to run code stored in the file. It is written to a temporary file and renamed, so
 # a crash during the write leaves the previous checkpoint intact.
 
-
+# %%
 @contextmanager
 def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Within the block torch's CPU generator (and `device`'s) start from `seed`; afterwards they are restored."""
@@ -1456,7 +1456,7 @@ def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: tor
 # profiling and baseline run with `DIGITS_THREADS = 1` (restored afterwards). Models whose
 # operators take milliseconds do gain from more threads.
 
-
+# %%
 PROFILE_PHASES = ("data loading", "forward", "backward", "optimizer step")  # record_function labels of a step
 
 
@@ -1524,7 +1524,7 @@ def profile_training_epoch(arch: str, seed: int, device: torch.device) -> list[d
 # normalises with the statistics of the batch at hand and overwrites its running averages:
 # a forgotten `eval()` during validation quietly changes the model it measures.
 
-
+# %%
 def train_vs_eval(model: nn.Module, subset: Subset, device: torch.device, seed: int) -> dict[str, object]:
     """Accuracy of a copy of `model` on `subset`, twice in eval mode and twice in train mode, under no_grad."""
     probe = copy.deepcopy(model)
@@ -1543,81 +1543,6 @@ def train_vs_eval(model: nn.Module, subset: Subset, device: torch.device, seed: 
     return results
 
 
-# %%
-def show_digit_classifier(cfg: Config, seed: int, device: torch.device) -> dict[str, object]:
-    """The capstone section: train both models, print every table, return what the figure needs."""
-    splits = make_digits_splits(seed)
-    print_table(f"The digits split by random_split (seed {seed}), standardised with training statistics",
-                ["split", "images", "share", "pixel mean", "pixel std", "classes present"],
-                [[r["split"], r["images"], f"{r['share']:.3f}", f"{r['pixel mean']:+.3f}", f"{r['pixel std']:.3f}",
-                  r["classes present"]] for r in split_summary(splits)])
-    counts = parameter_counts()
-    print(f"\nparameters: {', '.join(f'{arch} {n:,}' for arch, n in counts.items())}")
-    overflow = softmax_then_log_failure()
-    print_table("Loss of one float32 sample with logits (1000, 0, -1000), for each target",
-                ["method", "target 0", "target 1", "target 2"], [[name, *losses] for name, losses in overflow.items()])
-    print_table("LabelSmoothingCrossEntropy vs F.cross_entropy(label_smoothing=s), logits ~ N(0, 100²)",
-                ["s", "relative Δ loss", "max |Δ gradient|", "lowest loss (entropy of the target)"],
-                [[s, f"{gap['value']:.1e}", f"{gap['gradient']:.1e}", f"{smoothed_loss_floor(s):.4f}"]
-                 for s, gap in ((s, label_smoothing_gap(s, seed, scale=100.0)) for s in (0.0, 0.1, 0.3))])
-    cnn = make_digits_model("cnn")
-    # Building the first optimizer of a process also imports torch._dynamo (about a second here): pay it now, so
-    # the training times below measure training.
-    adamw = torch.optim.AdamW(param_groups(cnn, DIGITS_WEIGHT_DECAY), lr=DIGITS_PEAK_LR)
-    print_table("The CNN's parameter groups, as AdamW holds them",
-                ["weight decay", "tensors", "elements", "parameters"],
-                [[r["weight_decay"], r["tensors"], r["elements"], ", ".join(r["names"])]
-                 for r in param_group_rows(cnn, adamw.param_groups)])
-
-    runs = {arch: fit_digits(arch, cfg.digits_epochs, seed, device) for arch in DIGITS_ARCHS}
-    lrs = runs["mlp"].step_lrs
-    print(f"\nlearning rate, steps 1-12 of {len(lrs)}: {', '.join(f'{lr:.2e}' for lr in lrs[:12])}")
-    for arch, run in runs.items():
-        print_table(f"{arch}: one row per epoch (losses are label-smoothed cross-entropy)",
-                    ["epoch", "train loss", "val loss", "val accuracy", "last lr", "max grad norm"],
-                    [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{100 * h['val_accuracy']:.1f} %",
-                      f"{h['lr']:.2e}", f"{h['max_grad_norm']:.2f}"] for h in run.history])
-        clipped = clipping_summary(run.grad_norms, DIGITS_MAX_GRAD_NORM)
-        print(f"{arch}: gradient norm before clipping median {clipped['median']:.3f}, max {clipped['max']:.3f}; "
-              f"clipped in {clipped['clipped']} of {clipped['steps']} steps; best epoch {run.best_epoch} of "
-              f"{len(run.history)}" + (" (stopped early)" if len(run.history) < cfg.digits_epochs else ""))
-    baseline = logistic_regression_baseline(splits)
-    print_table("Test accuracy, measured once after training (validation accuracy at the epoch kept)",
-                ["model", "parameters", "epochs", "kept", "val accuracy", "test accuracy", "fit_digits time"],
-                results_rows(runs, baseline, counts))
-    print(f"logistic regression: L-BFGS converged in {baseline['iterations']} iterations")
-
-    modes = {arch: train_vs_eval(run.model, splits[1], device, seed) for arch, run in runs.items()}
-    print_table("A copy of each model on the validation split, two passes per mode (no_grad)",
-                ["model", "eval: accuracy", "identical", "train: accuracy", "identical", "BatchNorm stats changed"],
-                [[arch, " / ".join(f"{100 * a:.1f} %" for a in m["eval"]["accuracy"]), m["eval"]["identical"],
-                  " / ".join(f"{100 * a:.1f} %" for a in m["train"]["accuracy"]), m["train"]["identical"],
-                  "no BatchNorm" if m["running stats changed"] is None else m["running stats changed"]]
-                 for arch, m in modes.items()])
-
-    resumed = resume_check("mlp", RESUME_EPOCHS, RESUME_EPOCHS // 2, seed, device)
-    print(f"\nmlp: train {RESUME_EPOCHS // 2} of {RESUME_EPOCHS} epochs, save a checkpoint "
-          f"({resumed['checkpoint_bytes'] / 1024:.0f} KiB), load it with weights_only=True into fresh objects, train "
-          f"the rest: {resumed['tensors']} state tensors and the history bit-identical to the uninterrupted run: "
-          f"{resumed['bit_identical']}")
-
-    print_table("mlp: one training epoch under torch.profiler, self time grouped by phase",
-                *profile_table(profile_training_epoch("mlp", seed, device), device))
-
-    shown = choose_by_validation(runs)
-    _, test_labels = subset_tensors(splits[2])
-    probs = predict_proba(runs[shown].model, splits[2], device)
-    confusion = confusion_matrix(test_labels, probs.argmax(dim=1))
-    mistakes = most_confident_mistakes(probs, test_labels, 8)
-    print(f"\n{shown} (lower validation loss): {int(confusion.trace())} of {len(test_labels)} test images right; "
-          f"most confident mistakes (true→predicted, confidence): "
-          + ", ".join(f"{m['label']}→{m['predicted']} {100 * m['confidence']:.0f} %" for m in mistakes))
-    return {"runs": runs, "baseline": baseline, "loss_floor": smoothed_loss_floor(DIGITS_LABEL_SMOOTHING),
-            "max_grad_norm": DIGITS_MAX_GRAD_NORM, "shown": shown, "confusion": confusion, "mistakes": mistakes,
-            "mistake_images": [_digits()[splits[2].indices[m["index"]]][0] for m in mistakes]}
-
-
-
 # %% [markdown]
 # ### Results
 # The test split is used once per model, after training, and never for a choice: the model
@@ -1625,7 +1550,7 @@ def show_digit_classifier(cfg: Config, seed: int, device: torch.device) -> dict[
 # regression (one linear layer, fitted to convergence by L-BFGS) on the same standardised
 # pixels is the independent baseline.
 
-
+# %%
 def logistic_regression_baseline(splits: Sequence[Subset]) -> dict[str, float]:
     """scikit-learn's LogisticRegression on the flattened, standardised pixels of the same split."""
     from sklearn.linear_model import LogisticRegression
@@ -1747,6 +1672,88 @@ def plot_digits_training(runs: dict[str, DigitsRun], baseline: dict[str, float],
     ax_mistakes.set_title(f"{shown}: most confident test mistakes" + (
         "\n(true digit→predicted digit, confidence)" if mistakes else ": none"))
     return fig
+
+# %% [markdown]
+# ## Running the lesson
+#
+# `show_digit_classifier` runs the capstone: it trains both models, prints every table and
+# returns what the figure needs. `run` only wires: each `show_*` section prints its results and
+# returns what the figures need. In a notebook, the last cell runs the lesson with the flags in
+# `LESSON_ARGS`.
+
+# %%
+def show_digit_classifier(cfg: Config, seed: int, device: torch.device) -> dict[str, object]:
+    """The capstone section: train both models, print every table, return what the figure needs."""
+    splits = make_digits_splits(seed)
+    print_table(f"The digits split by random_split (seed {seed}), standardised with training statistics",
+                ["split", "images", "share", "pixel mean", "pixel std", "classes present"],
+                [[r["split"], r["images"], f"{r['share']:.3f}", f"{r['pixel mean']:+.3f}", f"{r['pixel std']:.3f}",
+                  r["classes present"]] for r in split_summary(splits)])
+    counts = parameter_counts()
+    print(f"\nparameters: {', '.join(f'{arch} {n:,}' for arch, n in counts.items())}")
+    overflow = softmax_then_log_failure()
+    print_table("Loss of one float32 sample with logits (1000, 0, -1000), for each target",
+                ["method", "target 0", "target 1", "target 2"], [[name, *losses] for name, losses in overflow.items()])
+    print_table("LabelSmoothingCrossEntropy vs F.cross_entropy(label_smoothing=s), logits ~ N(0, 100²)",
+                ["s", "relative Δ loss", "max |Δ gradient|", "lowest loss (entropy of the target)"],
+                [[s, f"{gap['value']:.1e}", f"{gap['gradient']:.1e}", f"{smoothed_loss_floor(s):.4f}"]
+                 for s, gap in ((s, label_smoothing_gap(s, seed, scale=100.0)) for s in (0.0, 0.1, 0.3))])
+    cnn = make_digits_model("cnn")
+    # Building the first optimizer of a process also imports torch._dynamo (about a second here): pay it now, so
+    # the training times below measure training.
+    adamw = torch.optim.AdamW(param_groups(cnn, DIGITS_WEIGHT_DECAY), lr=DIGITS_PEAK_LR)
+    print_table("The CNN's parameter groups, as AdamW holds them",
+                ["weight decay", "tensors", "elements", "parameters"],
+                [[r["weight_decay"], r["tensors"], r["elements"], ", ".join(r["names"])]
+                 for r in param_group_rows(cnn, adamw.param_groups)])
+
+    runs = {arch: fit_digits(arch, cfg.digits_epochs, seed, device) for arch in DIGITS_ARCHS}
+    lrs = runs["mlp"].step_lrs
+    print(f"\nlearning rate, steps 1-12 of {len(lrs)}: {', '.join(f'{lr:.2e}' for lr in lrs[:12])}")
+    for arch, run in runs.items():
+        print_table(f"{arch}: one row per epoch (losses are label-smoothed cross-entropy)",
+                    ["epoch", "train loss", "val loss", "val accuracy", "last lr", "max grad norm"],
+                    [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{100 * h['val_accuracy']:.1f} %",
+                      f"{h['lr']:.2e}", f"{h['max_grad_norm']:.2f}"] for h in run.history])
+        clipped = clipping_summary(run.grad_norms, DIGITS_MAX_GRAD_NORM)
+        print(f"{arch}: gradient norm before clipping median {clipped['median']:.3f}, max {clipped['max']:.3f}; "
+              f"clipped in {clipped['clipped']} of {clipped['steps']} steps; best epoch {run.best_epoch} of "
+              f"{len(run.history)}" + (" (stopped early)" if len(run.history) < cfg.digits_epochs else ""))
+    baseline = logistic_regression_baseline(splits)
+    print_table("Test accuracy, measured once after training (validation accuracy at the epoch kept)",
+                ["model", "parameters", "epochs", "kept", "val accuracy", "test accuracy", "fit_digits time"],
+                results_rows(runs, baseline, counts))
+    print(f"logistic regression: L-BFGS converged in {baseline['iterations']} iterations")
+
+    modes = {arch: train_vs_eval(run.model, splits[1], device, seed) for arch, run in runs.items()}
+    print_table("A copy of each model on the validation split, two passes per mode (no_grad)",
+                ["model", "eval: accuracy", "identical", "train: accuracy", "identical", "BatchNorm stats changed"],
+                [[arch, " / ".join(f"{100 * a:.1f} %" for a in m["eval"]["accuracy"]), m["eval"]["identical"],
+                  " / ".join(f"{100 * a:.1f} %" for a in m["train"]["accuracy"]), m["train"]["identical"],
+                  "no BatchNorm" if m["running stats changed"] is None else m["running stats changed"]]
+                 for arch, m in modes.items()])
+
+    resumed = resume_check("mlp", RESUME_EPOCHS, RESUME_EPOCHS // 2, seed, device)
+    print(f"\nmlp: train {RESUME_EPOCHS // 2} of {RESUME_EPOCHS} epochs, save a checkpoint "
+          f"({resumed['checkpoint_bytes'] / 1024:.0f} KiB), load it with weights_only=True into fresh objects, train "
+          f"the rest: {resumed['tensors']} state tensors and the history bit-identical to the uninterrupted run: "
+          f"{resumed['bit_identical']}")
+
+    print_table("mlp: one training epoch under torch.profiler, self time grouped by phase",
+                *profile_table(profile_training_epoch("mlp", seed, device), device))
+
+    shown = choose_by_validation(runs)
+    _, test_labels = subset_tensors(splits[2])
+    probs = predict_proba(runs[shown].model, splits[2], device)
+    confusion = confusion_matrix(test_labels, probs.argmax(dim=1))
+    mistakes = most_confident_mistakes(probs, test_labels, 8)
+    print(f"\n{shown} (lower validation loss): {int(confusion.trace())} of {len(test_labels)} test images right; "
+          f"most confident mistakes (true→predicted, confidence): "
+          + ", ".join(f"{m['label']}→{m['predicted']} {100 * m['confidence']:.0f} %" for m in mistakes))
+    return {"runs": runs, "baseline": baseline, "loss_floor": smoothed_loss_floor(DIGITS_LABEL_SMOOTHING),
+            "max_grad_norm": DIGITS_MAX_GRAD_NORM, "shown": shown, "confusion": confusion, "mistakes": mistakes,
+            "mistake_images": [_digits()[splits[2].indices[m["index"]]][0] for m in mistakes]}
+
 
 # %%
 def run(ctx: LessonContext) -> None:
