@@ -288,9 +288,10 @@ def save_figure(fig, filename: str, plots_dir: str | os.PathLike) -> Path:
     path = Path(plots_dir) / filename
     fig.savefig(path, dpi=FIGURE_DPI)
     if in_notebook():
-        from IPython.display import display
+        from IPython.display import Image, display
 
-        display(fig)  # a pyplot-free Figure is shown only when displayed explicitly
+        # A pyplot-free Figure has no inline renderer registered; show the PNG just written instead.
+        display(Image(data=path.read_bytes(), format="png"))
     try:
         shown = path.resolve().relative_to(Path.cwd())  # short and machine-independent when possible
     except ValueError:

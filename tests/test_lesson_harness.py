@@ -189,3 +189,16 @@ def test_context_config_picks_quick_only_under_quick(tmp_path):
     _run(tmp_path, contexts.append)
     _run(tmp_path, contexts.append, "--quick")
     assert [ctx.config("full", "quick") for ctx in contexts] == ["full", "quick"]
+
+
+def test_save_figure_shows_the_written_png_inline_in_a_notebook(tmp_path, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(harness, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    fig, axes = harness.new_figure(1, 1, "title")
+    axes[0, 0].plot([0, 1], [0, 1])
+    path = harness.save_figure(fig, "x.png", tmp_path)
+    (image,) = shown
+    assert image.data == path.read_bytes() and image.format == "png"
