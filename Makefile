@@ -25,11 +25,11 @@ demo: venv
 	@set -e; for script in $(SCRIPTS); do printf "\n##### %s\n" $$script; $(PY) $$script; done
 
 test: venv-dev
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # The local loop: skips whole-process, notebook and multi-process runs.
 test-fast: venv-dev
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto -m "not slow"
 
 # Every requirement at its lower bound, resolved by uv, in a venv without setuptools of its own
 # (what uv and `python -m venv` on Python 3.12+ make): the same suite and lint as `make test`.
@@ -41,7 +41,7 @@ $(OLDEST)/.installed: requirements.txt requirements-dev.txt $(VENV)/.dev
 
 test-oldest: $(OLDEST)/.installed
 	$(OLDEST)/bin/python -m ruff check .
-	$(OLDEST)/bin/python -m pytest
+	$(OLDEST)/bin/python -m pytest -n auto
 
 lint: venv-dev
 	$(PY) -m ruff check .

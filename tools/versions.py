@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-PACKAGES = ("torch", "numpy", "matplotlib", "scikit-learn", "setuptools", "pytest", "hypothesis", "ruff",
+PACKAGES = ("torch", "numpy", "matplotlib", "scikit-learn", "setuptools", "pytest", "pytest-xdist", "hypothesis", "ruff",
             "jupytext", "nbclient", "ipykernel")  # what requirements*.txt name
 
 
