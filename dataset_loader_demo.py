@@ -1529,7 +1529,7 @@ def train_vs_eval(model: nn.Module, subset: Subset, device: torch.device, seed: 
     """Accuracy of a copy of `model` on `subset`, twice in eval mode and twice in train mode, under no_grad."""
     probe = copy.deepcopy(model)
     images, labels = (t.to(device) for t in subset_tensors(subset))
-    norms = [m for m in probe.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))]
+    norms = [m for m in probe.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)]
     before = [m.running_mean.clone() for m in norms]
     results: dict[str, object] = {}
     with torch.no_grad(), seeded_global_rng(seed, device), intra_op_threads(DIGITS_THREADS):

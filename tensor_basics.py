@@ -395,9 +395,10 @@ def dtype_report(n_elements: int, generator: torch.Generator | None = None) -> l
 # sits next to it. `/` is true division and gives a float even for two integer tensors.
 # `torch.result_type(a, b)` gives the promoted dtype without computing anything; true
 # division then turns an integer result into the default float dtype, which is why that
-# column says int64 in the last row while `/` returns float32. NumPy disagrees in four rows,
+# column says int64 in the last row while `/` returns float32. NumPy 2 disagrees in four rows,
 # for three reasons: it widens int64 + float32 to float64, its default float is float64, and
-# a NumPy float64 scalar does widen a float32 array.
+# a NumPy float64 scalar does widen a float32 array (NEP 50; NumPy 1.x looked at the scalar's
+# value instead and kept float32 there, so it disagrees in three).
 
 # %%
 def type_promotion_examples() -> list[dict[str, object]]:

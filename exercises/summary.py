@@ -66,7 +66,7 @@ def sections(exercises_dir: Path = EXERCISES_DIR) -> dict[tuple[str, str], str]:
         except SyntaxError:
             continue  # the checks report the syntax error; the table just goes without sections
         for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
                 match = SECTION_PATTERN.search(ast.get_docstring(node) or "")
                 if match:
                     found[(path.stem, node.name)] = match.group(1)

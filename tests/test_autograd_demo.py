@@ -487,7 +487,8 @@ def test_figures_say_which_model_each_panel_shows():
     grads = {"0.weight": torch.ones(3), "0.bias": torch.full((2,), 0.5)}
     timings = [{"width": 8, "forward": 1e-3, "backward": 2e-3, "backward/forward": 2.0}]
     fig = ad.plot_gradient_flow(grads, [1.0, 0.5], timings, batch=4)
-    assert "1 → 32 → 32 → 1 tanh MLP" in fig.get_suptitle() and "ReLU" in fig.get_suptitle()
+    suptitle = fig._suptitle.get_text()  # Figure.get_suptitle() exists only from matplotlib 3.8
+    assert "1 → 32 → 32 → 1 tanh MLP" in suptitle and "ReLU" in suptitle
     ax_norm, ax_hist, ax_loss, ax_time = fig.axes
     assert all(t.startswith("tanh MLP") for t in (ax_norm.get_title(), ax_hist.get_title(), ax_loss.get_title()))
     assert ax_time.get_title().startswith(f"ReLU MLP, {ad.TIMED_MLP_DEPTH} hidden layers, batch 4")

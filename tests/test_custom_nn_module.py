@@ -28,7 +28,7 @@ def test_mlp_shapes_and_parameter_counts(hidden, activation, dropout, bn):
     assert cm.count_parameters(model) == cm.mlp_parameter_count(7, hidden, 3, use_batch_norm=bn)
     # Independent count: torch's own Linear/BatchNorm modules summed by hand.
     by_hand = sum(m.weight.numel() + m.bias.numel()
-                  for m in model.modules() if isinstance(m, (nn.Linear, nn.BatchNorm1d)))
+                  for m in model.modules() if isinstance(m, nn.Linear | nn.BatchNorm1d))
     assert cm.count_parameters(model) == by_hand
     # BatchNorm and dropout only between hidden layers: the last module is the output Linear.
     assert isinstance(model.net[-1], nn.Linear)

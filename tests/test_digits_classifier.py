@@ -559,7 +559,7 @@ def test_profile_phases_on_a_real_trace_accounts_for_every_event_once():
     assert sum(r["aten calls"] for r in rows.values()) == len(aten)
     assert sum(r["self cpu us"] for r in rows.values()) == pytest.approx(sum(e.self_cpu_time_total for e in events))
     for phase in ("forward", "backward"):  # independent of the parent links: containment of time intervals
-        (label,) = [e for e in events if e.name == phase]
+        (label,) = (e for e in events if e.name == phase)
         inside = [e for e in aten if label.time_range.start <= e.time_range.start
                   and e.time_range.end <= label.time_range.end]
         assert rows[phase]["aten calls"] == len(inside) > 0

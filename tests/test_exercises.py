@@ -39,7 +39,7 @@ def exercise_nodes(lesson: str) -> list[ast.FunctionDef | ast.ClassDef]:
     """The exercises of a stub module: its public top-level functions and classes, in file order."""
     tree = ast.parse((EXERCISES_DIR / f"{lesson}.py").read_text(encoding="utf-8"))
     return [node for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_")]
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_")]
 
 
 EXERCISES = {lesson: [node.name for node in exercise_nodes(lesson)] for lesson in LESSON_FILES}
