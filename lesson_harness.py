@@ -292,11 +292,7 @@ def save_figure(fig, filename: str, plots_dir: str | os.PathLike) -> Path:
 
         # A pyplot-free Figure has no inline renderer registered; show the PNG just written instead.
         display(Image(data=path.read_bytes(), format="png"))
-    try:
-        shown = path.resolve().relative_to(Path.cwd())  # short and machine-independent when possible
-    except ValueError:
-        shown = path
-    print(f"saved {shown}")
+    print(f"saved {os.path.relpath(path)}")  # relative to the working directory: short, machine-independent
     return path
 
 

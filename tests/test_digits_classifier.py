@@ -589,3 +589,16 @@ def test_training_figure_has_titled_labelled_panels(default_runs):
     assert all(ax.get_title() for ax in panels)
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in panels[:5])
     assert [t.get_text() for t in panels[5].texts] == ["3→8, 60 %"]  # one label per mistake
+
+
+def test_readme_capstone_results_are_what_the_default_runs_give(default_runs):
+    """The README's results block (full run, seed 0) prints exactly these rows, timings aside."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Putting it together: a digit classifier", 1)[1].split("\n## ", 1)[0]
+    block = section.split("Results from a full run", 1)[1].split("```", 2)[1]
+    baseline = dl.logistic_regression_baseline(dl.make_digits_splits(0))
+    rows = dl.results_rows(default_runs, baseline, dl.parameter_counts())
+    for row in rows:
+        expected = " ".join(str(cell if not isinstance(cell, int) else f"{cell:,}") for cell in row[:-1])
+        assert any(" ".join(line.split()) == expected for line in block.splitlines()), expected
+    assert f"L-BFGS in {baseline['iterations']} iterations" in " ".join(section.split())

@@ -546,8 +546,8 @@ def test_readme_lesson_3_numbers_are_what_a_full_run_prints(tmp_path, monkeypatc
     for quoted in ("1.3e-6", "1.0e-07", "1.26·lr", "0.21700", "±0.025", "0.21445", "0.036, 0.077 and 0.84", "0.91"):
         assert quoted in prose, quoted
     output = "\n".join(printed)
-    for number in ("1.3e-06" if NUMPY_2 else "e-06", "1.0e-07", "1.256", "0.21700", "± 0.025", "0.21445", "adam 0.077", "adagrad 0.036",
-                   "rmsprop 0.84", "0.914"):
+    for number in ("1.3e-06" if NUMPY_2 else "e-06", "1.0e-07", "1.256", "0.21700", "± 0.025", "0.21445",
+                   "adam 0.077", "adagrad 0.036", "rmsprop 0.84", "0.914"):
         assert number in output, number
     excess = [float(m) for m in re.findall(r"^(?:sgd|momentum|adam|adagrad) .* (\S+) \d+$", output, re.MULTILINE)]
     assert len(excess) == 4 and max(excess) < 3e-12  # "four optimizers end within 3e-12 of it"
