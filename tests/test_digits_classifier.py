@@ -593,6 +593,9 @@ def test_training_figure_has_titled_labelled_panels(default_runs):
 
 def test_readme_capstone_results_are_what_the_default_runs_give(default_runs):
     """The README's results block (full run, seed 0) prints exactly these rows, timings aside."""
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 13):
+        # Older releases initialise and reduce in other orders: same accuracy claims (tested above), other digits.
+        pytest.skip("the README's numbers were measured with torch 2.13 and 2.15")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Putting it together: a digit classifier", 1)[1].split("\n## ", 1)[0]
     block = section.split("Results from a full run", 1)[1].split("```", 2)[1]
