@@ -346,7 +346,7 @@ def share_notebook_with_workers(module_name: str) -> None:
     """In a notebook, let worker processes find the lesson's classes and functions by module name.
 
     DataLoader and DDP workers receive functions and objects by reference (module + name). Under
-    the spawn start method (macOS, Windows, Python 3.14's Linux default is forkserver) a worker
+    the spawn start method (macOS, Windows) and forkserver (Python 3.14's Linux default) a worker
     imports that module afresh, and a notebook's `__main__` cannot be imported. So the notebook
     namespace is registered as `module_name` and what it defined is re-homed there: in the
     notebook nothing changes, and a worker imports the lesson's own script under that name.
@@ -356,7 +356,7 @@ def share_notebook_with_workers(module_name: str) -> None:
         return  # the real module is already imported (e.g. by a test): nothing to share
     sys.modules[module_name] = main
     for value in list(vars(main).values()):
-        if getattr(value, "__module__", None) == "__main__" and (isinstance(value, type) or callable(value)):
+        if callable(value) and getattr(value, "__module__", None) == "__main__":
             try:
                 value.__module__ = module_name
             except (AttributeError, TypeError):

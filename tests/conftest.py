@@ -33,11 +33,10 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"error::{category}:({owned})")
 
 
-def clean_env(**extra: str) -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     """The environment of a plain terminal: no display, no matplotlib backend, the repo importable."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
     env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
     return env
 
 

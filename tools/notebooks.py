@@ -62,18 +62,12 @@ def execute(notebook: nbformat.NotebookNode, cwd: Path, lesson_args: str, spawn:
     if spawn:
         notebook = nbformat.from_dict(notebook)  # a copy: the extra cell belongs to this run only
         notebook.cells.insert(0, nbformat.v4.new_code_cell(SPAWN_CELL))
+    # The set-up cell, not PYTHONPATH, must find the lessons: that is what a learner's kernel has.
     env = {**os.environ, "LESSON_ARGS": lesson_args, "PYTHONPATH": ""}
     env.pop("MPLBACKEND", None)
     client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
                             resources={"metadata": {"path": str(cwd)}})
-    saved = os.environ.copy()
-    os.environ.clear()
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        client.execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    client.execute(env=env)  # keyword arguments reach the kernel manager's start_kernel
     return notebook
 
 
