@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -604,4 +605,9 @@ def test_readme_capstone_results_are_what_the_default_runs_give(default_runs):
     for row in rows:
         expected = " ".join(str(cell if not isinstance(cell, int) else f"{cell:,}") for cell in row[:-1])
         assert any(" ".join(line.split()) == expected for line in block.splitlines()), expected
-    assert f"L-BFGS in {baseline['iterations']} iterations" in " ".join(section.split())
+    # The iteration count depends on the SciPy and BLAS builds (97 and 99 were both seen with one scikit-learn):
+    # the README promises convergence well inside the cap, about a hundred iterations, and no exact count.
+    assert 50 <= baseline["iterations"] <= 200 < dl.LOGREG_MAX_ITER
+    prose = " ".join(section.split())
+    assert "about a hundred iterations, well inside its cap of 1,000" in prose and f"{dl.LOGREG_MAX_ITER:,}" in prose
+    assert not re.search(r"L-BFGS in \d+ iterations", prose)
