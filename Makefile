@@ -24,12 +24,14 @@ venv-dev: $(VENV)/.dev
 demo: venv
 	@set -e; for script in $(SCRIPTS); do printf "\n##### %s\n" $$script; $(PY) $$script; done
 
+# One pytest worker per core; worksteal hands a finished worker the tests another has queued, so the
+# long whole-process tests do not end up in one worker's queue while the other sits idle.
 test: venv-dev
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --dist worksteal
 
 # The local loop: skips whole-process, notebook and multi-process runs.
 test-fast: venv-dev
-	$(PY) -m pytest -n auto -m "not slow"
+	$(PY) -m pytest -n auto --dist worksteal -m "not slow"
 
 # Every requirement at its lower bound, resolved by uv, in a venv without setuptools of its own
 # (what uv and `python -m venv` on Python 3.12+ make): the same suite and lint as `make test`.
@@ -41,7 +43,7 @@ $(OLDEST)/.installed: requirements.txt requirements-dev.txt $(VENV)/.dev
 
 test-oldest: $(OLDEST)/.installed
 	$(OLDEST)/bin/python -m ruff check .
-	$(OLDEST)/bin/python -m pytest -n auto
+	$(OLDEST)/bin/python -m pytest -n auto --dist worksteal
 
 lint: venv-dev
 	$(PY) -m ruff check .

@@ -17,6 +17,7 @@ import os
 import socket
 import tempfile
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -54,7 +55,7 @@ class Config:
     landscape_epochs: int = 150  # steps drawn on the loss landscape
     ddp_world_size: int = 2  # CPU processes in the data-parallel run
     ddp_epochs: int = 100  # steps in the data-parallel run
-    min_run_time: float = 0.3  # seconds each timing is measured for
+    min_run_time: float = 0.15  # seconds each timing is measured for (a fit of `epochs` epochs is one call)
 
 
 FULL = Config()
@@ -62,6 +63,7 @@ QUICK = Config(n_samples=200, epochs=100, optimizer_epochs=100, scaling_sizes=(1
                landscape_epochs=40, ddp_epochs=10, min_run_time=0.02)
 PROG = "linear_regression_torch.py"
 DDP_TIMEOUT_S = 120.0  # a data-parallel run that takes longer than this is stuck: kill it and fail
+DDP_PRELOAD = ("torch._dynamo",)  # what the fork server imports once besides this script (DDP and torch.optim need it)
 FLOAT32_LOSS_RESOLUTION = 1e-7  # relative: float32 losses cannot resolve differences smaller than this
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 MOMENTUM = 0.9  # β of the "momentum" optimizer (torch.optim.SGD's momentum)
@@ -621,9 +623,17 @@ def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str
 # errors over its real rows divided by the global row count, times world_size (DDP divides by
 # it); `DistributedSampler` pads uneven shards with repeated rows, which are left out.
 # On GPUs the changes are small: backend "nccl", one process per GPU, `model.to(rank)` and
-# `DDP(model, device_ids=[rank])`. Processes start with `spawn` (forking a process whose
-# thread pool is running can deadlock), the process group has a timeout, and the parent kills
-# every worker if one fails or the run outlives DDP_TIMEOUT_S.
+# `DDP(model, device_ids=[rank])`. The process group has a timeout, and the parent kills every
+# worker if one fails or the run outlives DDP_TIMEOUT_S.
+#
+# How the ranks start matters too. Forking this process is unsafe: its thread pool has already
+# run, and a fork can copy a lock some other thread holds, which deadlocks the child. `spawn`
+# starts a fresh interpreter per rank, and each one imports torch again (several seconds of CPU
+# here). Where the platform has it (Linux, macOS; Python 3.14's default on Linux) the ranks start
+# from a *fork server* instead: one fresh process that imports this script and `torch._dynamo`
+# (which DDP and `torch.optim` load on first use) once, and forks every rank from that clean
+# state. The first run pays for one import instead of one per rank; later runs in the same
+# process reuse the server. Windows has no fork server, so there it is `spawn`.
 
 # %%
 def _free_port() -> int:
@@ -634,7 +644,7 @@ def _free_port() -> int:
 
 def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
                    seed: int, init_method: str, timeout_s: float = DDP_TIMEOUT_S) -> FitResult | None:
-    """One rank's training loop; the same code runs under mp spawn and under torchrun. Rank 0 returns."""
+    """One rank's training loop; the same code runs under `start_processes` and under torchrun. Rank 0 returns."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DistributedSampler
@@ -678,14 +688,23 @@ def _ddp_worker(rank, world_size, X, y, epochs, lr, seed, port, result_path, tim
         torch.save(result.__dict__, result_path)
 
 
-class DDPRun:
-    """DDP workers spawned in the background; `result()` waits for them (with a deadline) and returns rank 0's fit.
+def ddp_start_method() -> str:
+    """"forkserver" where this platform has one (Linux, macOS), otherwise "spawn" (Windows)."""
+    import torch.multiprocessing as mp
 
-    Starting the workers early lets their start-up (each imports torch) overlap other work.
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+class DDPRun:
+    """DDP workers started in the background; `result()` waits for them (with a deadline) and returns rank 0's fit.
+
+    Starting the workers early lets their start-up (importing torch) overlap other work. With a fork
+    server, `start_processes` returns only once the server has imported everything and forked every rank,
+    so it runs on a thread of its own while this one carries on.
     """
 
     def __init__(self, X, y, world_size: int = 2, epochs: int = 100, lr: float = 0.05, seed: int = 0,
-                 timeout_s: float = DDP_TIMEOUT_S):
+                 timeout_s: float = DDP_TIMEOUT_S, start_method: str | None = None):
         import torch.multiprocessing as mp
 
         X, y = _as_tensor(X), _as_tensor(y)
@@ -694,41 +713,66 @@ class DDPRun:
             raise ValueError(f"world_size={world_size} must be at least 1")
         if world_size > len(X):
             raise ValueError(f"world_size={world_size} is larger than the number of rows ({len(X)})")
+        self.start_method = start_method = start_method or ddp_start_method()
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method={start_method!r} must be 'forkserver' or 'spawn' (fork can deadlock)")
+        if start_method == "forkserver":
+            # What the server imports before its first fork: the module that defines the worker ("__main__" when
+            # this file runs as a script) and torch._dynamo. It has no effect once the server is running.
+            mp.set_forkserver_preload([_ddp_worker.__module__, *DDP_PRELOAD])
         self._tmp = tempfile.TemporaryDirectory()
         self._result_path = Path(self._tmp.name) / "rank0.pt"
         self._timeout_s = timeout_s
         args = (world_size, X.numpy(), y.numpy(), epochs, lr, seed, _free_port(), str(self._result_path), timeout_s)
         self._deadline = time.monotonic() + timeout_s
-        self._context = mp.start_processes(_ddp_worker, args=args, nprocs=world_size, join=False,
-                                           start_method="spawn")
+        self._starter = futures.ThreadPoolExecutor(max_workers=1)
+        self._started = self._starter.submit(mp.start_processes, _ddp_worker, args=args, nprocs=world_size,
+                                             join=False, start_method=start_method)
 
     def result(self) -> FitResult:
+        try:
+            return self._wait()
+        finally:
+            self._tmp.cleanup()
+
+    def _wait(self) -> FitResult:
         import torch.multiprocessing as mp
 
+        timed_out = TimeoutError(f"DDP training did not finish within {self._timeout_s:g} s; workers killed")
         try:
-            while not self._context.join(timeout=0.05):  # raises if a worker failed, after killing the rest
+            context = self._started.result(timeout=max(0.0, self._deadline - time.monotonic()))
+        except futures.TimeoutError:  # the builtin TimeoutError from Python 3.11
+            self._started.add_done_callback(_kill_workers)  # if they start after all, they stop at once
+            raise timed_out from None
+        finally:
+            self._starter.shutdown(wait=False)
+        try:
+            while not context.join(timeout=0.05):  # raises if a worker failed, after killing the rest
                 if time.monotonic() > self._deadline:
-                    raise TimeoutError(f"DDP training did not finish within {self._timeout_s:g} s; workers killed")
+                    raise timed_out
         except mp.ProcessRaisedException as err:
             last_line = str(err).strip().splitlines()[-1]
             if last_line.startswith("FloatingPointError"):
                 raise FloatingPointError(last_line.split(":", 1)[1].strip()) from None
             raise RuntimeError(f"a DDP worker failed: {last_line}") from None
         finally:
-            for process in self._context.processes:
+            for process in context.processes:
                 if process.is_alive():
                     process.kill()
                 process.join(timeout=5)
-        try:
-            return FitResult(**torch.load(self._result_path, weights_only=True))
-        finally:
-            self._tmp.cleanup()
+        return FitResult(**torch.load(self._result_path, weights_only=True))
+
+
+def _kill_workers(started: futures.Future) -> None:
+    if started.exception() is None:
+        for process in started.result().processes:
+            process.kill()
 
 
 def train_ddp(X, y, world_size: int = 2, epochs: int = 100, lr: float = 0.05, seed: int = 0,
-              timeout_s: float = DDP_TIMEOUT_S) -> FitResult:
-    """Full-batch SGD with DDP on `world_size` spawned CPU processes; same result type as fit_module."""
-    return DDPRun(X, y, world_size, epochs, lr, seed, timeout_s).result()
+              timeout_s: float = DDP_TIMEOUT_S, start_method: str | None = None) -> FitResult:
+    """Full-batch SGD with DDP on `world_size` CPU processes; same result type as fit_module."""
+    return DDPRun(X, y, world_size, epochs, lr, seed, timeout_s, start_method).result()
 
 
 def running_under_torchrun() -> bool:
@@ -959,7 +1003,8 @@ def run(ctx: LessonContext) -> None:
     save_figure(fig, "linear_regression_comparison.png", ctx.plots_dir)
     save_figure(plot_scaling(scaling), "numpy_vs_torch_scaling.png", ctx.plots_dir)
 
-    print_section(f"Data-parallel training (DDP, gloo, {cfg.ddp_world_size} spawned processes)")
+    print_section(f"Data-parallel training (DDP, gloo, {cfg.ddp_world_size} processes started by "
+                  f"{ddp_run.start_method})")
     print_ddp_check(cfg.ddp_world_size, ddp_run.result(), single)
 
 

@@ -36,7 +36,7 @@ from lesson_harness import (
 @dataclass(frozen=True)
 class Config:
     matmul_sizes: tuple[int, ...] = (64, 256, 512, 1000, 2048)  # square sizes swept by the benchmark
-    min_run_time: float = 0.2  # seconds each benchmark point is measured for (Timer picks the repeats)
+    min_run_time: float = 0.1  # seconds each benchmark point is measured for (Timer picks the repeats)
     dtype_elements: int = 1_000_000  # tensor length for the dtype memory table
 
 

@@ -514,7 +514,8 @@ def test_state_dict_round_trip_and_export_give_identical_outputs():
 # --- the whole lesson --------------------------------------------------------------------------------------------
 
 def test_different_seeds_print_different_output_and_the_printers_show_the_functions_values(
-        tmp_path, capsys, fake_timings):
+        tmp_path, capsys, fake_timings, monkeypatch):
+    monkeypatch.setattr(cm, "save_figure", lambda fig, name, plots_dir: None)  # test_reliability writes the figures
     outputs = []
     for seed in (1, 2):
         assert cm.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0

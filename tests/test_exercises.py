@@ -1,8 +1,10 @@
 """The exercises in exercises/: every check passes on the solutions, fails on the stubs, rejects every wrong answer.
 
-The checks run in three subprocesses started at once so they overlap: `python -m pytest exercises` on the
-solutions and on the wrong answers, and `python -m exercises.summary` (pytest in-process, plus the table) on
-the stubs, whose junit report serves the stub checks. The static tests read the code with ast and inspect.
+The checks run three times in one fresh process (one import of torch instead of three): pytest on the
+solutions (EXERCISES=solutions) and on the wrong answers (EXERCISES=wrong), and `exercises.summary` (pytest
+plus the table a learner sees) on the untouched stubs, whose junit report serves the stub checks. All four
+tests of those runs are one test function, so that under pytest-xdist no second worker repeats the runs.
+The static tests read the code with ast and inspect.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import json
 import os
 import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,28 +49,37 @@ EXERCISES = {lesson: [node.name for node in exercise_nodes(lesson)] for lesson i
 ALL_EXERCISES = [(lesson, name) for lesson, names in EXERCISES.items() for name in names]
 
 
-def _run_checks(mode: str | None, junit: Path, module: str = "pytest") -> tuple[subprocess.CompletedProcess, Path]:
-    """`python -m <module> exercises` (pytest) or `python -m exercises.summary`, with EXERCISES=mode."""
+_THREE_RUNS = """
+import contextlib, json, os, sys
+import pytest
+from exercises import summary
+
+codes = {}
+for mode, junit, log in json.loads(sys.argv[1]):
+    os.environ.pop("EXERCISES", None)
+    if mode != "stubs":
+        os.environ["EXERCISES"] = mode  # read by exercises/conftest.py at every collection
+    with open(log, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+        if mode == "stubs":
+            codes[mode] = summary.main(["-p", "no:cacheprovider", f"--junitxml={junit}"])
+        else:
+            codes[mode] = int(pytest.main(["exercises", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]))
+print(json.dumps(codes))
+"""
+
+
+def run_checks_three_ways(tmp: Path) -> dict[str, tuple[SimpleNamespace, Path]]:
+    """mode -> (its exit code and printed output, its junit report), for the solutions, the wrong answers and
+    the stubs, run one after another in one subprocess."""
+    jobs = [(mode, str(tmp / f"{mode}.xml"), str(tmp / f"{mode}.log")) for mode in ("solutions", "wrong", "stubs")]
     env = {key: value for key, value in os.environ.items() if key != "EXERCISES"}
-    if mode is not None:
-        env["EXERCISES"] = mode
-    env["OMP_NUM_THREADS"] = "1"  # these runs overlap on a small machine: one thread each
-    target = ["exercises", "-q"] if module == "pytest" else []
-    command = [sys.executable, "-m", module, *target, "-p", "no:cacheprovider", f"--junitxml={junit}"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    return result, junit
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The three subprocess runs, started together; each test waits only for the one it reads."""
-    tmp = tmp_path_factory.mktemp("exercise-runs")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        yield {
-            "solutions": pool.submit(_run_checks, "solutions", tmp / "solutions.xml"),
-            "wrong": pool.submit(_run_checks, "wrong", tmp / "wrong.xml"),
-            "stubs": pool.submit(_run_checks, None, tmp / "stubs.xml", "exercises.summary"),
-        }
+    env["OMP_NUM_THREADS"] = "1"  # tiny checks, and the other test workers share the cores
+    done = subprocess.run([sys.executable, "-c", _THREE_RUNS, json.dumps(jobs)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    codes = json.loads(done.stdout.splitlines()[-1])
+    return {mode: (SimpleNamespace(returncode=codes[mode], stdout=Path(log).read_text(encoding="utf-8"),
+                                   stderr=done.stderr), Path(junit)) for mode, junit, log in jobs}
 
 
 def junit_cases(xml_path: Path) -> dict[str, tuple[str, str]]:
@@ -204,8 +216,13 @@ def test_readme_exercise_table_lists_every_exercise():
 # Runs of the checks -------------------------------------------------------------------------------
 
 
-def test_solutions_pass_every_check_without_warnings(runs):
-    result, junit = runs["solutions"].result()
+def test_checks_pass_on_the_solutions_reject_every_wrong_answer_and_say_not_done_yet_on_the_stubs(tmp_path):
+    from exercises.wrong_answers import WRONG_ANSWERS
+
+    runs = run_checks_three_ways(tmp_path)
+
+    # Every check passes on the solutions, without warnings.
+    result, junit = runs["solutions"]
     cases = junit_cases(junit)
     expected = {_expected_test_name(lesson, name) for lesson, name in ALL_EXERCISES}
     assert set(cases) == expected and len(cases) >= MIN_EXERCISES
@@ -214,23 +231,8 @@ def test_solutions_pass_every_check_without_warnings(runs):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "warnings summary" not in result.stdout, result.stdout[-3000:]
 
-
-def test_every_check_fails_on_the_stubs_with_not_done_yet(runs):
-    assert_untouched_stubs(ALL_EXERCISES)
-    result, junit = runs["stubs"].result()
-    cases = junit_cases(junit)
-    assert set(cases) == {_expected_test_name(lesson, name) for lesson, name in ALL_EXERCISES}
-    for lesson, name in ALL_EXERCISES:
-        outcome, text = cases[_expected_test_name(lesson, name)]
-        assert outcome == "failure", (name, outcome, text)
-        assert f"not done yet: {name} — open exercises/{lesson}.py" in text, text
-    assert result.returncode == 0, "the summary exits 0 while exercises are open"
-
-
-def test_every_wrong_answer_is_rejected_with_a_hint(runs):
-    from exercises.wrong_answers import WRONG_ANSWERS
-
-    result, junit = runs["wrong"].result()
+    # Every plausible wrong answer is rejected, with a hint.
+    result, junit = runs["wrong"]
     cases = junit_cases(junit)
     lesson_of = {name: lesson for lesson, name in ALL_EXERCISES}
     expected = {_expected_test_name(lesson_of[w.exercise], w.exercise, w.mistake_id)
@@ -241,11 +243,16 @@ def test_every_wrong_answer_is_rejected_with_a_hint(runs):
         assert "Hint:" in text and "not done yet" not in text, f"{test_name}: {text}"
     assert result.returncode == 1
 
-
-def test_summary_lists_every_exercise_as_not_done_yet(runs):
+    # On the untouched stubs every check fails with "not done yet", and the summary lists every exercise so.
     assert_untouched_stubs(ALL_EXERCISES)
-    result, _ = runs["stubs"].result()
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, junit = runs["stubs"]
+    cases = junit_cases(junit)
+    assert set(cases) == {_expected_test_name(lesson, name) for lesson, name in ALL_EXERCISES}
+    for lesson, name in ALL_EXERCISES:
+        outcome, text = cases[_expected_test_name(lesson, name)]
+        assert outcome == "failure", (name, outcome, text)
+        assert f"not done yet: {name} — open exercises/{lesson}.py" in text, text
+    assert result.returncode == 0, "the summary exits 0 while exercises are open"
     for lesson, name in ALL_EXERCISES:
         assert re.search(rf"^{lesson}\s+{name}\s+.*\s+not done yet$", result.stdout, re.M), (name, result.stdout)
     assert f"Total: 0 of {len(ALL_EXERCISES)} done, 0 wrong, {len(ALL_EXERCISES)} not done yet." in result.stdout

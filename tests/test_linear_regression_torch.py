@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -438,10 +439,12 @@ def test_timing_helpers_return_positive_numbers(data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("n_rows", "world_size"), [(300, 2), (7, 3)])
-def test_ddp_equals_single_process_sgd(n_rows, world_size):
+@pytest.mark.parametrize(("n_rows", "world_size", "start_method"), [(300, 2, "spawn"), (7, 3, None)])
+def test_ddp_equals_single_process_sgd(n_rows, world_size, start_method):
+    """Both ways of starting the ranks: spawn (Windows, and the fallback) and this platform's default."""
     X, y, _, _ = lr.make_regression_data(n_rows, 4, noise=0.3, seed=1)
-    ddp = lr.train_ddp(X, y, world_size=world_size, epochs=20, lr=0.05, seed=5, timeout_s=90)
+    ddp = lr.train_ddp(X, y, world_size=world_size, epochs=20, lr=0.05, seed=5, timeout_s=90,
+                       start_method=start_method)
     single = lr.fit_module(X, y, "sgd", 0.05, 20, "cpu", seed=5)
     torch.testing.assert_close(ddp.weights, single.weights, rtol=1e-5, atol=1e-6)
     assert ddp.bias == pytest.approx(single.bias, rel=1e-5, abs=1e-6)
@@ -450,13 +453,44 @@ def test_ddp_equals_single_process_sgd(n_rows, world_size):
 
 @pytest.mark.slow
 def test_ddp_timeout_kills_workers_instead_of_hanging():
-    """A billion epochs cannot finish in 5 s on any machine, however fast it starts processes."""
+    """A billion epochs cannot finish in 2 s on any machine, however fast it starts processes (and if the
+    workers are still starting at the deadline, the run fails all the same: see the next test)."""
     import multiprocessing
 
     X, y, _, _ = lr.make_regression_data(20, 2, seed=0)
     with pytest.raises(TimeoutError, match="did not finish within"):
-        lr.train_ddp(X, y, world_size=2, epochs=10**9, timeout_s=5)
+        lr.train_ddp(X, y, world_size=2, epochs=10**9, timeout_s=2)
     assert multiprocessing.active_children() == []  # every worker was killed and reaped
+
+
+def test_ddp_workers_that_start_after_the_deadline_are_killed_as_they_start(monkeypatch):
+    """A fork server can be slow to import; the deadline still holds, and no rank is left running."""
+    import threading
+
+    import torch.multiprocessing as mp
+
+    release, killed = threading.Event(), []
+
+    class Worker:
+        def kill(self):
+            killed.append(self)
+
+    def slow_start(*args, **kwargs):
+        release.wait(10)
+        return SimpleNamespace(processes=[Worker(), Worker()])
+
+    monkeypatch.setattr(mp, "start_processes", slow_start)
+    X, y, _, _ = lr.make_regression_data(20, 2, seed=0)
+    run = lr.DDPRun(X, y, world_size=2, epochs=5, timeout_s=0.2)
+    with pytest.raises(TimeoutError, match="did not finish within 0.2 s"):
+        run.result()
+    assert killed == []  # nothing had started yet
+    release.set()
+    for _ in range(200):
+        if len(killed) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert len(killed) == 2  # both ranks were killed the moment they existed
 
 
 @pytest.mark.slow
@@ -466,10 +500,23 @@ def test_ddp_worker_failure_fails_the_run():
         lr.train_ddp(X, y, world_size=2, epochs=50, lr=1000.0, timeout_s=90)
 
 
-def test_ddp_rejects_bad_world_size():
+def test_ddp_rejects_bad_world_size_and_start_method():
     X, y, _, _ = lr.make_regression_data(3, 2, seed=0)
     with pytest.raises(ValueError, match="world_size=4"):
         lr.train_ddp(X, y, world_size=4)
+    with pytest.raises(ValueError, match="start_method='fork'"):
+        lr.train_ddp(X, y, world_size=2, start_method="fork")
+
+
+def test_ranks_start_from_a_fork_server_where_the_platform_has_one(monkeypatch):
+    import torch.multiprocessing as mp
+
+    expected = "forkserver" if sys.platform != "win32" else "spawn"
+    assert lr.ddp_start_method() == expected
+    monkeypatch.setattr(mp, "get_all_start_methods", lambda: ["spawn"])  # Windows
+    assert lr.ddp_start_method() == "spawn"
+    monkeypatch.setattr(mp, "get_all_start_methods", lambda: ["fork", "spawn", "forkserver"])
+    assert lr.ddp_start_method() == "forkserver"
 
 
 @pytest.mark.slow
@@ -488,6 +535,8 @@ def test_torchrun_runs_the_same_rank_code(tmp_path):
 
 class _SingleProcessDDP:
     """Stands in for DDPRun where a test needs the printed output, not the processes (tested above)."""
+
+    start_method = "the test's stand-in"
 
     def __init__(self, X, y, world_size, epochs, lr_, seed):
         self._fit = lr.fit_module(X, y, "sgd", lr_, epochs, "cpu", seed)

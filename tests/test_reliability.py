@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ABSENT_ACCELERATORS, LESSON_MODULES, ROOT, assert_pngs_written, clean_env
+from matplotlib.figure import Figure
 
 import course
 import lesson_harness
@@ -19,9 +21,21 @@ FIGURES = {lesson.module: lesson.figures for lesson in course.LESSONS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_unavailable_cuda_exits_2_with_one_line_in_a_real_process(script, tmp_path):
+def test_every_script_hands_mains_exit_code_to_finish(script):
+    """What makes a script's exit code main()'s: its last statement. The real-process tests below run one
+    script to exit code 2 and every script to exit code 0; this holds the rest to the same two lines."""
+    tree = ast.parse((ROOT / f"{script}.py").read_text(encoding="utf-8"))
+    guard = tree.body[-1]
+    assert isinstance(guard, ast.If) and ast.unparse(guard.test) == "__name__ == '__main__'"
+    assert [ast.unparse(statement) for statement in guard.body] == ["finish(main())"]
+
+
+def test_unavailable_cuda_exits_2_with_one_line_in_a_real_process(tmp_path):
+    """One script in a real process (each is a separate interpreter start, and all share this code path);
+    the in-process test below checks every script's message."""
     if "cuda" not in ABSENT_ACCELERATORS:
         pytest.skip("this machine has CUDA")
+    script = SCRIPTS[0]
     done = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), "--device", "cuda", "--plots-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=60, env=clean_env(), cwd=tmp_path)
     assert done.returncode == 2
@@ -35,7 +49,8 @@ def test_unavailable_device_exits_2(script, device, tmp_path, capsys):
     module = importlib.import_module(script)
     assert module.main(["--device", device, "--plots-dir", str(tmp_path)]) == 2
     captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and f"--device {device}" in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith(f"{script}.py: error: --device {device} was requested but is not available")
     assert "=== Lesson" not in captured.out  # nothing ran
 
 
@@ -70,10 +85,14 @@ def _round_off_masked(text: str) -> str:
 def test_quick_run_is_reproducible_headless_and_independent_of_the_working_directory(
         script, tmp_path, monkeypatch, capsys, fake_timings):
     """Two quick runs with one seed print the same text (timings faked), a third seed prints other
-    numbers (--seed reaches every random draw the lesson prints), and every figure is written."""
+    numbers (--seed reaches every random draw the lesson prints), and every figure is built and saved
+    to the plots directory relative to the caller's working directory, without pyplot."""
     monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.chdir(tmp_path)  # a relative --plots-dir resolves against the caller's directory
+    # Rendering the PNGs is most of a quick run's time; the real-process test below renders and checks them.
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, *args, **kwargs: saved.append(Path(path)))
     module = importlib.import_module(script)
     outputs = []
     for seed in ("3", "3", "4"):
@@ -82,7 +101,10 @@ def test_quick_run_is_reproducible_headless_and_independent_of_the_working_direc
     assert "seed: 3" in outputs[0] and "seed: 4" in outputs[2]
     assert _round_off_masked(outputs[0]) == _round_off_masked(outputs[1])
     assert outputs[0].replace("seed: 3", "seed: N") != outputs[2].replace("seed: 4", "seed: N")
-    assert_pngs_written(tmp_path / "figures", FIGURES[script])
+    assert saved == [Path("figures", name) for name in FIGURES[script]] * 3
+    assert [line for line in outputs[0].splitlines() if line.startswith("saved ")] == [
+        f"saved {Path('figures', name)}" for name in FIGURES[script]]
+    assert (tmp_path / "figures").is_dir()
     assert "matplotlib.pyplot" not in sys.modules  # figures never touch pyplot's global state or a display
 
 

@@ -65,7 +65,9 @@ def execute(notebook: nbformat.NotebookNode, cwd: Path, lesson_args: str, spawn:
     # The set-up cell, not PYTHONPATH, must find the lessons: that is what a learner's kernel has.
     env = {**os.environ, "LESSON_ARGS": lesson_args, "PYTHONPATH": ""}
     env.pop("MPLBACKEND", None)
-    client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+    # "immediate": once the last cell has run, the kernel is stopped without its interpreter's clean-up
+    # (a second or two with torch loaded), which a finished notebook does not need.
+    client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3", shutdown_kernel="immediate",
                             resources={"metadata": {"path": str(cwd)}})
     client.execute(env=env)  # keyword arguments reach the kernel manager's start_kernel
     return notebook
