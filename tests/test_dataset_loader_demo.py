@@ -471,3 +471,7 @@ def test_readme_numbers_match_the_full_run(capsys):
     assert len(expected) >= 8
     for line in expected:
         assert _normalized(line) in printed, line
+
+
+def test_worker_counts_are_printed_in_words():
+    assert [dl._workers(n) for n in (0, 1, 2)] == ["0 workers", "1 worker", "2 workers"]
