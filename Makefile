@@ -29,7 +29,7 @@ demo: venv
 test: venv-dev
 	$(PY) -m pytest -n auto --dist worksteal
 
-# The local loop: skips whole-process, notebook and multi-process runs.
+# The local loop: skips whole-lesson, notebook and multi-process runs (the tests marked slow).
 test-fast: venv-dev
 	$(PY) -m pytest -n auto --dist worksteal -m "not slow"
 

@@ -631,8 +631,11 @@ def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: 
 # (losses such as cross-entropy; on CUDA also softmax, exp, log and sums); the weights, and so
 # their gradients, stay float32. On CPUs the default type is bfloat16 (same range as float32, no
 # scaler needed); on CUDA float16 needs `torch.amp.GradScaler("cuda")` so small gradients do not
-# underflow. The speed-up depends on the hardware having fast 16-bit
-# matmul units: measure it.
+# underflow. The speed-up depends on the hardware having fast 16-bit matmul units: recent GPUs do,
+# and so do CPUs with AVX-512 BF16 or AMX. A CPU that offers torch only AVX2
+# (`torch.backends.cpu.get_cpu_capability()` says which vector instructions torch's kernels use)
+# has no bfloat16 arithmetic at all, every bfloat16 matmul is emulated, and autocast makes the step
+# many times slower. Measure it on yours.
 
 # %%
 def autocast_dtype(device: torch.device) -> torch.dtype:
@@ -682,6 +685,11 @@ def mixed_precision_step(width: int, batch: int, device: torch.device | str, min
         results[mode] = {"dtypes": dtypes, "loss": first_loss, "weight dtype": _dtype_name(model.net[0].weight.dtype),
                          "seconds": time_median(step, device, min_run_time)}
     return results
+
+
+def cpu_vector_instructions() -> str:
+    """The vector instruction set torch's CPU kernels were dispatched to: "AVX2", "AVX512", ..."""
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def amp_speedup(results: dict[str, dict[str, object]]) -> float:
@@ -912,6 +920,8 @@ def print_mixed_precision(amp, width: int, batch: int, device: torch.device) -> 
                   r["dtypes"]["weight grad"], f"{r['loss']:.4f}", fmt_seconds(r["seconds"])]
                  for mode, r in amp.items()])
     print(f"autocast speed-up: {fmt_timing(amp_speedup(amp), '.2f', '×')}")
+    if device.type == "cpu":
+        print(f"torch's CPU kernels use {cpu_vector_instructions()} (bfloat16 is fast with AVX-512 BF16 or AMX)")
 
 
 def print_values(values: dict[str, object], width: int = 34) -> None:

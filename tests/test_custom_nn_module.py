@@ -593,7 +593,9 @@ def test_readme_numbers_match_a_full_run():
 
 
 def test_readme_mixed_precision_dtypes(monkeypatch):
-    """The dtypes do not depend on the MLP's size: a small step gives the README's rows."""
+    """The dtypes do not depend on the MLP's size: a small step gives the README's rows (the title, the full run's)."""
+    assert (f"Mixed precision: one SGD step of a {cm.FULL.amp_width}-wide MLP, batch {cm.FULL.amp_batch}, on cpu "
+            "(autocast dtype bfloat16)") in _readme_section()
     monkeypatch.setattr(cm, "time_median", lambda fn, dev, min_run_time: 1e-3)
     amp = cm.mixed_precision_step(16, 8, "cpu", min_run_time=0.005, seed=0)
     for mode, r in amp.items():
@@ -613,5 +615,9 @@ def test_timing_printers_show_ratios_of_unequal_times(capsys):
     cm.print_checkpointing(rows, 4, 8, 2)
     printed = capsys.readouterr().out
     assert "autocast speed-up: 3.00×" in printed
+    assert cm.cpu_vector_instructions() in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256", "NEON")
+    assert f"torch's CPU kernels use {torch.backends.cpu.get_cpu_capability()} (bfloat16" in printed
+    cm.print_mixed_precision(amp, 8, 4, torch.device("cuda"))
+    assert "CPU kernels" not in capsys.readouterr().out  # the note is about CPUs only
     assert re.search(r"^float32 .* 2\.3000\s+6 ms\s*$", printed, re.M)
     assert re.search(_row("2", "0.50 MiB", "0.50 MiB", "0.50×", "5 ms", "1.25×"), printed, re.M)

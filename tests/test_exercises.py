@@ -216,6 +216,7 @@ def test_readme_exercise_table_lists_every_exercise():
 # Runs of the checks -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checks_pass_on_the_solutions_reject_every_wrong_answer_and_say_not_done_yet_on_the_stubs(tmp_path):
     from exercises.wrong_answers import WRONG_ANSWERS
 

@@ -81,6 +81,7 @@ def _round_off_masked(text: str) -> str:
     return re.sub(r"\d\.\d+e-(1[2-9]|[2-9]\d)", "<round-off>", text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_run_is_reproducible_headless_and_independent_of_the_working_directory(
         script, tmp_path, monkeypatch, capsys, fake_timings):
