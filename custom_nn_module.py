@@ -634,8 +634,8 @@ def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: 
 # underflow. The speed-up depends on the hardware having fast 16-bit matmul units: recent GPUs do,
 # and so do CPUs with AVX-512 BF16 or AMX. A CPU that offers torch only AVX2
 # (`torch.backends.cpu.get_cpu_capability()` says which vector instructions torch's kernels use)
-# has no bfloat16 arithmetic at all, every bfloat16 matmul is emulated, and autocast makes the step
-# many times slower. Measure it on yours.
+# has no bfloat16 matmul instructions: torch then does bfloat16 matmuls without hardware help, and
+# autocast can make the step many times slower (it did on the README's machine). Measure it on yours.
 
 # %%
 def autocast_dtype(device: torch.device) -> torch.dtype:
