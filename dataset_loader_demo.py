@@ -69,16 +69,18 @@ class Config:
     throughput_samples: int = 5_000  # rows loaded per epoch in the throughput benchmark
     batch_sizes: tuple[int, ...] = (32, 128, 512)  # batch sizes in the throughput benchmark (a factor 4 apart)
     worker_counts: tuple[int, ...] = (0, 2)  # num_workers values for the default DataLoader
-    demo_workers: int = 2  # workers in the seeded-augmentation and memory-map demos
+    augment_workers: int = 2  # workers in the seeded-augmentation demo
+    memmap_workers: int = 2  # workers reading the memory-mapped file
     memmap_rows: int = 20_000  # rows written to the memory-mapped file read by workers
     min_run_time: float = 0.1  # seconds per throughput measurement
     digits_epochs: int = 10  # most epochs per capstone model (early stopping may end a run sooner)
 
 
 FULL = Config()
-# Quick mode starts as few workers as the demos need: under spawn each one imports torch afresh (seconds).
-QUICK = Config(n_samples=400, throughput_samples=1_000, batch_sizes=(32, 128), worker_counts=(0,), demo_workers=1,
-               memmap_rows=2_000, min_run_time=0.01, digits_epochs=2)
+# Quick mode starts a single worker (augmentation's; seeding from the loader needs one): under spawn each
+# worker imports torch afresh, which takes seconds.
+QUICK = Config(n_samples=400, throughput_samples=1_000, batch_sizes=(32, 128), worker_counts=(0,), augment_workers=1,
+               memmap_workers=0, memmap_rows=2_000, min_run_time=0.01, digits_epochs=2)
 LOADER_TIMEOUT_S = 60  # a worker that produces no batch for this long has hung: fail instead of waiting
 VAL_FRACTION = 0.2  # share of the tabular rows held out for validation
 IMBALANCED_CLASS_WEIGHTS = (0.7, 0.2, 0.07, 0.03)  # class shares of the imbalanced dataset (one per class)
@@ -799,9 +801,9 @@ def show_memmap(cfg: Config, generator: torch.Generator) -> tuple[dict[str, dict
     with tempfile.TemporaryDirectory() as tmp:
         array = torch.randn(cfg.memmap_rows, MEMMAP_FEATURES, generator=generator).numpy()  # (rows, features)
         mapped = MemmapDataset(write_memmap(Path(tmp) / "rows.f32", array), MEMMAP_FEATURES)
-        loaded = loaded_through_workers(mapped, 512, num_workers=cfg.demo_workers)
+        loaded = loaded_through_workers(mapped, 512, num_workers=cfg.memmap_workers)
         equal = torch.equal(loaded, torch.from_numpy(array))
-        print(f"{len(mapped)} rows via {_workers(cfg.demo_workers)} equal the array written: {equal}")
+        print(f"{len(mapped)} rows via {_workers(cfg.memmap_workers)} equal the array written: {equal}")
         big = np.zeros((FOOTPRINT_MIB * 2**20 // (4 * FOOTPRINT_FEATURES), FOOTPRINT_FEATURES), dtype=np.float32)
         path = write_memmap(Path(tmp) / "big.f32", big)
         footprint, file_bytes = memmap_footprint(path, FOOTPRINT_FEATURES), path.stat().st_size
@@ -1766,7 +1768,7 @@ def run(ctx: LessonContext) -> None:
     cfg = ctx.config(FULL, QUICK)
     raw, stats = show_tabular(cfg, ctx.seed, ctx.generator)
     show_loaders(raw, ctx.seed, ctx.device)
-    digit_labels, digit_rows, digit_counts = show_digits(ctx.seed, cfg.demo_workers)
+    digit_labels, digit_rows, digit_counts = show_digits(ctx.seed, cfg.augment_workers)
     series = show_series_and_text(ctx.generator)
     show_collation(ctx.seed)
     class_balance = show_sampling(cfg, ctx.seed)

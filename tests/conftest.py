@@ -33,6 +33,20 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", f"error::{category}:({owned})")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest first: notebook runs (the later lessons' are the longest), then the other slow runs, then the rest.
+
+    Started last, a 30-second notebook run keeps one xdist worker busy while the other has nothing left.
+    """
+    def expected_length(position_and_item) -> tuple[int, int]:
+        position, item = position_and_item
+        if item.get_closest_marker("slow") is None:
+            return 2, position
+        return (0, -position) if item.path.name == "test_notebooks.py" else (1, position)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=expected_length)]
+
+
 def clean_env() -> dict[str, str]:
     """The environment of a plain terminal: no display, no matplotlib backend, the repo importable."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}

@@ -379,6 +379,31 @@ def test_seeded_workers_repeat_random_augmentation():
     assert dl.augmented_epoch_checksums(noisy, 16, 2, seed=2) != first
 
 
+def test_what_spawned_workers_unpickle_is_small_and_lives_in_this_module(tmp_path):
+    """A spawn or forkserver worker unpickles its dataset: the augmented digits and the memory map (quick mode
+    reads the map without workers) must refer to classes this module defines, never to __main__, and the
+    map must travel as its path, not as the array it has opened."""
+    import pickle
+
+    augmented = dl.DigitsDataset().with_transform(dl.digits_augmentation())
+    payload = pickle.dumps(augmented)
+    assert b"__main__" not in payload and b"dataset_loader_demo" in payload
+    torch.manual_seed(0)
+    first = augmented[5][0]
+    torch.manual_seed(0)
+    torch.testing.assert_close(pickle.loads(payload)[5][0], first, rtol=0, atol=0)
+
+    array = np.arange(4_000, dtype=np.float32).reshape(1_000, 4)
+    mapped = dl.MemmapDataset(dl.write_memmap(tmp_path / "rows.f32", array), 4)
+    assert mapped[3].tolist() == array[3].tolist()  # the map is open now
+    payload = pickle.dumps(mapped)
+    assert len(payload) < 1_000 < array.nbytes and b"__main__" not in payload
+    np.testing.assert_array_equal(pickle.loads(payload)[999].numpy(), array[999])
+    # Seeded random augmentation repeats only through seeded workers (without any it draws from torch's
+    # global generator), so both modes start at least one.
+    assert dl.QUICK.augment_workers >= 1 and dl.FULL.augment_workers >= 1
+
+
 def test_pin_memory_only_for_cuda():
     dataset = dl.LabelledTensorDataset(torch.zeros(20, 4), torch.zeros(20))
     assert dl.make_loader(dataset, 4, device=torch.device("cpu")).pin_memory is False
