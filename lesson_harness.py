@@ -150,7 +150,8 @@ def _import_benchmark():
 def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", min_run_time: float = 0.2) -> float:
     """Median seconds per call of `fn`, measured with `torch.utils.benchmark.Timer`.
 
-    Timer warms up, picks a block size and (for CUDA) synchronizes; MPS is synchronized here
+    Timer warms up (its block-size search makes the first calls, which pay lazy initialisation, outside
+    the measured blocks), picks a block size and (for CUDA) synchronizes; MPS is synchronized here
     because older torch releases only sync CUDA. Runs with the threads user code gets.
     """
     benchmark = _import_benchmark()
@@ -161,7 +162,6 @@ def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", mi
             synchronize(device)
     else:
         stmt = fn
-    stmt()  # first call pays lazy initialisation (kernels, allocator); keep it out of the median
     timer = benchmark.Timer(stmt="stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 

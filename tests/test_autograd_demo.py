@@ -98,6 +98,21 @@ def test_autograd_graph_with_a_shared_subexpression_lists_it_once_below_both_par
     assert sorted(edges) == sorted((ids[child], ids[parent]) for child, parent in expected)
 
 
+@pytest.mark.parametrize("chain_first", [True, False])
+def test_autograd_graph_depth_is_the_longest_path_whichever_parent_is_walked_last(chain_first):
+    """m = 2w feeds exp(m) directly and sin(sin(sin(m))) through a chain: m's depth is 4 (the chain's),
+    never the 2 of the short branch, in either operand order."""
+    w = torch.tensor(0.3, requires_grad=True)
+    m = 2 * w
+    chain, short = m.sin().sin().sin(), m.exp()
+    nodes, _ = ad.autograd_graph(chain + short if chain_first else short + chain, {id(w): "w"})
+    depths = {}
+    for n in nodes:
+        depths.setdefault(n["label"].split("\n")[0], []).append(n["depth"])
+    assert depths == {"AddBackward0": [0], "SinBackward0": [1, 2, 3], "ExpBackward0": [1],
+                      "MulBackward0": [4], "w": [5]}
+
+
 def test_autograd_graph_keeps_a_node_used_twice_as_one_edge():
     w = torch.tensor(1.5, requires_grad=True)
     nodes, edges = ad.autograd_graph(w * w, {id(w): "w"})

@@ -357,6 +357,7 @@ def test_gradient_norms_match_a_manual_computation():
     grad_b = 2 / 8 * residual.sum()
     assert norms["weight"] == pytest.approx(grad_w.norm().item(), rel=1e-5)
     assert norms["bias"] == pytest.approx(grad_b.abs().item(), rel=1e-5)
+    assert cm.gradient_norms(model, x, y, F.mse_loss) == norms  # gradients from one pass, never accumulated
 
 
 def test_hook_demo_uses_seeded_inputs_and_matches_torch_func():

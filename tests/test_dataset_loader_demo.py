@@ -62,6 +62,8 @@ def test_synthetic_dataset_items_and_split():
     assert len(dl.split_indices(10, 0.25)[1]) == round(10 * 0.25)
     assert dl.split_indices(50, 0.2, torch.Generator().manual_seed(0)) != dl.split_indices(
         50, 0.2, torch.Generator().manual_seed(1))
+    assert dl.split_indices(50, 0.2, torch.Generator().manual_seed(0)) == dl.split_indices(
+        50, 0.2, torch.Generator().manual_seed(0))  # the split follows the generator, not the global seed
 
 
 def test_synthetic_dataset_respects_class_weights_and_rejects_bad_sizes():
@@ -166,7 +168,7 @@ def test_time_series_windows_match_sliding_window_view():
     assert len(dataset) == 30 - 5 - 3 + 1
     windows = sliding_window_view(series, 5 + 3)  # (items, window + horizon)
     assert len(windows) == len(dataset)
-    for i in range(len(dataset)):
+    for i in range(-len(dataset), len(dataset)):  # negative indices count from the end, as in NumPy
         x, y = dataset[i]
         np.testing.assert_array_equal(x.numpy(), windows[i, :5])
         np.testing.assert_array_equal(y.numpy(), windows[i, 5:])
@@ -187,13 +189,15 @@ def test_char_dataset_round_trips_and_shifts_targets():
     text = dl.SAMPLE_TEXT
     dataset = dl.CharTextDataset(text, seq_len=10)
     assert len(dataset) == len(text) - 10
-    assert len(dataset.vocab) == len(set(text))
+    assert dataset.vocab == sorted(set(text))  # sorted: token ids do not depend on PYTHONHASHSEED
     assert dataset.decode(dataset.encode(text)) == text
     assert dataset.decode(dataset.encode("東京 🚀 café")) == "東京 🚀 café"
     for i in (0, 17, len(dataset) - 1):
         x, y = dataset[i]
         assert dataset.decode(x) == text[i:i + 10]
         assert dataset.decode(y) == text[i + 1:i + 11]
+    x, y = dataset[-1]  # negative indices count from the end, as in a list
+    assert dataset.decode(x) == text[-11:-1] and dataset.decode(y) == text[-10:]
     with pytest.raises(ValueError, match="'Ω'"):
         dataset.encode("Ω")
     with pytest.raises(ValueError, match="seq_len"):

@@ -73,6 +73,30 @@ def test_time_median_measures_a_known_duration():
     assert 0.02 <= seconds < 0.04
 
 
+def test_time_median_reports_the_median_of_timers_blocks(monkeypatch):
+    """A fake Timer whose measurement has median 1 ms and mean 4 ms: time_median says 1 ms, and hands
+    Timer the function, the minimum run time and the threads user code gets."""
+    import types
+
+    built = {}
+
+    class FakeTimer:
+        def __init__(self, stmt, globals, num_threads):
+            built.update(stmt=stmt, globals=globals, num_threads=num_threads)
+
+        def blocked_autorange(self, min_run_time):
+            built["min_run_time"] = min_run_time
+            return types.SimpleNamespace(median=1e-3, mean=4e-3)
+
+    monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=FakeTimer))
+    calls = []
+    assert harness.time_median(lambda: calls.append("called"), "cpu", min_run_time=0.3) == 1e-3
+    assert built["min_run_time"] == 0.3 and built["num_threads"] == torch.get_num_threads()
+    calls.clear()
+    eval(built["stmt"], built["globals"])
+    assert calls == ["called"]  # what Timer runs is the function given
+
+
 def test_wall_seconds_returns_the_result_and_a_known_duration():
     result, seconds = harness.wall_seconds(lambda: time.sleep(0.05) or "done")
     assert result == "done"

@@ -314,6 +314,10 @@ def test_divergence_raises_floating_point_error(data):
                 lambda: lr.fit_module(X, y, "sgd", 10.0, 200)):
         with pytest.raises(FloatingPointError, match=r"epoch \d+ with learning rate 10.0"):
             fit()
+    for loss in (math.inf, -math.inf, math.nan):  # an overflow to inf is divergence as much as a NaN
+        with pytest.raises(FloatingPointError, match=f"loss became {loss} at epoch 7"):
+            lr._check_finite(loss, 7, 0.5)
+    lr._check_finite(1e300, 7, 0.5)
 
 
 def test_unknown_optimizer_lists_the_valid_ones(data):
@@ -506,6 +510,8 @@ def test_ddp_rejects_bad_world_size_and_start_method():
         lr.train_ddp(X, y, world_size=4)
     with pytest.raises(ValueError, match="start_method='fork'"):
         lr.train_ddp(X, y, world_size=2, start_method="fork")
+    with pytest.raises(ValueError, match="start_method='fork'"):  # one row per rank is allowed: past that check
+        lr.train_ddp(X, y, world_size=3, start_method="fork")
 
 
 def test_ranks_start_from_a_fork_server_where_the_platform_has_one(monkeypatch):
