@@ -34,11 +34,13 @@ test-fast: venv-dev
 	$(PY) -m pytest -n auto --dist worksteal -m "not slow"
 
 # Every requirement at its lower bound, resolved by uv, in a venv without setuptools of its own
-# (what uv and `python -m venv` on Python 3.12+ make): the same suite and lint as `make test`.
+# (what uv and `python -m venv` on Python 3.12+ make): the same suite and lint as `make test`. uv leaves
+# bytecode compilation to the first import unless told; where PYTHONDONTWRITEBYTECODE is set (as on the machines this course is tested on),
+# that first import would then recur in every process, recompiling torch each time.
 $(OLDEST)/.installed: requirements.txt requirements-dev.txt $(VENV)/.dev
 	rm -rf $(OLDEST)
 	$(VENV)/bin/uv venv --quiet --python $(PYTHON) $(OLDEST)
-	VIRTUAL_ENV=$(OLDEST) $(VENV)/bin/uv pip install --quiet --resolution lowest-direct -r requirements-dev.txt
+	VIRTUAL_ENV=$(OLDEST) $(VENV)/bin/uv pip install --quiet --compile-bytecode --resolution lowest-direct -r requirements-dev.txt
 	touch $@
 
 test-oldest: $(OLDEST)/.installed
