@@ -17,6 +17,7 @@ class Lesson:
     title: str  # what the README and the notebooks call it
     figures: tuple[str, ...]  # PNGs a full or --quick run writes to the plots directory
     full_budget_s: float  # wall seconds allowed for a full CPU run on 2 cores, start-up included
+    starts_processes: bool = False  # DataLoader workers or DDP ranks: what the start method decides
 
     @property
     def script(self) -> str:
@@ -29,11 +30,11 @@ LESSONS = (
     Lesson("autograd_demo", "Lesson 2: autograd",
            ("autograd_graph.png", "finite_difference_error.png", "gradient_flow_analysis.png"), 10),
     Lesson("linear_regression_torch", "Lesson 3: linear regression, optimizers and DDP",
-           ("linear_regression_comparison.png", "numpy_vs_torch_scaling.png"), 20),
+           ("linear_regression_comparison.png", "numpy_vs_torch_scaling.png"), 20, starts_processes=True),
     Lesson("custom_nn_module", "Lesson 4: custom modules",
            ("custom_modules_analysis.png", "memory_checkpointing.png"), 15),
     Lesson("dataset_loader_demo", "Lesson 5: datasets and loaders",
-           ("dataset_loader_analysis.png", "digits_samples.png", "digits_training.png"), 20),
+           ("dataset_loader_analysis.png", "digits_samples.png", "digits_training.png"), 20, starts_processes=True),
 )
 FULL_TOTAL_BUDGET_S = 60  # all lessons in full mode, on 2 CPU cores
 QUICK_TOTAL_BUDGET_S = 25  # all lessons with --quick

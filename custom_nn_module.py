@@ -801,6 +801,12 @@ def architecture_table(batch: int, min_run_time: float, device: torch.device | s
 # The plot functions draw what the experiments returned; they compute nothing.
 
 # %%
+def _whole_decades(values) -> tuple[float, float]:
+    """Log-axis limits at the powers of ten around `values`, so that at least two decades are labelled."""
+    low = 10.0 ** math.floor(math.log10(min(values)))
+    return low, max(10.0 ** math.ceil(math.log10(max(values))), 10 * low)
+
+
 def plot_analysis(arch_rows, curves, init_stats, flows):
     fig, axes = new_figure(2, 3, "Custom nn.Modules: size, activations, initialisation, speed and gradient flow")
     ax_params, ax_act, ax_init, ax_time, ax_flow, ax_cost = axes.flat
@@ -846,7 +852,8 @@ def plot_analysis(arch_rows, curves, init_stats, flows):
     for i, row in enumerate(arch_rows):
         ax_cost.scatter(row["parameters"], row["seconds"] * 1e3, color=colors[i], s=40, label=row["name"])
     ax_cost.set(xscale="log", yscale="log", title="Parameters vs forward time (points)", xlabel="parameters (log)",
-                ylabel="forward time (ms, log)")
+                ylabel="forward time (ms, log)", xlim=_whole_decades([r["parameters"] for r in arch_rows]),
+                ylim=_whole_decades(times_ms))
     ax_cost.legend(fontsize=7)
     for ax in axes.flat:
         ax.grid(True, which="major", alpha=0.3)

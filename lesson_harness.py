@@ -331,8 +331,17 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter kernel (Jupyter, VS Code, nbclient), where sys.argv is the kernel's own."""
-    return "ipykernel" in sys.modules
+    """True inside a Jupyter kernel (Jupyter, VS Code, Colab, nbclient), where sys.argv is the kernel's own.
+
+    Having imported ipykernel is not enough (a test runner that launches kernels imports it, and so
+    does anything asking jupyter_client for its kernel specs): the running shell must be a kernel's.
+    """
+    if "ipykernel" not in sys.modules:  # never import IPython into a plain script
+        return False
+    from ipykernel.zmqshell import ZMQInteractiveShell
+    from IPython import get_ipython
+
+    return isinstance(get_ipython(), ZMQInteractiveShell)
 
 
 def lesson_argv(argv: Sequence[str] | None) -> Sequence[str] | None:

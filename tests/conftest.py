@@ -76,7 +76,9 @@ def fake_timings(monkeypatch):
 
     Lessons time through `time_median` (benchmarks), `wall_seconds` (one-shot runs) and
     `profile_events` (torch.profiler); each is replaced in the harness and in every lesson module
-    that imported it by name.
+    that imported it by name. So is lesson 5's one reading of the machine's state, `resident_memory`:
+    the kernel may reclaim a mapped file's pages at any moment (this VM does so proactively), so how
+    many stay resident is a measurement, like a time; test_dataset_loader_demo checks the real one.
     """
     def fake_median(fn, device="cpu", min_run_time=0.2):
         fn()
@@ -89,8 +91,12 @@ def fake_timings(monkeypatch):
         fn()
         return []  # no events: every profiled time reads as zero
 
+    def fake_resident():
+        return {"anonymous": 0, "file-backed": 0}
+
     for name in PROJECT_MODULES:
         module = sys.modules.get(name) or importlib.import_module(name)
-        for attr, fake in (("time_median", fake_median), ("wall_seconds", fake_wall), ("profile_events", fake_profile)):
+        for attr, fake in (("time_median", fake_median), ("wall_seconds", fake_wall), ("profile_events", fake_profile),
+                           ("resident_memory", fake_resident)):
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)

@@ -347,6 +347,12 @@ def test_activation_stats_remove_hooks_even_when_forward_raises():
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def test_log_axes_span_whole_decades_so_at_least_two_are_labelled():
+    assert cm._whole_decades([0.14, 2.87]) == (0.1, 10.0)  # forward times in ms
+    assert cm._whole_decades([6_922, 475_658]) == (1e3, 1e6)  # parameter counts
+    assert cm._whole_decades([10.0, 10.0]) == (10.0, 100.0)  # never a zero-width axis
+
+
 def test_gradient_norms_match_a_manual_computation():
     torch.manual_seed(0)
     model = nn.Linear(3, 1)

@@ -192,6 +192,21 @@ def test_a_notebook_kernel_takes_its_flags_from_lesson_args(monkeypatch):
     assert harness.lesson_argv(None) == []
 
 
+def test_a_process_that_imported_ipykernel_without_running_a_kernel_is_not_a_notebook(monkeypatch):
+    """What `make test` is after a notebook test: jupyter_client imported ipykernel, no kernel runs here."""
+    import ipykernel.zmqshell
+    import IPython
+
+    assert "ipykernel" in sys.modules and not harness.in_notebook()
+
+    class KernelShell(ipykernel.zmqshell.ZMQInteractiveShell):  # no shell is built: only its type matters
+        def __init__(self):
+            pass
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: KernelShell())
+    assert harness.in_notebook()  # the notebook tests check this in a real kernel
+
+
 def test_outside_a_notebook_the_command_line_is_parsed(monkeypatch):
     monkeypatch.setattr(harness, "in_notebook", lambda: False)
     assert harness.lesson_argv(None) is None  # argparse then reads sys.argv[1:]

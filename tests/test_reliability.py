@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -94,6 +95,10 @@ def test_quick_run_is_reproducible_headless_and_independent_of_the_working_direc
     # Rendering the PNGs is most of a quick run's time; the real-process test below renders and checks them.
     saved = []
     monkeypatch.setattr(Figure, "savefig", lambda self, path, *args, **kwargs: saved.append(Path(path)))
+    started = []  # every worker process the runs start (DataLoader workers, DDP ranks), whatever the method
+    start = multiprocessing.process.BaseProcess.start
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start",
+                        lambda self: started.append(type(self).__name__) or start(self))
     module = importlib.import_module(script)
     outputs = []
     for seed in ("3", "3", "4"):
@@ -106,6 +111,8 @@ def test_quick_run_is_reproducible_headless_and_independent_of_the_working_direc
     assert [line for line in outputs[0].splitlines() if line.startswith("saved ")] == [
         f"saved {Path('figures', name)}" for name in FIGURES[script]]
     assert (tmp_path / "figures").is_dir()
+    # The notebook tests run a lesson under both start methods only if it starts processes: it must say so.
+    assert bool(started) == course.lesson(script).starts_processes, started
     assert "matplotlib.pyplot" not in sys.modules  # figures never touch pyplot's global state or a display
 
 

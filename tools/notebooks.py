@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jupytext
 import nbformat
 from nbclient import NotebookClient
+from traitlets.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,15 +47,26 @@ def notebook_from_script(module: str) -> nbformat.NotebookNode:
     notebook = jupytext.read(ROOT / f"{module}.py", fmt="py:percent")
     notebook.cells.insert(0, nbformat.v4.new_code_cell(SETUP_CELL))
     notebook.metadata = {"kernelspec": KERNEL, "language_info": {"name": "python"}}
-    for cell in notebook.cells:
+    for index, cell in enumerate(notebook.cells):
         cell.metadata = {}
-        cell.pop("id", None)
+        cell.id = f"cell-{index}"  # nbformat 4.5 wants an id; a random one would change on every build
     return notebook
 
 
 def cell_sources(notebook: nbformat.NotebookNode) -> list[tuple[str, str]]:
     """(type, source) of every cell: what must match between the committed notebook and the script."""
     return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+def _kernel_config(socket_dir: str) -> Config:
+    """On Linux the kernel talks over Unix sockets in `socket_dir`: ipykernel ≥ 7 warns on stderr about
+    unencrypted TCP. The path is absolute because the kernel runs in the notebook's folder, not ours.
+
+    Elsewhere it stays on TCP (Windows has no such sockets; macOS limits their paths to 104 bytes).
+    """
+    if not sys.platform.startswith("linux"):
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(socket_dir) / "kernel")}})
 
 
 def execute(notebook: nbformat.NotebookNode, cwd: Path, lesson_args: str, spawn: bool = False,
@@ -67,9 +80,10 @@ def execute(notebook: nbformat.NotebookNode, cwd: Path, lesson_args: str, spawn:
     env.pop("MPLBACKEND", None)
     # "immediate": once the last cell has run, the kernel is stopped without its interpreter's clean-up
     # (a second or two with torch loaded), which a finished notebook does not need.
-    client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3", shutdown_kernel="immediate",
-                            resources={"metadata": {"path": str(cwd)}})
-    client.execute(env=env)  # keyword arguments reach the kernel manager's start_kernel
+    with tempfile.TemporaryDirectory(prefix="lesson-kernel-") as socket_dir:
+        client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3", shutdown_kernel="immediate",
+                                resources={"metadata": {"path": str(cwd)}}, config=_kernel_config(socket_dir))
+        client.execute(env=env)  # keyword arguments reach the kernel manager's start_kernel
     return notebook
 
 
