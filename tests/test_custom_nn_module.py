@@ -520,15 +520,11 @@ def test_state_dict_round_trip_and_export_give_identical_outputs():
 
 # --- the whole lesson --------------------------------------------------------------------------------------------
 
-def test_different_seeds_print_different_output_and_the_printers_show_the_functions_values(
-        tmp_path, capsys, fake_timings, monkeypatch):
+def test_the_printers_show_the_functions_values(tmp_path, capsys, fake_timings, monkeypatch):
+    """One quick run with seed 1 (test_reliability checks that another seed prints other numbers)."""
     monkeypatch.setattr(cm, "save_figure", lambda fig, name, plots_dir: None)  # test_reliability writes the figures
-    outputs = []
-    for seed in (1, 2):
-        assert cm.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0
-        outputs.append(capsys.readouterr().out.replace(f"seed: {seed}", "seed: ?"))
-    assert outputs[0] != outputs[1]
-    printed, cfg = outputs[0], cm.QUICK  # seed 1; every timing is FAKE_MEDIAN_S, so time ratios are 1
+    assert cm.main(["--quick", "--device", "cpu", "--seed", "1", "--plots-dir", str(tmp_path)]) == 0
+    printed, cfg = capsys.readouterr().out, cm.QUICK  # every timing is FAKE_MEDIAN_S, so time ratios are 1
     mib = cfg.checkpoint_batch * cfg.checkpoint_width * 4 / 2**20
     for k in (0, 2, 4):
         count = cm.checkpoint_saved_activations(cfg.checkpoint_layers, k)
