@@ -454,7 +454,8 @@ def memmap_footprint(path: Path, n_features: int) -> dict[str, dict[str, int]]:
     """Bytes added by loading the file into memory vs by reading every row through the map.
 
     Per approach: the peak of Python's heap ("tracemalloc peak") and the growth of each kind of resident memory
-    ("RSS ...", see `resident_memory`) while the data is in use.
+    ("RSS ...", see `resident_memory`) while the data is in use. Growth is what a fresh process like this
+    script sees; a long-lived one that has freed memory before may get the copy from pages already resident.
     """
     warm_up = MemmapDataset(path, n_features)
     warm_up[0].sum()  # the first map pays for code pages (file-backed too): keep them out of the measurement

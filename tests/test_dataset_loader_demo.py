@@ -242,11 +242,29 @@ def test_resident_memory_reads_proc_status_in_bytes():
     assert abs(resident["anonymous"] - fields["RssAnon"] * 1024) < 4 * 2**20
 
 
+_FOOTPRINT_IN_A_FRESH_PROCESS = """
+import json, sys
+import dataset_loader_demo as dl
+print(json.dumps(dl.memmap_footprint(sys.argv[1], int(sys.argv[2]))))
+"""
+
+
 def test_memmap_footprint_resident_memory_vs_heap(tmp_path):
+    """Measured in a fresh process, as the lesson runs: a test worker that has freed memory before may hand
+    the copy pages that are already resident, and then resident memory does not grow (seen under xdist)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, clean_env
+
     rows, features = 36 * 2**20 // (4 * 4096), 4096  # 36 MiB: above glibc's 32 MiB mmap threshold
     path = dl.write_memmap(tmp_path / "rows.f32", np.ones((rows, features), dtype=np.float32))
     size = path.stat().st_size
-    footprint = dl.memmap_footprint(path, features)
+    done = subprocess.run([sys.executable, "-c", _FOOTPRINT_IN_A_FRESH_PROCESS, str(path), str(features)],
+                          capture_output=True, text=True, timeout=120, env=clean_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    footprint = json.loads(done.stdout)
     copy, mapped = footprint["in-memory copy"], footprint["memory map"]
     assert size <= copy["tracemalloc peak"] < 1.05 * size  # tracemalloc sees the copy...
     assert mapped["tracemalloc peak"] < size / 100  # ...but not the mapped pages
@@ -254,10 +272,10 @@ def test_memmap_footprint_resident_memory_vs_heap(tmp_path):
         pytest.skip("/proc/self/status has no RssAnon/RssFile here")
     # Generous bounds for other allocations; 0.98 fails if only part of each row is read (the kernel maps the
     # neighbours of a touched page, so touching one value per 16 KiB row already makes ~94% resident).
-    assert 0.98 * size < copy["RSS anonymous"] < 1.05 * size
-    assert abs(copy["RSS file-backed"]) < 0.02 * size
-    assert 0.98 * size < mapped["RSS file-backed"] < 1.05 * size  # every row read: the whole file is resident
-    assert abs(mapped["RSS anonymous"]) < 0.02 * size
+    assert 0.98 * size < copy["RSS anonymous"] < 1.05 * size, footprint
+    assert abs(copy["RSS file-backed"]) < 0.02 * size, footprint
+    assert 0.98 * size < mapped["RSS file-backed"] < 1.05 * size, footprint  # every row read: all resident
+    assert abs(mapped["RSS anonymous"]) < 0.02 * size, footprint
 
 
 def test_a_mapped_file_on_tmpfs_counts_as_file_backed():
