@@ -35,8 +35,8 @@ test-fast: venv-dev
 
 # Every requirement at its lower bound, resolved by uv, in a venv without setuptools of its own
 # (what uv and `python -m venv` on Python 3.12+ make): the same suite and lint as `make test`. uv leaves
-# bytecode compilation to the first import unless told; where PYTHONDONTWRITEBYTECODE is set (as on the machines this course is tested on),
-# that first import would then recur in every process, recompiling torch each time.
+# compiling bytecode to the first import unless told; where PYTHONDONTWRITEBYTECODE is set (as on the
+# machines this course is tested on), every process would then compile torch from source again.
 $(OLDEST)/.installed: requirements.txt requirements-dev.txt $(VENV)/.dev
 	rm -rf $(OLDEST)
 	$(VENV)/bin/uv venv --quiet --python $(PYTHON) $(OLDEST)

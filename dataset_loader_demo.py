@@ -12,7 +12,6 @@ Figures: plots/dataset_loader_analysis.png, plots/digits_samples.png, plots/digi
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import os
 import sys
@@ -462,7 +461,6 @@ def memmap_footprint(path: Path, n_features: int) -> dict[str, dict[str, int]]:
     del warm_up
     footprint = {}
     for name, approach in (("in-memory copy", _copy_into_memory), ("memory map", _read_every_mapped_row)):
-        gc.collect()  # garbage from earlier work, freed during the measurement, would shrink its resident growth
         tracemalloc.start()  # traces allocations from here on: its peak is what this approach adds
         try:
             before = resident_memory()

@@ -82,8 +82,9 @@ def fake_timings(monkeypatch):
     Lessons time through `time_median` (benchmarks), `wall_seconds` (one-shot runs) and
     `profile_events` (torch.profiler); each is replaced in the harness and in every lesson module
     that imported it by name. So is lesson 5's one reading of the machine's state, `resident_memory`:
-    the kernel may reclaim a mapped file's pages at any moment (this VM does so proactively), so how
-    many stay resident is a measurement, like a time; test_dataset_loader_demo checks the real one.
+    how much resident memory grows depends on what the process freed before (the allocator may hand
+    out pages that are already resident) and on what the kernel reclaims, so it is a measurement, like
+    a time; test_dataset_loader_demo checks the real one in a fresh process.
     """
     def fake_median(fn, device="cpu", min_run_time=0.2):
         fn()

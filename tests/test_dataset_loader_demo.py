@@ -5,14 +5,18 @@ The quick end-to-end run of main() (figures, exact repeat with one seed) is in t
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, clean_env
 from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Dataset
 
@@ -252,12 +256,6 @@ print(json.dumps(dl.memmap_footprint(sys.argv[1], int(sys.argv[2]))))
 def test_memmap_footprint_resident_memory_vs_heap(tmp_path):
     """Measured in a fresh process, as the lesson runs: a test worker that has freed memory before may hand
     the copy pages that are already resident, and then resident memory does not grow (seen under xdist)."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT, clean_env
-
     rows, features = 36 * 2**20 // (4 * 4096), 4096  # 36 MiB: above glibc's 32 MiB mmap threshold
     path = dl.write_memmap(tmp_path / "rows.f32", np.ones((rows, features), dtype=np.float32))
     size = path.stat().st_size
