@@ -1,11 +1,12 @@
-"""What every lesson script needs: device choice, one CLI, seeding, timing, tables and figures.
+"""What every lesson needs: device choice, one set-up cell, seeding, timing, tables and figures.
 
-Deliberately small and framework-free: read it once and every script's `main()` is clear.
+Deliberately small and framework-free: read it once and every lesson's set-up cell is clear.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import logging
@@ -14,6 +15,7 @@ import platform
 import random
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -205,11 +207,6 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
-def fmt_timing(value: float, spec: str = ".3g", suffix: str = "") -> str:
-    """Format a number derived from a timing (a rate, a speed-up)."""
-    return f"{value:{spec}}{suffix}"
-
-
 # %%
 # Output: banner and tables
 # -------------------------
@@ -252,6 +249,17 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[obje
 
 def print_section(title: str) -> None:
     print(f"\n--- {title} ---")
+
+
+def print_pairs(title: str, pairs: dict[str, object], fmt: Callable[[object], str] = _cell, width: int = 120) -> None:
+    """A section of `label  value` lines, each value as `fmt` writes it; a long value wraps under its column."""
+    print_section(title)
+    label_width = max(len(label) for label in pairs)
+    indent = " " * (label_width + 2)
+    for label, value in pairs.items():
+        text = textwrap.fill(fmt(value), width=width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+        print(f"{label:{label_width}s}  {text[len(indent):]}")
 
 
 # %%
@@ -297,14 +305,15 @@ def save_figure(fig, filename: str, plots_dir: str | os.PathLike) -> Path:
 
 
 # %%
-# The shared command line
-# -----------------------
+# The set-up cell: one command line for every lesson
+# ---------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LessonContext:
-    """What `main()` hands to a lesson after parsing and checking the command line."""
+    """What the set-up cell hands to the sections below it, after parsing and checking the flags."""
 
+    prog: str  # the script's file name, which starts every error message
     device: torch.device
     quick: bool
     seed: int
@@ -359,7 +368,11 @@ def share_notebook_with_workers(module_name: str) -> None:
     imports that module afresh, and a notebook's `__main__` cannot be imported. So the notebook
     namespace is registered as `module_name` and what it defined is re-homed there: in the
     notebook nothing changes, and a worker imports the lesson's own script under that name.
+    Call it right before starting workers: a class defined in a later cell is `__main__`'s again.
+    Outside a notebook it does nothing (a script's spawned workers import it as `__mp_main__`).
     """
+    if not in_notebook():
+        return
     main = sys.modules["__main__"]
     if sys.modules.get(module_name, main) is not main:
         return  # the real module is already imported (e.g. by a test): nothing to share
@@ -372,36 +385,52 @@ def share_notebook_with_workers(module_name: str) -> None:
                 pass  # builtins and other objects that cannot be re-homed are not the lesson's own
 
 
-def run_lesson(
-    prog: str,
-    description: str,
-    title: str,
-    lesson: Callable[[LessonContext], None],
-    argv: Sequence[str] | None = None,
-) -> int:
-    """Parse the shared flags, set up device/seed/plots, run `lesson`; known failures exit 2."""
-    args = build_parser(prog, description).parse_args(lesson_argv(argv))
-    if in_notebook() and lesson.__module__ == "__main__":
-        share_notebook_with_workers(Path(prog).stem)
+KNOWN_ERRORS = (LessonError, FloatingPointError)  # failures the user can fix: one line on stderr, exit code 2
+
+
+def _one_line_for_known_errors(prog: str) -> None:
+    """In a script, a known error raised by any later section prints one line and exits with code 2.
+
+    The sections run at the top level of the script, one after another, so no single `try` holds
+    them all: Python hands an uncaught exception to `sys.excepthook`, and a SystemExit raised there
+    sets the exit code. Anything else keeps its full traceback: that is a bug to report.
+    """
+    def excepthook(kind, error, traceback) -> None:
+        if not issubclass(kind, KNOWN_ERRORS):
+            sys.__excepthook__(kind, error, traceback)
+            return
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+
+    sys.excepthook = excepthook
+
+
+def start_lesson(module: str, argv: Sequence[str] | None = None) -> LessonContext:
+    """The lesson's set-up cell: read the flags, pick the device, seed everything, print the banner.
+
+    The flags come from the command line in a script and from $LESSON_ARGS in a notebook. A device
+    that is not there or an unwritable plots directory stops a script with one line and exit code 2;
+    in a notebook the cell raises LessonError with the same message.
+    """
+    from course import lesson
+
+    row = lesson(module)
+    script = Path(__file__).resolve().parent / row.script
+    description = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+    args = build_parser(row.script, description).parse_args(lesson_argv(argv))
+    notebook = in_notebook()
+    if notebook:
+        share_notebook_with_workers(module)
+    else:
+        _one_line_for_known_errors(row.script)
     try:
         device = pick_device(args.device)
         plots_dir = prepare_plots_dir(args.plots_dir)
-        generator = seed_everything(args.seed)
-        print_banner(title, device, args.seed, args.quick)
-        lesson(LessonContext(device, args.quick, args.seed, plots_dir, generator))
-    except (LessonError, FloatingPointError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def finish(exit_code: int) -> None:
-    """End a lesson run: exit the process with `exit_code` from a terminal; in a notebook, return.
-
-    A notebook cell must not raise SystemExit (Jupyter reports it as an error even for 0); a
-    failed lesson there raises LessonError after its one-line message instead.
-    """
-    if not in_notebook():
-        raise SystemExit(exit_code)
-    if exit_code != 0:
-        raise LessonError(f"the lesson stopped with exit code {exit_code} (see the message above)")
+    except LessonError as err:
+        if notebook:
+            raise
+        print(f"{row.script}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    generator = seed_everything(args.seed)
+    print_banner(row.title, device, args.seed, args.quick)
+    return LessonContext(row.script, device, args.quick, args.seed, plots_dir, generator)

@@ -10,7 +10,6 @@ plots/matmul_benchmark.png.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,16 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from lesson_harness import (
-    LessonContext,
     as_device,
-    finish,
     fmt_seconds,
-    fmt_timing,
     new_figure,
-    print_section,
+    print_pairs,
     print_table,
-    run_lesson,
     save_figure,
+    start_lesson,
     time_median,
 )
 
@@ -44,7 +40,42 @@ FULL = Config()
 QUICK = Config(matmul_sizes=(64, 256), min_run_time=0.02, dtype_elements=10_000)
 LINALG_SIZE = 64  # side of the SPD matrix checked in float64 and float32 (both modes: it takes milliseconds)
 DETERMINANT_SCALES = (1.0, 10.0)  # det(c·A) = cⁿ det(A): c = 10 takes the 64×64 determinant past float32's range
-NAME_WIDTH = 44  # width of the label column in the printed name/value lists
+
+
+def _fmt(value: object) -> str:
+    """Compact text for a printed value: floats to 4 significant digits, tensors as nested lists."""
+    if isinstance(value, torch.Tensor):
+        return _fmt(value.tolist())
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(item) for item in value) + "]"
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _sci(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2e}"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# %% [markdown]
+# ## Set-up
+#
+# This cell reads the settings: the command line in a script (`python tensor_basics.py --quick`),
+# the `LESSON_ARGS` environment variable in a notebook. It picks the device (CUDA, then MPS,
+# then the CPU, unless `--device` names one), seeds every random number generator with `--seed`
+# and prints what this run uses. Each section below ends with a cell that runs its code and
+# shows the result; importing the lesson runs none of them.
+
+# %%
+if __name__ == "__main__":
+    ctx = start_lesson("tensor_basics")
+    cfg = ctx.config(FULL, QUICK)
 
 
 # %% [markdown]
@@ -82,6 +113,19 @@ def creation_examples(device: torch.device | str, generator: torch.Generator) ->
     }
 
 
+
+def print_creation(examples: dict[str, torch.Tensor]) -> None:
+    print_table("Creating tensors (random ones drawn from the seeded CPU generator)",
+                ["constructor", "shape", "dtype", "device", "values (first 4)"],
+                [[name, str(tuple(t.shape)), _dtype_name(t.dtype), t.device.type, _fmt(t.flatten()[:4])]
+                 for name, t in examples.items()])
+
+
+# %%
+if __name__ == "__main__":
+    print_creation(creation_examples(ctx.device, ctx.generator))
+
+
 # %% [markdown]
 # ## Reshaping, indexing and combining
 #
@@ -112,6 +156,12 @@ def manipulation_examples() -> dict[str, object]:
         "unsqueeze(0).shape": tuple(grid.unsqueeze(0).shape),
         "unsqueeze(0).squeeze(0).shape": tuple(grid.unsqueeze(0).squeeze(0).shape),
     }
+
+
+
+# %%
+if __name__ == "__main__":
+    print_pairs("Reshaping, indexing and combining", manipulation_examples(), fmt=_fmt)
 
 
 # %% [markdown]
@@ -157,6 +207,12 @@ def memory_sharing_facts() -> dict[str, bool]:
         "view: same data_ptr": view.untyped_storage().data_ptr() == base.untyped_storage().data_ptr(),
         "clone: same data_ptr": clone.untyped_storage().data_ptr() == base.untyped_storage().data_ptr(),
     }
+
+
+
+# %%
+if __name__ == "__main__":
+    print_pairs("Memory sharing (write to one side, read the other)", memory_sharing_facts(), fmt=_fmt)
 
 
 # %% [markdown]
@@ -212,6 +268,14 @@ def broadcast_examples(examples: Sequence[Sequence[Sequence[int]]] = BROADCAST_E
     return rows
 
 
+
+# %%
+if __name__ == "__main__":
+    print_pairs("Broadcasting: broadcast_shape by hand, then torch.broadcast_shapes",
+                {f"{row['shapes']}{by}": row[key] for row in broadcast_examples()
+                 for by, key in (("", "by hand"), ("  (torch)", "torch"))})
+
+
 # %% [markdown]
 # ## Reductions
 #
@@ -243,6 +307,17 @@ def reduction_examples() -> dict[str, torch.Tensor]:
     """Each reduction in REDUCTIONS applied to REDUCTION_INPUT, keyed by its torch expression."""
     x = torch.tensor(REDUCTION_INPUT)  # (2, 3)
     return {expression: torch_code(x) for expression, (torch_code, _) in REDUCTIONS.items()}
+
+
+
+def print_reductions(results: dict[str, torch.Tensor]) -> None:
+    print_table(f"Reductions on x = torch.tensor({REDUCTION_INPUT}), a = x.numpy()", ["torch", "NumPy", "result"],
+                [[expr, REDUCTIONS[expr][1], _fmt(value)] for expr, value in results.items()])
+
+
+# %%
+if __name__ == "__main__":
+    print_reductions(reduction_examples())
 
 
 # %% [markdown]
@@ -278,6 +353,19 @@ def python_number_examples() -> dict[str, object]:
         except RuntimeError as err:
             results[expression] = err
     return results
+
+
+
+def print_python_numbers(results: dict[str, object]) -> None:
+    print_table(f"Python numbers from t = torch.tensor({PYTHON_NUMBER_INPUT}), a = t.numpy()",
+                ["torch", "value", "type", "NumPy"],
+                [[expr, _fmt(value) if isinstance(value, Exception) else repr(value), type(value).__name__,
+                  PYTHON_NUMBERS[expr][1]] for expr, value in results.items()])
+
+
+# %%
+if __name__ == "__main__":
+    print_python_numbers(python_number_examples())
 
 
 # %% [markdown]
@@ -343,6 +431,19 @@ def inplace_autograd_errors() -> dict[str, object]:
     }
 
 
+
+def print_inplace_steps(rows: list[dict[str, object]]) -> None:
+    print_table("In-place updates bump the version counter (NumPy has none)",
+                ["torch", "NumPy", "t afterwards", "t._version"],
+                [[r["torch"], r["numpy"], _fmt(r["values"]), r["t._version"]] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    print_inplace_steps(inplace_version_steps())
+    print_pairs("In-place writes and autograd", inplace_autograd_errors(), fmt=_fmt)
+
+
 # %% [markdown]
 # ## Dtypes and memory
 #
@@ -353,10 +454,6 @@ def inplace_autograd_errors() -> dict[str, object]:
 
 # %%
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int8)  # compared in the table
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def dtype_report(n_elements: int, generator: torch.Generator | None = None) -> list[dict[str, object]]:
@@ -382,6 +479,20 @@ def dtype_report(n_elements: int, generator: torch.Generator | None = None) -> l
             "max": largest,
         })
     return rows
+
+
+
+def print_dtypes(rows: list[dict[str, object]]) -> None:
+    print_table(f"Dtypes: {rows[0]['nbytes'] // rows[0]['element_size']:,} elements of randn, converted from float32",
+                ["dtype", "bytes/elem", "total bytes", "max rel. round-trip error*", "eps", "max"],
+                [[r["dtype"], r["element_size"], r["nbytes"], _sci(r["max_rel_roundtrip_error"]), _sci(r["eps"]),
+                  f"{r['max']:.3g}"] for r in rows])
+    print("* over values in the dtype's normal range; rounding to nearest keeps it below eps/2")
+
+
+# %%
+if __name__ == "__main__":
+    print_dtypes(dtype_report(cfg.dtype_elements, ctx.generator))
 
 
 # %% [markdown]
@@ -420,6 +531,17 @@ def type_promotion_examples() -> list[dict[str, object]]:
              "torch.result_type": _dtype_name(torch.result_type(*operands)), "NumPy": str(reference.dtype),
              "torch values": result.tolist(), "NumPy values": reference.tolist()}
             for label, operands, result, reference in cases]
+
+
+
+def print_type_promotion(rows: list[dict[str, object]]) -> None:
+    print_table("Type promotion", ["operands", "torch", "torch.result_type", "NumPy"],
+                [[r["operands"], r["torch"], r["torch.result_type"], r["NumPy"]] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    print_type_promotion(type_promotion_examples())
 
 
 # %% [markdown]
@@ -520,6 +642,22 @@ def condition_number(A: torch.Tensor) -> float:
     return torch.linalg.cond(A).item()
 
 
+
+def print_linalg(condition: float, errors: dict[str, dict[str, float]], determinants: list[dict[str, object]]) -> None:
+    print_table(f"torch.linalg on a {LINALG_SIZE}×{LINALG_SIZE} SPD matrix A, condition number {condition:.3g}: "
+                "relative errors", ["check", *map(_dtype_name, LINALG_DTYPES)],
+                [[check, *map(_sci, by_dtype.values())] for check, by_dtype in errors.items()])
+    print_table("Determinants overflow, log-determinants do not", list(determinants[0]),
+                [[row["matrix"], *map(_fmt, list(row.values())[1:])] for row in determinants])
+
+
+# %%
+if __name__ == "__main__":
+    # A generator of its own: the matrix is the same whatever --quick drew before this section.
+    A = make_spd_matrix(LINALG_SIZE, torch.Generator().manual_seed(ctx.seed))  # (64, 64) float64
+    print_linalg(condition_number(A), linalg_errors_by_dtype(A), determinant_table(A))
+
+
 # %% [markdown]
 # ## Benchmark: matrix multiplication
 #
@@ -564,11 +702,53 @@ def benchmark_matmul(
     return rows
 
 
+
+def print_benchmark(rows: list[dict[str, object]]) -> None:
+    print_table(f"Matmul benchmark (float32, median of Timer runs, {torch.get_num_threads()} threads)",
+                ["size", "backend", "median", "GFLOP/s", "vs NumPy"],
+                [[f"{r['size']}×{r['size']}", r["backend"], fmt_seconds(r["seconds"]), f"{r['gflops']:.1f}",
+                  f"{r['speedup_vs_numpy']:.2f}×"] for r in rows])
+
+
+def plot_matmul_benchmark(rows: list[dict[str, object]]):
+    """GFLOP/s and time per matmul against size, one line per backend, log axes."""
+    fig, axes = new_figure(1, 2, "Square float32 matmul: NumPy vs torch")
+    ax_rate, ax_time = axes.flat
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    sizes = sorted({r["size"] for r in rows})
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = [r for r in rows if r["backend"] == backend]
+        label = "NumPy (reference)" if backend == "numpy" else f"torch on {backend}"
+        ax_rate.plot([r["size"] for r in mine], [r["gflops"] for r in mine], "o-", label=label)
+        ax_time.plot([r["size"] for r in mine], [r["seconds"] * 1e3 for r in mine], "o-", label=label)
+    ax_rate.set(xscale="log", ylim=(0, None), title="Throughput (higher is better)", xlabel="matrix size n (n × n)",
+                ylabel="GFLOP/s (2n³ / time)")
+    ax_time.set(xscale="log", yscale="log", title="Median time per matmul (lower is better)",
+                xlabel="matrix size n (n × n)", ylabel="time (ms)")
+    for ax in (ax_rate, ax_time):
+        ax.xaxis.set_major_locator(FixedLocator(sizes))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+# %%
+if __name__ == "__main__":
+    devices = ["cpu"] + ([ctx.device] if ctx.device.type != "cpu" else [])
+    matmul_rows = benchmark_matmul(cfg.matmul_sizes, devices, cfg.min_run_time, ctx.seed)
+    print_benchmark(matmul_rows)
+    save_figure(plot_matmul_benchmark(matmul_rows), "matmul_benchmark.png", ctx.plots_dir)
+
+
 # %% [markdown]
-# ## Figures
+# ## Summary figure
 #
-# `tensor_operations_data` computes everything the overview figure shows; the plot
-# functions take data and return a Figure, and `main()` saves it.
+# One picture of the operations above: random draws, a matmul worked entry by entry, a
+# reshape, a broadcast, and the activation functions the later lessons use.
+# `tensor_operations_data` computes what it shows and `plot_tensor_operations` only draws.
 
 # %%
 HISTOGRAM_SAMPLES = 20_000  # draws per distribution in the rand vs randn histogram
@@ -671,151 +851,7 @@ def _draw_equation(ax, matrices, operators, title, highlight=False, symmetric=Fa
     return image
 
 
-def plot_matmul_benchmark(rows: list[dict[str, object]]):
-    """GFLOP/s and time per matmul against size, one line per backend, log axes."""
-    fig, axes = new_figure(1, 2, "Square float32 matmul: NumPy vs torch")
-    ax_rate, ax_time = axes.flat
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-    sizes = sorted({r["size"] for r in rows})
-    for backend in dict.fromkeys(r["backend"] for r in rows):
-        mine = [r for r in rows if r["backend"] == backend]
-        label = "NumPy (reference)" if backend == "numpy" else f"torch on {backend}"
-        ax_rate.plot([r["size"] for r in mine], [r["gflops"] for r in mine], "o-", label=label)
-        ax_time.plot([r["size"] for r in mine], [r["seconds"] * 1e3 for r in mine], "o-", label=label)
-    ax_rate.set(xscale="log", ylim=(0, None), title="Throughput (higher is better)", xlabel="matrix size n (n × n)",
-                ylabel="GFLOP/s (2n³ / time)")
-    ax_time.set(xscale="log", yscale="log", title="Median time per matmul (lower is better)",
-                xlabel="matrix size n (n × n)", ylabel="time (ms)")
-    for ax in (ax_rate, ax_time):
-        ax.xaxis.set_major_locator(FixedLocator(sizes))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
-    return fig
-
-
-# %% [markdown]
-# ## Putting it together
-#
-# `run` only wires: each section's function returns data, and the helpers after it print it.
-
 # %%
-def run(ctx: LessonContext) -> None:
-    cfg = ctx.config(FULL, QUICK)
-    _print_creation(creation_examples(ctx.device, ctx.generator))
-    A = make_spd_matrix(LINALG_SIZE, ctx.generator)  # drawn before the draws whose size depends on --quick
-    _print_pairs("Reshaping, indexing and combining", manipulation_examples())
-    _print_pairs("Memory sharing (write to one side, read the other)", memory_sharing_facts())
-    _print_pairs("Broadcasting: broadcast_shape by hand, then torch.broadcast_shapes",
-                 {f"{row['shapes']}{by}": row[key] for row in broadcast_examples()
-                  for by, key in (("", "by hand"), ("  (torch)", "torch"))})
-    _print_reductions(reduction_examples())
-    _print_python_numbers(python_number_examples())
-    _print_inplace_steps(inplace_version_steps())
-    _print_pairs("In-place writes and autograd", inplace_autograd_errors())
-    _print_dtypes(dtype_report(cfg.dtype_elements, ctx.generator))
-    _print_type_promotion(type_promotion_examples())
-    _print_linalg(condition_number(A), linalg_errors_by_dtype(A), determinant_table(A))
-    devices = ["cpu"] + ([ctx.device] if ctx.device.type != "cpu" else [])
-    rows = benchmark_matmul(cfg.matmul_sizes, devices, cfg.min_run_time, ctx.seed)
-    _print_benchmark(rows)
-    print_section("Figures")
+if __name__ == "__main__":
     save_figure(plot_tensor_operations(tensor_operations_data(ctx.generator)), "tensor_operations_visualization.png",
                 ctx.plots_dir)
-    save_figure(plot_matmul_benchmark(rows), "matmul_benchmark.png", ctx.plots_dir)
-
-
-# %% [markdown]
-# ## Printing
-#
-# Each helper formats one section's data as a table or a list; none computes anything.
-
-# %%
-def _print_creation(examples: dict[str, torch.Tensor]) -> None:
-    print_table("Creating tensors (random ones drawn from the seeded CPU generator)",
-                ["constructor", "shape", "dtype", "device", "values (first 4)"],
-                [[name, str(tuple(t.shape)), _dtype_name(t.dtype), t.device.type, _fmt(t.flatten()[:4])]
-                 for name, t in examples.items()])
-
-
-def _print_reductions(results: dict[str, torch.Tensor]) -> None:
-    print_table(f"Reductions on x = torch.tensor({REDUCTION_INPUT}), a = x.numpy()", ["torch", "NumPy", "result"],
-                [[expr, REDUCTIONS[expr][1], _fmt(value)] for expr, value in results.items()])
-
-
-def _print_python_numbers(results: dict[str, object]) -> None:
-    print_table(f"Python numbers from t = torch.tensor({PYTHON_NUMBER_INPUT}), a = t.numpy()",
-                ["torch", "value", "type", "NumPy"],
-                [[expr, _fmt(value) if isinstance(value, Exception) else repr(value), type(value).__name__,
-                  PYTHON_NUMBERS[expr][1]] for expr, value in results.items()])
-
-
-def _print_inplace_steps(rows: list[dict[str, object]]) -> None:
-    print_table("In-place updates bump the version counter (NumPy has none)",
-                ["torch", "NumPy", "t afterwards", "t._version"],
-                [[r["torch"], r["numpy"], _fmt(r["values"]), r["t._version"]] for r in rows])
-
-
-def _print_dtypes(rows: list[dict[str, object]]) -> None:
-    print_table(f"Dtypes: {rows[0]['nbytes'] // rows[0]['element_size']:,} elements of randn, converted from float32",
-                ["dtype", "bytes/elem", "total bytes", "max rel. round-trip error*", "eps", "max"],
-                [[r["dtype"], r["element_size"], r["nbytes"], _sci(r["max_rel_roundtrip_error"]), _sci(r["eps"]),
-                  f"{r['max']:.3g}"] for r in rows])
-    print("* over values in the dtype's normal range; rounding to nearest keeps it below eps/2")
-
-
-def _print_type_promotion(rows: list[dict[str, object]]) -> None:
-    print_table("Type promotion", ["operands", "torch", "torch.result_type", "NumPy"],
-                [[r["operands"], r["torch"], r["torch.result_type"], r["NumPy"]] for r in rows])
-
-
-def _print_linalg(condition: float, errors: dict[str, dict[str, float]], determinants: list[dict[str, object]]) -> None:
-    print_table(f"torch.linalg on a {LINALG_SIZE}×{LINALG_SIZE} SPD matrix A, condition number {condition:.3g}: "
-                "relative errors", ["check", *map(_dtype_name, LINALG_DTYPES)],
-                [[check, *map(_sci, by_dtype.values())] for check, by_dtype in errors.items()])
-    print_table("Determinants overflow, log-determinants do not", list(determinants[0]),
-                [[row["matrix"], *map(_fmt, list(row.values())[1:])] for row in determinants])
-
-
-def _print_benchmark(rows: list[dict[str, object]]) -> None:
-    print_table(f"Matmul benchmark (float32, median of Timer runs, {torch.get_num_threads()} threads)",
-                ["size", "backend", "median", "GFLOP/s", "vs NumPy"],
-                [[f"{r['size']}×{r['size']}", r["backend"], fmt_seconds(r["seconds"]), fmt_timing(r["gflops"], ".1f"),
-                  fmt_timing(r["speedup_vs_numpy"], ".2f", "×")] for r in rows])
-
-
-def _print_pairs(title: str, pairs: dict[str, object]) -> None:
-    """A section of `label  value` lines; long values wrap under the value column."""
-    print_section(title)
-    for label, value in pairs.items():
-        text = textwrap.fill(_fmt(value), width=120, initial_indent=" " * (NAME_WIDTH + 1),
-                             subsequent_indent=" " * (NAME_WIDTH + 1), break_on_hyphens=False)
-        print(f"{label:{NAME_WIDTH}s} {text[NAME_WIDTH + 1:]}")
-
-
-def _fmt(value: object) -> str:
-    """Compact text for a printed value: floats to 4 significant digits, tensors as nested lists."""
-    if isinstance(value, torch.Tensor):
-        return _fmt(value.tolist())
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt(item) for item in value) + "]"
-    if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _sci(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2e}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_lesson("tensor_basics.py", __doc__, "Lesson 1: tensor basics", run, argv)
-
-
-if __name__ == "__main__":
-    finish(main())

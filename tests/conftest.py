@@ -1,11 +1,13 @@
-"""Shared test helpers: devices present here, the course table, fake timings, warning policy."""
+"""Shared test helpers: devices present here, the course table, running a lesson, fake timings, warning policy."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import runpy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # Before torch loads its OpenMP runtime (here and in every process the tests start): a thread that waits
@@ -52,6 +54,37 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for _, item in sorted(enumerate(items), key=expected_length)]
 
 
+def demo_cells(module: str) -> list:
+    """The compiled bodies of the lesson's `if __name__ == "__main__":` cells, in the order of the script."""
+    path = ROOT / f"{module}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    guards = [node for node in tree.body
+              if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"]
+    return [compile(ast.Module(body=guard.body, type_ignores=[]), str(path), "exec") for guard in guards]
+
+
+def run_script(module: str, argv: Sequence[str]) -> int:
+    """What `python <module>.py *argv` does, in this process: its exit code (0 when it runs to its end).
+
+    The lesson is imported (its definitions), then its demo cells run in order in a copy of the
+    module's namespace, as Run All in a notebook does. So what a test patches on the module
+    (`fake_timings`, a stand-in for a slow part) is what the cells call. Exceptions other than
+    SystemExit propagate: in a terminal the excepthook turns the known ones into one line, which
+    test_lesson_harness checks; real-process runs of every script are in test_reliability.
+    """
+    namespace = {**vars(importlib.import_module(module)), "__name__": "__main__"}
+    saved = sys.argv, sys.excepthook
+    sys.argv = [str(ROOT / f"{module}.py"), *argv]
+    try:
+        for cell in demo_cells(module):
+            exec(cell, namespace)
+    except SystemExit as exit_info:
+        return exit_info.code
+    finally:
+        sys.argv, sys.excepthook = saved
+    return 0
+
+
 def clean_env() -> dict[str, str]:
     """The environment of a plain terminal: no display, no matplotlib backend, the repo importable."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
@@ -80,11 +113,12 @@ def fake_timings(monkeypatch):
     """Every timing in every lesson returns a known constant, so printed output is exactly repeatable.
 
     Lessons time through `time_median` (benchmarks), `wall_seconds` (one-shot runs) and
-    `profile_events` (torch.profiler); each is replaced in the harness and in every lesson module
-    that imported it by name. So is lesson 5's one reading of the machine's state, `resident_memory`:
-    how much resident memory grows depends on what the process freed before (the allocator may hand
-    out pages that are already resident) and on what the kernel reclaims, so it is a measurement, like
-    a time; test_dataset_loader_demo checks the real one in a fresh process.
+    `profile_events` (torch.profiler); each is replaced in the harness (where `run_script` finds it)
+    and in every lesson module that imported it by name. So is the one reading of the machine's
+    state, `resident_memory`: how much resident memory grows depends on what the process freed
+    before (the allocator may hand out pages that are already resident) and on what the kernel
+    reclaims, so it is a measurement, like a time; test_dataset_loader_demo checks the real one in a
+    fresh process.
     """
     def fake_median(fn, device="cpu", min_run_time=0.2):
         fn()

@@ -125,10 +125,6 @@ def test_fmt_seconds_picks_units(seconds, text):
     assert harness.fmt_seconds(seconds) == text
 
 
-def test_fmt_timing_applies_the_format_and_suffix():
-    assert harness.fmt_timing(3.14159, ".1f", "×") == "3.1×"
-
-
 def test_format_table_aligns_columns():
     table = harness.format_table(["name", "value"], [["a", 1.5], ["longer", 1234]]).splitlines()
     assert len({len(line) for line in table}) == 1  # every line padded to the same width
@@ -154,31 +150,66 @@ def test_save_figure_writes_png(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
-def _run(tmp_path, lesson, *extra):
-    return harness.run_lesson("demo.py", "demo", "Demo", lesson, ["--plots-dir", str(tmp_path), *extra])
+def _start(tmp_path, *extra):
+    return harness.start_lesson("tensor_basics", ["--plots-dir", str(tmp_path), *extra])
 
 
-def test_run_lesson_passes_a_context(tmp_path, capsys):
-    contexts = []
-    assert _run(tmp_path, contexts.append, "--seed", "7") == 0
-    (ctx,) = contexts
-    assert ctx.seed == 7 and ctx.plots_dir == tmp_path and not ctx.quick
-    assert "device: " in capsys.readouterr().out
+def test_start_lesson_returns_the_context_and_prints_the_banner(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    ctx = _start(tmp_path, "--seed", "7", "--device", "cpu")
+    assert ctx.seed == 7 and ctx.plots_dir == tmp_path and not ctx.quick and ctx.device == torch.device("cpu")
+    assert ctx.prog == "tensor_basics.py"
+    torch.testing.assert_close(torch.rand(3, generator=ctx.generator),
+                               torch.rand(3, generator=torch.Generator().manual_seed(7)))
+    out = capsys.readouterr().out
+    assert out.startswith("=== Lesson 1: tensors ===\n") and "seed: 7 | mode: full" in out
 
 
 @pytest.mark.parametrize("name", ABSENT_ACCELERATORS)
-def test_run_lesson_unavailable_device_exits_2_with_one_line(tmp_path, capsys, name):
-    assert _run(tmp_path, lambda ctx: None, "--device", name) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not available" in err and "Traceback" not in err
+def test_start_lesson_unavailable_device_exits_2_with_one_line(tmp_path, capsys, name, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with pytest.raises(SystemExit) as exit_info:
+        _start(tmp_path, "--device", name)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "not available" in captured.err and "Traceback" not in captured.err
+    assert captured.err.startswith("tensor_basics.py: error: ") and captured.out == ""
 
 
-def test_run_lesson_turns_divergence_into_exit_2(tmp_path, capsys):
-    def diverge(ctx):
-        raise FloatingPointError("loss became nan at epoch 3 (lr=10)")
+@pytest.mark.parametrize("name", ABSENT_ACCELERATORS)
+def test_in_a_notebook_an_unavailable_device_raises_lesson_error(tmp_path, name, monkeypatch):
+    """A notebook cell must not raise SystemExit (Jupyter reports it as an error even for 0)."""
+    monkeypatch.setattr(harness, "in_notebook", lambda: True)
+    monkeypatch.setattr(harness, "share_notebook_with_workers", lambda module: None)
+    with pytest.raises(harness.LessonError, match=f"--device {name}"):
+        _start(tmp_path, "--device", name)
 
-    assert _run(tmp_path, diverge) == 2
-    assert capsys.readouterr().err.strip() == "demo.py: error: loss became nan at epoch 3 (lr=10)"
+
+def test_a_known_error_in_a_later_section_is_one_line_and_exit_2(capsys, monkeypatch):
+    """The hook a script gets: FloatingPointError and LessonError become one line; anything else keeps its traceback."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    harness._one_line_for_known_errors("demo.py")
+    with pytest.raises(SystemExit) as exit_info:
+        sys.excepthook(FloatingPointError, FloatingPointError("loss became nan at epoch 3 (lr=10)"), None)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "demo.py: error: loss became nan at epoch 3 (lr=10)\n"
+    try:
+        raise KeyError("a bug")
+    except KeyError as err:
+        sys.excepthook(KeyError, err, err.__traceback__)  # returns: the interpreter then exits with code 1
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("Traceback") and "KeyError: 'a bug'" in err_text
+
+
+@pytest.mark.slow
+def test_the_interpreter_exits_2_when_the_hook_raises_system_exit(tmp_path):
+    """What the hook relies on, in a real interpreter: SystemExit raised in sys.excepthook sets the exit code."""
+    script = tmp_path / "diverges.py"
+    script.write_text("import lesson_harness\nlesson_harness._one_line_for_known_errors('diverges.py')\n"
+                      "raise FloatingPointError('loss became inf at epoch 2 (lr=5): lower the learning rate')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=clean_env())
+    assert done.returncode == 2
+    assert done.stderr == "diverges.py: error: loss became inf at epoch 2 (lr=5): lower the learning rate\n"
 
 
 def test_a_notebook_kernel_takes_its_flags_from_lesson_args(monkeypatch):
@@ -212,22 +243,38 @@ def test_outside_a_notebook_the_command_line_is_parsed(monkeypatch):
     assert harness.lesson_argv(None) is None  # argparse then reads sys.argv[1:]
 
 
-def test_finish_exits_from_a_terminal_and_returns_in_a_notebook(monkeypatch):
-    monkeypatch.setattr(harness, "in_notebook", lambda: False)
-    with pytest.raises(SystemExit) as exit_info:
-        harness.finish(2)
-    assert exit_info.value.code == 2
-    monkeypatch.setattr(harness, "in_notebook", lambda: True)
-    assert harness.finish(0) is None
-    with pytest.raises(harness.LessonError, match="exit code 2"):
-        harness.finish(2)
-
-
-def test_context_config_picks_quick_only_under_quick(tmp_path):
-    contexts = []
-    _run(tmp_path, contexts.append)
-    _run(tmp_path, contexts.append, "--quick")
+def test_context_config_picks_quick_only_under_quick(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    contexts = [_start(tmp_path), _start(tmp_path, "--quick")]
     assert [ctx.config("full", "quick") for ctx in contexts] == ["full", "quick"]
+
+
+def test_print_pairs_aligns_labels_and_wraps_long_values(capsys):
+    harness.print_pairs("Facts", {"a": 1.23456, "longer label": "x " * 80}, width=60)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["", "--- Facts ---", "a             1.235"]
+    assert lines[3].startswith("longer label  x x") and len(lines[3]) <= 60
+    assert all(line.startswith(" " * 14 + "x") for line in lines[4:]) and len(lines) > 4
+
+
+def test_sharing_a_notebook_with_workers_rehomes_what_it_defined(monkeypatch):
+    """In a kernel, `__main__`'s functions and classes get the lesson's module name, so spawned workers
+    that unpickle them import the lesson's script; outside a notebook nothing changes."""
+    import types
+
+    main = types.ModuleType("__main__")
+    exec("def worker(): pass\nclass Data: pass\nnumber = 3", vars(main))
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.delitem(sys.modules, "some_lesson", raising=False)
+    monkeypatch.setattr(harness, "in_notebook", lambda: False)
+    harness.share_notebook_with_workers("some_lesson")
+    assert main.worker.__module__ == "__main__" and "some_lesson" not in sys.modules
+    monkeypatch.setattr(harness, "in_notebook", lambda: True)
+    harness.share_notebook_with_workers("some_lesson")
+    assert main.worker.__module__ == main.Data.__module__ == "some_lesson" and sys.modules["some_lesson"] is main
+    exec("class Later: pass", vars(main))  # a class from a later cell: shared by the next call
+    harness.share_notebook_with_workers("some_lesson")
+    assert main.Later.__module__ == "some_lesson"
 
 
 def test_save_figure_shows_the_written_png_inline_in_a_notebook(tmp_path, monkeypatch):

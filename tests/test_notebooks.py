@@ -18,8 +18,28 @@ import notebooks as notebook_tools  # noqa: E402  (tools/ is a folder of scripts
 FIGURES = {lesson.module: lesson.figures for lesson in course.LESSONS}
 
 
-def _images(cell) -> int:
-    return sum("image/png" in output.get("data", {}) for output in cell.get("outputs", []))
+def _images(cells) -> int:
+    return sum("image/png" in output.get("data", {}) for cell in cells for output in cell.get("outputs", []))
+
+
+def _text(cell) -> str:
+    """What a cell printed (stream outputs)."""
+    return "".join(output.get("text", "") for output in cell.get("outputs", []))
+
+
+def _sections(notebook) -> list[tuple[str, list]]:
+    """(heading, the code cells under it) for each `## ` markdown section, in order."""
+    sections = []
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            sections.append((cell.source.splitlines()[0], []))
+        elif cell.cell_type == "code" and sections:
+            sections[-1][1].append(cell)
+    return sections
+
+
+def _is_demo(cell) -> bool:
+    return cell.source.startswith('if __name__ == "__main__":')
 
 
 @pytest.mark.parametrize("module", LESSON_MODULES)
@@ -47,8 +67,26 @@ def test_committed_notebook_is_the_script_executed(module):
     code = [cell for cell in committed.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in code), "committed without running every cell"
     assert not any(output.output_type == "error" for cell in code for output in cell.outputs)
-    assert _images(code[-1]) == len(FIGURES[module]), "every figure is shown inline in the last cell"
-    assert "mode: full" in "".join(output.get("text", "") for output in code[-1].outputs)
+    assert _images(code) == len(FIGURES[module]), "every figure is shown inline, once"
+    assert "mode: full" in "".join(_text(cell) for cell in code)
+
+
+@pytest.mark.parametrize("module", LESSON_MODULES)
+def test_each_section_shows_its_result_under_itself(module):
+    """Every section that runs something has output under it, and no cell holds a third of the notebook's text."""
+    committed = nbformat.read(ROOT / "notebooks" / f"{module}.ipynb", as_version=4)
+    sections = _sections(committed)
+    demo_sections = [(heading, cells) for heading, cells in sections if any(map(_is_demo, cells))]
+    assert len(demo_sections) >= 5
+    for heading, cells in demo_sections:
+        shown = [cell for cell in cells if _is_demo(cell) and (_text(cell) or _images([cell]))]
+        assert shown, f"{module}: section {heading!r} runs code but shows nothing under it"
+    for heading, cells in sections:  # and a section without a demo cell prints nothing either
+        if not any(map(_is_demo, cells)):
+            assert not any(cell.get("outputs") for cell in cells), f"{module}: {heading!r} prints from a definition"
+    texts = [_text(cell) for cell in committed.cells if cell.cell_type == "code"]
+    total = sum(map(len, texts))
+    assert max(map(len, texts)) <= total / 3, f"{module}: one cell holds more than a third of the output"
 
 
 # Every lesson runs as the committed notebook from notebooks/ under spawn (as on macOS and Windows). A
@@ -71,9 +109,9 @@ def test_lesson_runs_as_a_notebook(module, where, start_method, tmp_path):
         notebook, cwd = nbformat.read(ROOT / "notebooks" / f"{module}.ipynb", as_version=4), ROOT / "notebooks"
     ran = notebook_tools.execute(notebook, cwd, f"--quick --device cpu --seed 1 --plots-dir {tmp_path}",
                                  spawn=start_method == "spawn", timeout_s=300)
-    last = [cell for cell in ran.cells if cell.cell_type == "code"][-1]
-    printed = "".join(output.get("text", "") for output in last.outputs)
+    code = [cell for cell in ran.cells if cell.cell_type == "code"]
+    printed = "".join(_text(cell) for cell in code)
     assert "mode: quick" in printed and "seed: 1" in printed  # LESSON_ARGS reached the lesson
-    assert _images(last) == len(FIGURES[module])
+    assert _images(code) == len(FIGURES[module])
     for name in FIGURES[module]:
         assert (tmp_path / name).is_file(), f"{name} was not written"

@@ -1,4 +1,4 @@
-"""The five lessons behave as one course: same CLI, clean failures, headless, reproducible."""
+"""The lessons behave as one course: same set-up cell and CLI, clean failures, headless, reproducible."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ABSENT_ACCELERATORS, LESSON_MODULES, ROOT, assert_pngs_written, clean_env
+from conftest import ABSENT_ACCELERATORS, LESSON_MODULES, ROOT, assert_pngs_written, clean_env, run_script
 from matplotlib.figure import Figure
 
 import course
@@ -22,13 +22,32 @@ FIGURES = {lesson.module: lesson.figures for lesson in course.LESSONS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_hands_mains_exit_code_to_finish(script):
-    """What makes a script's exit code main()'s: its last statement. The real-process tests below run one
-    script to exit code 2 and every script to exit code 0; this holds the rest to the same two lines."""
+def test_every_demo_cell_is_guarded_and_the_set_up_cell_comes_first(script):
+    """Importing a lesson defines things and runs nothing: every top-level statement that does work sits
+    under `if __name__ == "__main__":`, and the first such cell is the set-up cell, which reads the flags."""
     tree = ast.parse((ROOT / f"{script}.py").read_text(encoding="utf-8"))
-    guard = tree.body[-1]
-    assert isinstance(guard, ast.If) and ast.unparse(guard.test) == "__name__ == '__main__'"
-    assert [ast.unparse(statement) for statement in guard.body] == ["finish(main())"]
+    guards = []
+    for statement in tree.body:
+        if isinstance(statement, ast.If):
+            assert ast.unparse(statement.test) == "__name__ == '__main__'", ast.unparse(statement.test)
+            guards.append(statement)
+        else:
+            assert isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign,
+                                          ast.AnnAssign, ast.Expr)), ast.unparse(statement)[:80]
+            if isinstance(statement, ast.Expr):  # the module docstring, nothing else
+                assert isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str)
+    assert len(guards) >= 5, "each section shows its own result"
+    assert ast.unparse(guards[0].body[0]) == f"ctx = start_lesson({script!r})"
+
+
+@pytest.mark.slow
+def test_importing_every_lesson_prints_nothing():
+    """Tests, DataLoader workers and DDP ranks import the lessons: that must run no section."""
+    code = "; ".join(f"import {script}" for script in SCRIPTS)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=clean_env(),
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "" and done.stderr == ""
 
 
 def test_unavailable_cuda_exits_2_with_one_line_in_a_real_process(tmp_path):
@@ -42,23 +61,22 @@ def test_unavailable_cuda_exits_2_with_one_line_in_a_real_process(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"{script}.py: error: --device cuda was requested but is not available")
+    assert done.stdout == ""
 
 
 @pytest.mark.parametrize("device", ABSENT_ACCELERATORS)
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_unavailable_device_exits_2(script, device, tmp_path, capsys):
-    module = importlib.import_module(script)
-    assert module.main(["--device", device, "--plots-dir", str(tmp_path)]) == 2
+    assert run_script(script, ["--device", device, "--plots-dir", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
     assert captured.err.startswith(f"{script}.py: error: --device {device} was requested but is not available")
-    assert "=== Lesson" not in captured.out  # nothing ran
+    assert captured.out == ""  # nothing ran, not even the banner
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_unwritable_plots_dir_exits_2(script, unwritable_dir, capsys):
-    module = importlib.import_module(script)
-    assert module.main(["--quick", "--device", "cpu", "--plots-dir", str(unwritable_dir)]) == 2
+    assert run_script(script, ["--quick", "--device", "cpu", "--plots-dir", str(unwritable_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot write figures to --plots-dir" in err and "Traceback" not in err
 
@@ -66,15 +84,27 @@ def test_unwritable_plots_dir_exits_2(script, unwritable_dir, capsys):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_shares_the_cli_and_defaults_to_plots_next_to_it(script, capsys):
     module = importlib.import_module(script)
-    with pytest.raises(SystemExit) as exit_info:
-        module.main(["--help"])
-    assert exit_info.value.code == 0
+    assert run_script(script, ["--help"]) == 0
     help_text = capsys.readouterr().out
+    assert help_text.startswith(f"usage: {script}.py ")
     for flag in ("--device {auto,cpu,cuda,mps}", "--quick", "--plots-dir", "--seed"):
         assert flag in help_text
     assert module.__doc__.splitlines()[0] in help_text  # --help says what the script teaches
     assert lesson_harness.DEFAULT_PLOTS_DIR == ROOT / "plots"
     assert Path(module.__file__).resolve().parent / "plots" == lesson_harness.DEFAULT_PLOTS_DIR
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_banner_shows_the_title_from_the_course_table(script, tmp_path, capsys, monkeypatch):
+    """The title is written once, in course.py; the banner reads it from there."""
+    monkeypatch.setattr(course, "LESSONS", tuple(
+        course.Lesson(row.module, f"Title under test {index}", row.figures, row.quick_budget_floors,
+                      row.full_budget_floors, row.starts_processes) for index, row in enumerate(course.LESSONS)))
+    monkeypatch.setattr(lesson_harness, "print_banner", lambda title, *rest: print(f"=== {title} ==="))
+    ctx = lesson_harness.start_lesson(script, ["--device", "cpu", "--plots-dir", str(tmp_path)])
+    assert capsys.readouterr().out == f"=== Title under test {SCRIPTS.index(script)} ===\n"
+    assert ctx.prog == f"{script}.py"
+    assert f'"{course.lesson(script).title}"' not in (ROOT / f"{script}.py").read_text(encoding="utf-8")
 
 
 def _round_off_masked(text: str) -> str:
@@ -99,10 +129,9 @@ def test_quick_run_is_reproducible_headless_and_independent_of_the_working_direc
     start = multiprocessing.process.BaseProcess.start
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start",
                         lambda self: started.append(type(self).__name__) or start(self))
-    module = importlib.import_module(script)
     outputs = []
     for seed in ("3", "3", "4"):
-        assert module.main(["--quick", "--device", "cpu", "--seed", seed, "--plots-dir", "figures"]) == 0
+        assert run_script(script, ["--quick", "--device", "cpu", "--seed", seed, "--plots-dir", "figures"]) == 0
         outputs.append(capsys.readouterr().out)
     assert "seed: 3" in outputs[0] and "seed: 4" in outputs[2]
     assert _round_off_masked(outputs[0]) == _round_off_masked(outputs[1])
