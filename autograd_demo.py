@@ -21,15 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesson_harness import (
-    LessonContext,
-    finish,
     fmt_seconds,
-    fmt_timing,
     new_figure,
-    print_section,
+    print_pairs,
     print_table,
-    run_lesson,
     save_figure,
+    start_lesson,
     time_median,
 )
 
@@ -52,6 +49,7 @@ FD_STEP_LARGEST = 1e-1  # largest finite-difference step h in the sweep
 FD_STEP_SMALLEST = 1e-12  # smallest step h: far below float32's resolution near |x| ≈ 1
 FD_POINTS = (-1.0, -0.6, -0.2, 0.2, 0.6, 1.0)  # where the finite-difference gradient is compared
 SIN_DERIVATIVE_ORDERS = 5  # derivatives 0..4 of sin, printed against the closed form
+SIN_DERIVATIVE_POINT = 1.0  # x where those derivatives are printed
 ROSENBROCK_POINT = (-1.2, 1.0, 0.5, 2.0)  # where the Rosenbrock Hessian is checked
 HVP_DIRECTION = (1.0, -1.0, 0.5, 0.0)  # v in the Hessian-vector product H·v
 ACCUMULATION_ROWS = 12  # rows of the batch split into micro-batches
@@ -62,6 +60,31 @@ OPS_PER_STEP = 4  # view, transpose, reshape (a copy), in-place multiply
 TANH_MLP_SIZES = (1, 32, 32, 1)  # the small tanh MLP whose gradients and loss are plotted
 TIMED_MLP_DEPTH = 3  # hidden layers of the ReLU MLP in the forward-vs-backward timing
 ADAM_LR = 1e-2  # learning rate of the loss-curve run
+
+
+def _rounded(t: torch.Tensor) -> list[float]:
+    """A tensor's values as a flat list, rounded to 4 decimals for printing."""
+    return [round(v, 4) for v in t.flatten().tolist()]
+
+
+def _sci(value: float) -> str:
+    """A difference or error in scientific notation, two significant digits."""
+    return f"{value:.1e}"
+
+
+# %% [markdown]
+# ## Set-up
+#
+# This cell reads the settings: the command line in a script (`python autograd_demo.py --quick`),
+# the `LESSON_ARGS` environment variable in a notebook. It picks the device (CUDA, then MPS,
+# then the CPU, unless `--device` names one), seeds every random number generator with `--seed`
+# and prints what this run uses. Each section below ends with a cell that runs its code and
+# shows the result; importing the lesson runs none of them.
+
+# %%
+if __name__ == "__main__":
+    ctx = start_lesson("autograd_demo")
+    cfg = ctx.config(FULL, QUICK)
 
 
 # %% [markdown]
@@ -169,6 +192,45 @@ def example_graph() -> tuple[list[dict], list[tuple], str]:
     return nodes, edges, "loss = (sigmoid(w·x + b) − 0.8)²"
 
 
+def plot_autograd_graph(nodes: list[dict], edges: list[tuple], title: str):
+    fig, axes = new_figure(1, 1, "The autograd graph, walked from the loss through next_functions", (11, 4))
+    ax = axes[0, 0]
+    by_depth: dict[int, list[dict]] = {}
+    for node in nodes:
+        by_depth.setdefault(node["depth"], []).append(node)
+    max_depth = max(by_depth)
+    position = {}
+    for depth, column in by_depth.items():
+        for i, node in enumerate(column):
+            position[node["id"]] = (max_depth - depth, (i + 1) / (len(column) + 1))
+    ax.set_xlim(-0.6, max_depth + 0.6)
+    ax.set_ylim(0, 1)
+    ax.set_axis_off()
+    boxes = {}
+    for node in nodes:
+        leaf = "AccumulateGrad" in node["label"]
+        boxes[node["id"]] = ax.text(
+            *position[node["id"]], node["label"], ha="center", va="center", fontsize=10,
+            bbox={"boxstyle": "round", "facecolor": "#cde8c4" if leaf else "#c9daf8", "edgecolor": "black"})
+    fig.draw_without_rendering()  # lay the boxes out so arrows can end at their edges
+    for child, parent in edges:
+        ax.annotate("", xy=position[parent], xytext=position[child],
+                    arrowprops={"arrowstyle": "-|>", "color": "dimgrey", "mutation_scale": 18,
+                                "patchA": boxes[child].get_bbox_patch(), "patchB": boxes[parent].get_bbox_patch()})
+    ax.set_title(title, fontsize=12)
+    ax.text(0.5, 0.02, "green: leaves whose .grad backward fills "
+            "(x has requires_grad=False, so it is not in the graph)\n"
+            "blue: backward nodes (grad_fn); arrows point the way the forward pass ran, backward runs right to left",
+            transform=ax.transAxes, ha="center", va="bottom", fontsize=10, color="dimgrey")
+    return fig
+
+
+# %%
+if __name__ == "__main__":
+    print_pairs("The dynamic graph", graph_facts(), fmt=str)
+    save_figure(plot_autograd_graph(*example_graph()), "autograd_graph.png", ctx.plots_dir)
+
+
 # %% [markdown]
 # ## no_grad vs inference_mode
 #
@@ -242,6 +304,18 @@ def time_no_grad_vs_inference_mode(steps: int, min_run_time: float,
             "inference_mode / no_grad": inference / no_grad}
 
 
+def print_mode_timings(modes: dict[str, float], device: torch.device) -> None:
+    print(f"{modes['ops']} small ops on {device.type}: no_grad {fmt_seconds(modes['no_grad per op'])}/op, "
+          f"inference_mode {fmt_seconds(modes['inference_mode per op'])}/op "
+          f"({modes['inference_mode / no_grad']:.2f}× the time)")
+
+
+# %%
+if __name__ == "__main__":
+    print_pairs("no_grad vs inference_mode", inference_mode_facts(), fmt=str)
+    print_mode_timings(time_no_grad_vs_inference_mode(SMALL_OP_STEPS, cfg.min_run_time, ctx.device), ctx.device)
+
+
 # %% [markdown]
 # ## Gradients and vector-Jacobian products
 #
@@ -261,6 +335,18 @@ def basic_gradients() -> dict[str, torch.Tensor]:
     (xs**2).backward(gradient=v)  # vᵀJ with J = diag(2x)
     jacobian = torch.func.jacrev(lambda t: t**2)(xs.detach())
     return {"x**2 at 2": scalar_grad, "vjp": xs.grad.clone(), "v @ jacobian": v @ jacobian}
+
+
+def print_gradients(basics: dict[str, torch.Tensor]) -> None:
+    print_pairs("Gradients and vector-Jacobian products", {
+        "d(x²)/dx at x = 2 (closed form 2x = 4)": basics["x**2 at 2"].item(),
+        "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": _rounded(basics["vjp"]),
+        "vᵀJ with J = jacrev(x ↦ x²)": _rounded(basics["v @ jacobian"])}, fmt=str)
+
+
+# %%
+if __name__ == "__main__":
+    print_gradients(basic_gradients())
 
 
 # %% [markdown]
@@ -292,6 +378,16 @@ def sin_derivative_table(x0: float, orders: int) -> list[list[object]]:
     """Rows [n, autograd's n-th derivative of sin at x0, the closed form sin(x0 + nπ/2)]."""
     x = torch.tensor(x0, dtype=torch.float64)
     return [[n, nth_derivative(torch.sin, x, n).item(), math.sin(x0 + n * math.pi / 2)] for n in range(orders)]
+
+
+def print_sin_derivatives(rows: list[list[object]]) -> None:
+    print_table(f"n-th derivative of sin at x = {SIN_DERIVATIVE_POINT:g}",
+                ["n", "autograd", f"closed form sin({SIN_DERIVATIVE_POINT:g} + nπ/2)"], rows)
+
+
+# %%
+if __name__ == "__main__":
+    print_sin_derivatives(sin_derivative_table(SIN_DERIVATIVE_POINT, SIN_DERIVATIVE_ORDERS))
 
 
 # %% [markdown]
@@ -366,6 +462,17 @@ def compare_jacobians(n: int, min_run_time: float, generator: torch.Generator | 
             for name, method in jacobian_methods(f, x).items()]
 
 
+def print_jacobians(rows: list[dict], n: int) -> None:
+    print_table(f"Jacobian of a R^{n} → R^{n} map (max diff vs the hand-derived Jacobian, time)",
+                ["method", "max |diff|", "median"],
+                [[r["method"], _sci(r["max |diff|"]), fmt_seconds(r["seconds"])] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    print_jacobians(compare_jacobians(cfg.jacobian_size, cfg.min_run_time, ctx.generator), cfg.jacobian_size)
+
+
 # %% [markdown]
 # ## Hessians and Hessian-vector products
 #
@@ -424,6 +531,13 @@ def rosenbrock_hessian_checks(x: torch.Tensor, v: torch.Tensor) -> dict[str, flo
     }
 
 
+# %%
+if __name__ == "__main__":
+    print_pairs(f"Rosenbrock Hessian at {ROSENBROCK_POINT}",
+                rosenbrock_hessian_checks(torch.tensor(ROSENBROCK_POINT, dtype=torch.float64),
+                                          torch.tensor(HVP_DIRECTION, dtype=torch.float64)), fmt=_sci)
+
+
 # %% [markdown]
 # ## Gradient checking with finite differences
 #
@@ -434,7 +548,8 @@ def rosenbrock_hessian_checks(x: torch.Tensor, v: torch.Tensor) -> dict[str, flo
 # float32 and 6e-6 in float64. Below h ≈ ε_mach·|x|/2 (half the spacing of floats near x),
 # x + h and x − h both round to x itself: the quotient is exactly 0 and the error is |f'(x)|,
 # a flat plateau (float32 reaches it inside the sweep). `torch.autograd.gradcheck` automates
-# the comparison, and must run in float64: in float32 it rejects even a correct backward.
+# the comparison, and must run in float64: in float32 it rejects even a correct backward (the
+# next section shows both, on a backward written by hand).
 
 # %%
 def fd_steps(count: int) -> torch.Tensor:
@@ -506,16 +621,44 @@ def round_off_plateau(steps: torch.Tensor, x: torch.Tensor, errors: list[float],
             "max |grad|": exact.abs().max().item()}
 
 
-def gradcheck_in_both_precisions(generator: torch.Generator | None = None) -> dict[str, bool]:
-    """gradcheck on SquareFunction (a correct backward) in float64 and in float32."""
-    results = {}
-    for dtype in (torch.float64, torch.float32):
-        x = torch.randn(3, dtype=dtype, generator=generator).requires_grad_(True)
-        with warnings.catch_warnings():  # the float32 warning is the point of the demo
-            warnings.filterwarnings("ignore", message=r"Input #0 requires gradient and is not a double")
-            results[str(dtype).removeprefix("torch.")] = torch.autograd.gradcheck(
-                SquareFunction.apply, (x,), raise_exception=False)
-    return results
+def print_finite_differences(orders: int, best: dict[str, tuple[float, float]], plateau: dict[str, float]) -> None:
+    lost = (f"{plateau['largest lost h']:.0e}, error there {plateau['error there']:.4f} "
+            f"= max |f'(x)| {plateau['max |grad|']:.4f}")
+    print_pairs(f"Finite differences, step h over {orders} orders of magnitude", {
+        **{f"{dtype}: most accurate at h": f"{h:.0e} (max error {err:.1e})" for dtype, (h, err) in best.items()},
+        "float32: x ± h rounds to x at every x once h ≤": lost}, fmt=str)
+
+
+def plot_fd_error(steps: torch.Tensor, errors: dict[str, list[float]], plateau: dict[str, float]):
+    fig, axes = new_figure(1, 1, "Finite differences vs autograd: truncation error meets round-off", (8, 5))
+    ax = axes[0, 0]
+    h = steps.tolist()
+    for name, errs in errors.items():
+        floor = [max(e, 1e-18) for e in errs]  # exact zeros cannot be drawn on a log axis
+        ax.loglog(h, floor, "o-", label=name)
+        best = min(range(len(errs)), key=errs.__getitem__)
+        ax.annotate(f"{name} best: h = {h[best]:.0e}", (h[best], floor[best]),
+                    textcoords="offset points", xytext=(40, -28), arrowprops={"arrowstyle": "->"})
+    ax.axhline(plateau["max |grad|"], color="grey", linestyle="--", linewidth=1)
+    ax.text(h[0], plateau["max |grad|"] * 1.6, "max |f'(x)|: below h ≈ ε_mach·|x|/2, x ± h rounds to x "
+            "and the quotient is 0", fontsize=9, color="dimgrey", va="bottom")
+    lowest = min(max(e, 1e-18) for errs in errors.values() for e in errs)
+    ax.set_ylim(bottom=lowest / 100, top=plateau["max |grad|"] * 30)
+    ax.set(xlabel="step size h", ylabel="max |central difference − exact gradient|",
+           title="Error of (f(x+h) − f(x−h)) / 2h for f = Σ sin(x)·exp(x/2), x ∈ [−1, 1]")
+    ax.invert_xaxis()
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="dtype", loc="lower left")
+    return fig
+
+
+# %%
+if __name__ == "__main__":
+    fd_h, fd_x = fd_steps(cfg.fd_step_count), torch.tensor(FD_POINTS, dtype=torch.float64)
+    fd_errors = fd_error_sweep(fd_h, fd_x)
+    fd_plateau = round_off_plateau(fd_h, fd_x, fd_errors["float32"])
+    print_finite_differences(orders_of_magnitude(fd_h), best_steps(fd_h, fd_errors), fd_plateau)
+    save_figure(plot_fd_error(fd_h, fd_errors, fd_plateau), "finite_difference_error.png", ctx.plots_dir)
 
 
 # %% [markdown]
@@ -525,7 +668,8 @@ def gradcheck_in_both_precisions(generator: torch.Generator | None = None) -> di
 # the `forward` + `setup_context` style (and with `generate_vmap_rule = True`) a Function also
 # works under `torch.func` transforms. If its backward uses differentiable torch operations,
 # double backward (`gradgradcheck`) works too. gradcheck is worth running on code like this,
-# whose backward you wrote; on built-in ops it would only test PyTorch.
+# whose backward you wrote; on built-in ops it would only test PyTorch. The first lines below
+# run it on `SquareFunction` in float64, where it passes, and in float32, where it rejects it.
 
 # %%
 class SquareFunction(torch.autograd.Function):
@@ -574,6 +718,23 @@ class StableLogSumExp(torch.autograd.Function):
         return grad_output.unsqueeze(-1) * softmax
 
 
+def gradcheck_in_both_precisions(generator: torch.Generator | None = None) -> dict[str, bool]:
+    """gradcheck on SquareFunction (a correct backward) in float64 and in float32."""
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        x = torch.randn(3, dtype=dtype, generator=generator).requires_grad_(True)
+        with warnings.catch_warnings():  # the float32 warning is the point of the demo
+            warnings.filterwarnings("ignore", message=r"Input #0 requires gradient and is not a double")
+            results[str(dtype).removeprefix("torch.")] = torch.autograd.gradcheck(
+                SquareFunction.apply, (x,), raise_exception=False)
+    return results
+
+
+def print_gradcheck_precisions(gradchecks: dict[str, bool]) -> None:
+    print_pairs("gradcheck needs float64", {f"gradcheck(SquareFunction) in {dtype}": ok
+                                            for dtype, ok in gradchecks.items()}, fmt=str)
+
+
 LOGSUMEXP_OVERFLOW_INPUT = (1000.0, 1000.5, 999.0)  # exp(1000) overflows float32 and float64 alike
 
 
@@ -594,6 +755,12 @@ def custom_function_report(generator: torch.Generator | None = None) -> dict[str
         "func.grad(SquareFunction) at 3": torch.func.grad(lambda t: SquareFunction.apply(t).sum())(
             torch.tensor(3.0)).item(),
     }
+
+
+# %%
+if __name__ == "__main__":
+    print_gradcheck_precisions(gradcheck_in_both_precisions(ctx.generator))
+    print_pairs("Custom autograd Functions", custom_function_report(ctx.generator), fmt=str)
 
 
 # %% [markdown]
@@ -652,6 +819,18 @@ def accumulation_demo(generator: torch.Generator | None = None) -> dict[str, obj
     return {"once": once, "twice": twice, "after_zero_grad": after_zero_grad, "max |micro − full|": micro}
 
 
+def print_accumulation(acc: dict[str, object]) -> None:
+    print_pairs("Gradient accumulation", {
+        "weight.grad after 1 backward": _rounded(acc["once"]),
+        "after 2 (summed, not replaced)": _rounded(acc["twice"]), "after zero_grad()": acc["after_zero_grad"],
+        **{f"max |micro − full|, {k}": _sci(v) for k, v in acc["max |micro − full|"].items()}}, fmt=str)
+
+
+# %%
+if __name__ == "__main__":
+    print_accumulation(accumulation_demo(ctx.generator))
+
+
 # %% [markdown]
 # ## Debugging a NaN gradient
 #
@@ -686,6 +865,11 @@ def nan_gradient_demo() -> dict[str, object]:
     return report
 
 
+# %%
+if __name__ == "__main__":
+    print_pairs("Debugging a NaN gradient with detect_anomaly", nan_gradient_demo(), fmt=str)
+
+
 # %% [markdown]
 # ## Where the time goes: forward vs backward
 #
@@ -717,6 +901,29 @@ def time_forward_backward(widths: tuple[int, ...], batch: int, min_run_time: flo
     return rows
 
 
+def print_forward_backward(rows: list[dict[str, float]], batch: int, device: torch.device) -> None:
+    print_table(f"Forward vs backward, ReLU MLP with {TIMED_MLP_DEPTH} hidden layers, batch {batch}, on {device.type}",
+                ["width", "forward", "backward", "backward/forward"],
+                [[r["width"], fmt_seconds(r["forward"]), fmt_seconds(r["backward"]), f"{r['backward/forward']:.2f}×"]
+                 for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    timings = time_forward_backward(cfg.mlp_hidden_sizes, cfg.mlp_batch, cfg.min_run_time, ctx.device, ctx.generator)
+    print_forward_backward(timings, cfg.mlp_batch, ctx.device)
+
+
+# %% [markdown]
+# ## Summary figure: gradient flow in a small network
+#
+# A small tanh MLP fits a noisy sine with Adam. After its first backward pass the figure shows
+# the norm of each parameter's gradient and the spread of all gradient values; then the loss at
+# every step; and, in its last panel, the backward/forward time ratios measured in the section
+# above. The plot function draws what the sections returned and computes nothing, so the figure
+# cannot disagree with the printed tables.
+
+# %%
 def make_tanh_mlp(sizes: tuple[int, ...] = TANH_MLP_SIZES) -> nn.Sequential:
     """Linear layers of the given sizes with tanh between them (none after the last)."""
     layers: list[nn.Module] = []
@@ -746,67 +953,8 @@ def training_curve(steps: int, generator: torch.Generator | None = None) -> dict
     return {"losses": losses, "grads": first_grads}
 
 
-# %% [markdown]
-# ## Figures
-#
-# The plot functions draw what the sections above returned; they compute nothing, so a figure
-# cannot disagree with the printed tables.
-
-# %%
-def plot_autograd_graph(nodes: list[dict], edges: list[tuple], title: str):
-    fig, axes = new_figure(1, 1, "The autograd graph, walked from the loss through next_functions", (11, 4))
-    ax = axes[0, 0]
-    by_depth: dict[int, list[dict]] = {}
-    for node in nodes:
-        by_depth.setdefault(node["depth"], []).append(node)
-    max_depth = max(by_depth)
-    position = {}
-    for depth, column in by_depth.items():
-        for i, node in enumerate(column):
-            position[node["id"]] = (max_depth - depth, (i + 1) / (len(column) + 1))
-    ax.set_xlim(-0.6, max_depth + 0.6)
-    ax.set_ylim(0, 1)
-    ax.set_axis_off()
-    boxes = {}
-    for node in nodes:
-        leaf = "AccumulateGrad" in node["label"]
-        boxes[node["id"]] = ax.text(
-            *position[node["id"]], node["label"], ha="center", va="center", fontsize=10,
-            bbox={"boxstyle": "round", "facecolor": "#cde8c4" if leaf else "#c9daf8", "edgecolor": "black"})
-    fig.draw_without_rendering()  # lay the boxes out so arrows can end at their edges
-    for child, parent in edges:
-        ax.annotate("", xy=position[parent], xytext=position[child],
-                    arrowprops={"arrowstyle": "-|>", "color": "dimgrey", "mutation_scale": 18,
-                                "patchA": boxes[child].get_bbox_patch(), "patchB": boxes[parent].get_bbox_patch()})
-    ax.set_title(title, fontsize=12)
-    ax.text(0.5, 0.02, "green: leaves whose .grad backward fills "
-            "(x has requires_grad=False, so it is not in the graph)\n"
-            "blue: backward nodes (grad_fn); arrows point the way the forward pass ran, backward runs right to left",
-            transform=ax.transAxes, ha="center", va="bottom", fontsize=10, color="dimgrey")
-    return fig
-
-
-def plot_fd_error(steps: torch.Tensor, errors: dict[str, list[float]], plateau: dict[str, float]):
-    fig, axes = new_figure(1, 1, "Finite differences vs autograd: truncation error meets round-off", (8, 5))
-    ax = axes[0, 0]
-    h = steps.tolist()
-    for name, errs in errors.items():
-        floor = [max(e, 1e-18) for e in errs]  # exact zeros cannot be drawn on a log axis
-        ax.loglog(h, floor, "o-", label=name)
-        best = min(range(len(errs)), key=errs.__getitem__)
-        ax.annotate(f"{name} best: h = {h[best]:.0e}", (h[best], floor[best]),
-                    textcoords="offset points", xytext=(40, -28), arrowprops={"arrowstyle": "->"})
-    ax.axhline(plateau["max |grad|"], color="grey", linestyle="--", linewidth=1)
-    ax.text(h[0], plateau["max |grad|"] * 1.6, "max |f'(x)|: below h ≈ ε_mach·|x|/2, x ± h rounds to x "
-            "and the quotient is 0", fontsize=9, color="dimgrey", va="bottom")
-    lowest = min(max(e, 1e-18) for errs in errors.values() for e in errs)
-    ax.set_ylim(bottom=lowest / 100, top=plateau["max |grad|"] * 30)
-    ax.set(xlabel="step size h", ylabel="max |central difference − exact gradient|",
-           title="Error of (f(x+h) − f(x−h)) / 2h for f = Σ sin(x)·exp(x/2), x ∈ [−1, 1]")
-    ax.invert_xaxis()
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="dtype", loc="lower left")
-    return fig
+def print_training(losses: list[float]) -> None:
+    print(f"\nTraining loss: {losses[0]:.4f} → {losses[-1]:.4f} in {len(losses)} Adam steps")
 
 
 def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timings: list[dict[str, float]],
@@ -843,94 +991,9 @@ def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timi
     return fig
 
 
-# %% [markdown]
-# ## Putting it together
-#
-# `run` only wires: each section's function returns data, the helpers below format it and the
-# plot functions draw it. In a notebook, the last cell runs the lesson with the flags in
-# `LESSON_ARGS`.
-
 # %%
-def print_facts(title: str, facts: dict[str, object]) -> None:
-    print_section(title)
-    width = max(len(k) for k in facts)
-    for key, value in facts.items():
-        print(f"{key:{width}s}  {value}")
-
-
-def gradient_facts() -> dict[str, object]:
-    basics = basic_gradients()
-    return {"d(x²)/dx at x = 2 (closed form 2x = 4)": basics["x**2 at 2"].item(),
-            "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": _rounded(basics["vjp"]),
-            "vᵀJ with J = jacrev(x ↦ x²)": _rounded(basics["v @ jacobian"])}
-
-
-def finite_difference_facts(steps: torch.Tensor, errors: dict[str, list[float]], plateau: dict[str, float],
-                            gradchecks: dict[str, bool]) -> dict[str, object]:
-    best = {f"{dtype}: most accurate at h": f"{h:.0e} (max error {err:.1e})"
-            for dtype, (h, err) in best_steps(steps, errors).items()}
-    lost = (f"{plateau['largest lost h']:.0e}, error there {plateau['error there']:.4f} "
-            f"= max |f'(x)| {plateau['max |grad|']:.4f}")
-    return {**best, "float32: x ± h rounds to x at every x once h ≤": lost,
-            **{f"gradcheck(SquareFunction) in {dtype}": ok for dtype, ok in gradchecks.items()}}
-
-
-def accumulation_facts(acc: dict[str, object]) -> dict[str, object]:
-    return {"weight.grad after 1 backward": _rounded(acc["once"]),
-            "after 2 (summed, not replaced)": _rounded(acc["twice"]), "after zero_grad()": acc["after_zero_grad"],
-            **{f"max |micro − full|, {k}": f"{v:.1e}" for k, v in acc["max |micro − full|"].items()}}
-
-
-def run(ctx: LessonContext) -> None:
-    cfg = ctx.config(FULL, QUICK)
-    print_facts("The dynamic graph", graph_facts())
-    print_facts("no_grad vs inference_mode", inference_mode_facts())
-    modes = time_no_grad_vs_inference_mode(SMALL_OP_STEPS, cfg.min_run_time, ctx.device)
-    print(f"{modes['ops']} small ops on {ctx.device.type}: no_grad {fmt_seconds(modes['no_grad per op'])}/op, "
-          f"inference_mode {fmt_seconds(modes['inference_mode per op'])}/op "
-          f"({fmt_timing(modes['inference_mode / no_grad'], '.2f', '×')} the time)")
-    print_facts("Gradients and vector-Jacobian products", gradient_facts())
-    print_table("n-th derivative of sin at x = 1", ["n", "autograd", "closed form sin(1 + nπ/2)"],
-                sin_derivative_table(1.0, SIN_DERIVATIVE_ORDERS))
-    print_table(f"Jacobian of a R^{cfg.jacobian_size} → R^{cfg.jacobian_size} map (max diff vs the hand-derived "
-                "Jacobian, time)", ["method", "max |diff|", "median"],
-                [[r["method"], f"{r['max |diff|']:.1e}", fmt_seconds(r["seconds"])]
-                 for r in compare_jacobians(cfg.jacobian_size, cfg.min_run_time, ctx.generator)])
-    hessian = rosenbrock_hessian_checks(torch.tensor(ROSENBROCK_POINT, dtype=torch.float64),
-                                        torch.tensor(HVP_DIRECTION, dtype=torch.float64))
-    print_facts(f"Rosenbrock Hessian at {ROSENBROCK_POINT}", {k: f"{v:.1e}" for k, v in hessian.items()})
-
-    steps, x_fd = fd_steps(cfg.fd_step_count), torch.tensor(FD_POINTS, dtype=torch.float64)
-    errors = fd_error_sweep(steps, x_fd)
-    plateau = round_off_plateau(steps, x_fd, errors["float32"])
-    print_facts(f"Finite differences, step h over {orders_of_magnitude(steps)} orders of magnitude",
-                finite_difference_facts(steps, errors, plateau, gradcheck_in_both_precisions(ctx.generator)))
-    print_facts("Custom autograd Functions", custom_function_report(ctx.generator))
-    print_facts("Gradient accumulation", accumulation_facts(accumulation_demo(ctx.generator)))
-    print_facts("Debugging a NaN gradient with detect_anomaly", nan_gradient_demo())
-
-    timings = time_forward_backward(cfg.mlp_hidden_sizes, cfg.mlp_batch, cfg.min_run_time, ctx.device, ctx.generator)
-    print_table(f"Forward vs backward, ReLU MLP with {TIMED_MLP_DEPTH} hidden layers, batch {cfg.mlp_batch}, "
-                f"on {ctx.device.type}", ["width", "forward", "backward", "backward/forward"],
-                [[r["width"], fmt_seconds(r["forward"]), fmt_seconds(r["backward"]),
-                  fmt_timing(r["backward/forward"], ".2f", "×")] for r in timings])
+if __name__ == "__main__":
     curve = training_curve(cfg.train_steps, ctx.generator)
-    print(f"\nTraining loss: {curve['losses'][0]:.4f} → {curve['losses'][-1]:.4f} in {cfg.train_steps} Adam steps")
-
-    print_section("Figures")
-    save_figure(plot_autograd_graph(*example_graph()), "autograd_graph.png", ctx.plots_dir)
-    save_figure(plot_fd_error(steps, errors, plateau), "finite_difference_error.png", ctx.plots_dir)
+    print_training(curve["losses"])
     save_figure(plot_gradient_flow(curve["grads"], curve["losses"], timings, cfg.mlp_batch),
                 "gradient_flow_analysis.png", ctx.plots_dir)
-
-
-def _rounded(t: torch.Tensor) -> list[float]:
-    return [round(v, 4) for v in t.flatten().tolist()]
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_lesson("autograd_demo.py", __doc__, "Lesson 2: autograd", run, argv)
-
-
-if __name__ == "__main__":
-    finish(main())

@@ -33,7 +33,7 @@ LESSONS = (
     Lesson("linear_regression_torch", "Lesson 3: linear regression, optimizers and DDP",
            ("linear_regression_comparison.png", "numpy_vs_torch_scaling.png"), 3, 6, starts_processes=True),
     Lesson("custom_nn_module", "Lesson 4: custom modules",
-           ("custom_modules_analysis.png", "memory_checkpointing.png"), 1.5, 4),
+           ("memory_checkpointing.png", "custom_modules_analysis.png"), 1.5, 4),
     Lesson("dataset_loader_demo", "Lesson 5: datasets and loaders",
            ("digits_samples.png", "dataset_loader_analysis.png"), 2.5, 4, starts_processes=True),
     Lesson("digits_classifier", "Lesson 6: training a digit classifier",

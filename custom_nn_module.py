@@ -23,16 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesson_harness import (
-    LessonContext,
     as_device,
-    finish,
     fmt_seconds,
-    fmt_timing,
     new_figure,
+    print_pairs,
     print_section,
     print_table,
-    run_lesson,
     save_figure,
+    start_lesson,
     time_median,
 )
 
@@ -72,6 +70,30 @@ ACTIVATION_GRID = torch.linspace(-4, 4, 401)  # inputs at which the figure draws
 def seeded(seed: int) -> torch.Generator:
     """A fresh CPU generator: each experiment draws its own numbers, so it repeats on its own."""
     return torch.Generator().manual_seed(seed)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _sci(value: float) -> str:
+    """A difference that may be anything from round-off to large: two significant digits and the exponent."""
+    return f"{value:.1e}"
+
+
+# %% [markdown]
+# ## Set-up
+#
+# This cell reads the settings: the command line in a script (`python custom_nn_module.py --quick`),
+# the `LESSON_ARGS` environment variable in a notebook. It picks the device (CUDA, then MPS,
+# then the CPU, unless `--device` names one), seeds every random number generator with `--seed`
+# and prints what this run uses. Each section below ends with a cell that runs its code and
+# shows the result; importing the lesson runs none of them.
+
+# %%
+if __name__ == "__main__":
+    ctx = start_lesson("custom_nn_module")
+    cfg = ctx.config(FULL, QUICK)
 
 
 # %% [markdown]
@@ -154,6 +176,20 @@ def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Te
     return curves
 
 
+def print_custom_layers(swish_diff: float, drop: dict[str, object]) -> None:
+    print_pairs("Custom layers", {
+        "Swish(1) vs nn.SiLU max |diff|": _sci(swish_diff),
+        f"CustomDropout({DROPOUT_P}) train: kept": f"{drop['kept']:.4f} (expect {1 - DROPOUT_P})",
+        f"CustomDropout({DROPOUT_P}) train: mean": f"{drop['mean']:.4f} (expect 1.0)",
+        f"CustomDropout({DROPOUT_P}) eval is identity": drop["eval is identity"],
+    })
+
+
+# %%
+if __name__ == "__main__":
+    print_custom_layers(swish_vs_silu(torch.linspace(-3, 3, 7)), dropout_check(DROPOUT_P, DROPOUT_SAMPLES))
+
+
 # %% [markdown]
 # ## A configurable MLP
 #
@@ -214,6 +250,18 @@ def mlp_parameter_count(input_size: int, hidden_sizes: Sequence[int], output_siz
     return linear + (2 * sum(hidden_sizes) if use_batch_norm else 0)
 
 
+def print_mlp(mlp: nn.Module, shape: tuple[int, ...]) -> None:
+    print_section("MyMLP: the submodules it registered")
+    print(mlp)
+    print(f"output shape for a batch of {shape[0]}: {shape}")
+
+
+# %%
+if __name__ == "__main__":
+    mlp = MyMLP(TABULAR_FEATURES, [64, 64], CLASSES, activation="gelu", dropout_rate=0.1, use_batch_norm=True)
+    print_mlp(mlp, output_shape(mlp, 5, ctx.seed))
+
+
 # %% [markdown]
 # ## Residual blocks
 #
@@ -245,6 +293,16 @@ def residual_parameter_count(input_size: int, dim: int, n_blocks: int, output_si
     """Stem, two dim×dim Linears per block, head."""
     return (linear_parameter_count(input_size, dim) + 2 * n_blocks * linear_parameter_count(dim, dim)
             + linear_parameter_count(dim, output_size))
+
+
+# %%
+if __name__ == "__main__":
+    residual_net = ResidualNet(TABULAR_FEATURES, 128, 8, CLASSES)  # the residual net of the architecture table
+    print_pairs(f"ResidualNet: {TABULAR_FEATURES} features, width 128, 8 blocks, {CLASSES} outputs", {
+        "output shape for a batch of 5": output_shape(residual_net, 5, ctx.seed),
+        "trainable parameters": count_parameters(residual_net),
+        "from layer shapes": residual_parameter_count(TABULAR_FEATURES, 128, 8, CLASSES),
+    })
 
 
 # %% [markdown]
@@ -303,6 +361,14 @@ def attention_vs_sdpa(layer: AttentionLayer, x: torch.Tensor) -> dict[str, float
                 for label, mask in masks.items()}
 
 
+# %%
+if __name__ == "__main__":
+    attention_x = torch.randn(*ATTENTION_SHAPE, generator=seeded(ctx.seed))  # (batch, seq, d_model)
+    diffs = attention_vs_sdpa(AttentionLayer(ATTENTION_SHAPE[-1]), attention_x)
+    print_pairs("Self-attention vs F.scaled_dot_product_attention",
+                {f"{label}: max |diff|": diff for label, diff in diffs.items()}, fmt=_sci)
+
+
 # %% [markdown]
 # ## A dynamic network
 #
@@ -339,6 +405,17 @@ def dynamic_depth_demo(net: DynamicDepthNet, scales: Sequence[float], seed: int,
         rows.append({"scale": scale, "depth": net.last_depth, "grad norm": net.shared.weight.grad.norm().item()})
     net.zero_grad(set_to_none=True)
     return rows
+
+
+def print_dynamic(rows: list[dict[str, float]]) -> None:
+    print_table("A dynamic network: depth chosen by the input",
+                ["input scale", "passes through the shared layer", "shared-layer grad norm"],
+                [[row["scale"], row["depth"], f"{row['grad norm']:.4f}"] for row in rows])
+
+
+# %%
+if __name__ == "__main__":
+    print_dynamic(dynamic_depth_demo(DynamicDepthNet(8), DYNAMIC_SCALES, ctx.seed))
 
 
 # %% [markdown]
@@ -450,6 +527,32 @@ def zeros_cannot_learn(seed: int, steps: int = ZERO_INIT_STEPS) -> dict[str, flo
             "output bias (the only thing that learns)": model.net[-1].bias.item()}
 
 
+def print_initialisation(width: int, init_stats, ratio, depth_stds, theory, zeros) -> None:
+    depth = len(next(iter(depth_stds.values())))
+    print_table(f"Initial weight std of a {width}×{width} Linear", ["scheme", "measured std", "theory",
+                                                                      "measured / theory"],
+                [[s, f"{v['measured']:.5f}", f"{v['theory']:.5f}", "-" if v["ratio"] is None else f"{v['ratio']:.3f}"]
+                 for s, v in init_stats.items()])
+    print(f"Kaiming std / Xavier std: measured {ratio['measured']:.4f}, theory √2 = {ratio['theory']:.4f} "
+          "(twice the variance)")
+    mid = depth // 2
+    print_table(f"Activation std through {depth} Linear+ReLU layers (width {VARIANCE_WIDTH}, input std 1)",
+                ["scheme", "after layer 1", f"after layer {mid + 1}", f"after layer {depth}", f"theory at {depth}"],
+                [[s, f"{v[0]:.3g}", f"{v[mid]:.3g}", f"{v[-1]:.3g}", f"{theory[s][-1]:.3g}"]
+                 for s, v in depth_stds.items()])
+    print_pairs(f"All-zero init after {ZERO_INIT_STEPS} SGD steps", zeros, fmt=lambda value: f"{value:.4f}")
+
+
+# %%
+if __name__ == "__main__":
+    init_stats = init_statistics(cfg.init_width, ctx.seed)
+    depth_stds = {s: activation_std_by_depth(s, cfg.variance_depth, VARIANCE_WIDTH, ctx.seed) for s in INIT_SCHEMES}
+    theory = {s: relu_stack_std_theory(theoretical_std(s, VARIANCE_WIDTH, VARIANCE_WIDTH), VARIANCE_WIDTH,
+                                       cfg.variance_depth) for s in INIT_SCHEMES}
+    print_initialisation(cfg.init_width, init_stats, kaiming_over_xavier(init_stats), depth_stds, theory,
+                         zeros_cannot_learn(ctx.seed))
+
+
 # %% [markdown]
 # ## Looking inside: hooks
 #
@@ -497,6 +600,18 @@ def hook_demo(model: nn.Module, batch: int, seed: int) -> tuple[dict[str, dict[s
     return activation_stats(model, x), gradient_norms(model, x, y, F.mse_loss)
 
 
+def print_hooks(stats, norms) -> None:
+    print_table("Activation statistics (forward hooks, removed afterwards)", ["module", "mean", "std", "zeros"],
+                [[name, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"{s['fraction_zero']:.2f}"]
+                 for name, s in stats.items()])
+    print_pairs("Gradient norms after one backward pass", norms, fmt=lambda value: f"{value:.4f}")
+
+
+# %%
+if __name__ == "__main__":
+    print_hooks(*hook_demo(MyMLP(TABULAR_FEATURES, [64, 64], CLASSES), cfg.batch, ctx.seed))
+
+
 # %% [markdown]
 # ## Gradient flow: vanishing gradients and their cures
 #
@@ -532,6 +647,19 @@ def gradient_flow(depth: int, width: int, seed: int, batch: int = 128) -> dict[s
 def first_over_last(flows: dict[str, list[float]]) -> dict[str, float]:
     """How much weaker the input-side layer's gradient is than the last hidden layer's."""
     return {name: norms[0] / norms[-1] for name, norms in flows.items()}
+
+
+def print_gradient_flow(flows, ratios) -> None:
+    depth = len(next(iter(flows.values())))
+    print_table(f"Gradient flow through {depth} layers: ‖∂L/∂W‖ of the first and last layer",
+                ["network", "layer 1 (input side)", f"layer {depth}", "ratio first/last"],
+                [[name, f"{f[0]:.2e}", f"{f[-1]:.2e}", f"{ratios[name]:.1e}"] for name, f in flows.items()])
+
+
+# %%
+if __name__ == "__main__":
+    flows = gradient_flow(cfg.flow_depth, cfg.flow_width, ctx.seed)
+    print_gradient_flow(flows, first_over_last(flows))
 
 
 # %% [markdown]
@@ -624,6 +752,44 @@ def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: 
     return rows
 
 
+def print_checkpointing(rows, layers: int, width: int, batch: int) -> None:
+    print_table(f"Checkpointing a {layers}-layer MLP (width {width}, batch {batch}); saved = activations, "
+                "weights excluded", ["segments", "saved for backward", "hand count", "vs none", "fwd+bwd", "vs none"],
+                [[r["segments"] or "none", f"{r['saved_bytes'] / 2**20:.2f} MiB",
+                  f"{r['hand_count_bytes'] / 2**20:.2f} MiB", f"{r['saved_ratio']:.2f}×", fmt_seconds(r["seconds"]),
+                  f"{r['time_ratio']:.2f}×"] for r in rows])
+
+
+def plot_checkpointing(rows, layers: int):
+    fig, axes = new_figure(1, 2, f"Activation checkpointing on a {layers}-layer MLP: memory vs compute")
+    ax_mem, ax_time = axes.flat
+    labels = ["none" if r["segments"] == 0 else str(r["segments"]) for r in rows]
+    bars = ax_mem.bar(labels, [r["saved_bytes"] / 2**20 for r in rows], color="tab:blue", label="measured")
+    ax_mem.bar_label(bars, fmt="%.1f MiB", fontsize=8, padding=7)
+    ax_mem.plot(labels, [r["hand_count_bytes"] / 2**20 for r in rows], "kD", markersize=5,
+                label="hand count: L + 1 (none), k + L/k activations")
+    ax_mem.set(title="Activations saved for backward (weights excluded)", xlabel="checkpoint segments k",
+               ylabel="saved (MiB)")
+    ax_mem.set_ylim(0, 1.4 * max(r["saved_bytes"] for r in rows) / 2**20)  # room for the legend
+    ax_mem.legend(fontsize=8, loc="upper center")
+    bars = ax_time.bar(labels, [r["seconds"] * 1e3 for r in rows], color="tab:orange")
+    ax_time.bar_label(bars, fmt="%.1f ms", fontsize=8)
+    ax_time.set(title="Forward + backward time (median)", xlabel="checkpoint segments k", ylabel="time (ms)")
+    ax_time.margins(y=0.12)
+    for ax in axes.flat:
+        ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+# %%
+if __name__ == "__main__":
+    segments = [0] + [k for k in CHECKPOINT_SEGMENTS if cfg.checkpoint_layers % k == 0]  # 0: no checkpointing
+    checkpoint_rows = checkpointing_tradeoff(cfg.checkpoint_layers, cfg.checkpoint_width, cfg.checkpoint_batch,
+                                             segments, cfg.min_run_time, ctx.device, ctx.seed)
+    print_checkpointing(checkpoint_rows, cfg.checkpoint_layers, cfg.checkpoint_width, cfg.checkpoint_batch)
+    save_figure(plot_checkpointing(checkpoint_rows, cfg.checkpoint_layers), "memory_checkpointing.png", ctx.plots_dir)
+
+
 # %% [markdown]
 # ## Mixed precision
 #
@@ -664,10 +830,6 @@ def make_train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, use
     return step
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def mixed_precision_step(width: int, batch: int, device: torch.device | str, min_run_time: float,
                          seed: int) -> dict[str, dict[str, object]]:
     """One training step in float32 and under autocast from the same weights: dtypes inside, first loss, time."""
@@ -695,6 +857,26 @@ def cpu_vector_instructions() -> str:
 def amp_speedup(results: dict[str, dict[str, object]]) -> float:
     """float32 step time / autocast step time (> 1: autocast is faster)."""
     return results["float32"]["seconds"] / results["autocast"]["seconds"]
+
+
+def print_mixed_precision(amp, speedup: float, width: int, batch: int, device: torch.device,
+                          cpu_capability: str) -> None:
+    """The table of both steps, the speed-up, and on the CPU which vector instructions torch's kernels use."""
+    print_table(f"Mixed precision: one SGD step of a {width}-wide MLP, batch {batch}, on "
+                f"{device.type} (autocast dtype {_dtype_name(autocast_dtype(device))})",
+                ["mode", "linear output", "loss", "weights", "weight grad", "first loss", "step time"],
+                [[mode, r["dtypes"]["linear output"], r["dtypes"]["loss"], r["weight dtype"],
+                  r["dtypes"]["weight grad"], f"{r['loss']:.4f}", fmt_seconds(r["seconds"])]
+                 for mode, r in amp.items()])
+    print(f"autocast speed-up: {speedup:.2f}×")
+    if device.type == "cpu":
+        print(f"torch's CPU kernels use {cpu_capability} (bfloat16 is fast with AVX-512 BF16 or AMX)")
+
+
+# %%
+if __name__ == "__main__":
+    amp = mixed_precision_step(cfg.amp_width, cfg.amp_batch, ctx.device, cfg.min_run_time, ctx.seed)
+    print_mixed_precision(amp, amp_speedup(amp), cfg.amp_width, cfg.amp_batch, ctx.device, cpu_vector_instructions())
 
 
 # %% [markdown]
@@ -736,6 +918,15 @@ def save_load_export(model: nn.Module, example: torch.Tensor, rebuild: Callable[
                 (exported.module()(other_batch) - model(other_batch)).abs().max().item(),
             "exported graph inputs": sum(node.op == "placeholder" for node in exported.graph.nodes),
         }
+
+
+# %%
+if __name__ == "__main__":
+    def rebuild() -> MyMLP:  # the same architecture with fresh weights, as a program that loads the file builds it
+        return MyMLP(TABULAR_FEATURES, [64, 64], CLASSES, use_batch_norm=True)
+
+    print_pairs("Saving, loading and exporting",
+                save_load_export(rebuild(), torch.randn(8, TABULAR_FEATURES, generator=seeded(ctx.seed)), rebuild))
 
 
 # %% [markdown]
@@ -795,10 +986,26 @@ def architecture_table(batch: int, min_run_time: float, device: torch.device | s
     return rows
 
 
+def print_architectures(rows, batch: int, device: torch.device) -> None:
+    print_table(f"Architectures (forward time: batch {batch}, eval mode, on {device.type})",
+                ["architecture", "layout", "parameters", "from layer shapes", "forward"],
+                [[r["name"], r["layout"], r["parameters"], r["formula"], fmt_seconds(r["seconds"])] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    arch_rows = architecture_table(cfg.batch, cfg.min_run_time, ctx.device, ctx.seed)
+    print_architectures(arch_rows, cfg.batch, ctx.device)
+
+
 # %% [markdown]
-# ## Figures
+# ## Summary figure
 #
-# The plot functions draw what the experiments returned; they compute nothing.
+# One picture of the sections above: the parameter counts and forward times of the
+# architectures, the activations of the custom-layers section with their derivatives, the
+# initial weights of each scheme, and the gradient norm of every layer from the gradient-flow
+# section. `activation_curves` computes the curves (derivatives by autograd); `plot_analysis`
+# draws what the sections kept and computes nothing.
 
 # %%
 def _whole_decades(values) -> tuple[float, float]:
@@ -862,165 +1069,7 @@ def plot_analysis(arch_rows, curves, init_stats, flows):
     return fig
 
 
-def plot_checkpointing(rows, layers: int):
-    fig, axes = new_figure(1, 2, f"Activation checkpointing on a {layers}-layer MLP: memory vs compute")
-    ax_mem, ax_time = axes.flat
-    labels = ["none" if r["segments"] == 0 else str(r["segments"]) for r in rows]
-    bars = ax_mem.bar(labels, [r["saved_bytes"] / 2**20 for r in rows], color="tab:blue", label="measured")
-    ax_mem.bar_label(bars, fmt="%.1f MiB", fontsize=8, padding=7)
-    ax_mem.plot(labels, [r["hand_count_bytes"] / 2**20 for r in rows], "kD", markersize=5,
-                label="hand count: L + 1 (none), k + L/k activations")
-    ax_mem.set(title="Activations saved for backward (weights excluded)", xlabel="checkpoint segments k",
-               ylabel="saved (MiB)")
-    ax_mem.set_ylim(0, 1.4 * max(r["saved_bytes"] for r in rows) / 2**20)  # room for the legend
-    ax_mem.legend(fontsize=8, loc="upper center")
-    bars = ax_time.bar(labels, [r["seconds"] * 1e3 for r in rows], color="tab:orange")
-    ax_time.bar_label(bars, fmt="%.1f ms", fontsize=8)
-    ax_time.set(title="Forward + backward time (median)", xlabel="checkpoint segments k", ylabel="time (ms)")
-    ax_time.margins(y=0.12)
-    for ax in axes.flat:
-        ax.grid(True, axis="y", alpha=0.3)
-    return fig
-
-
-# %% [markdown]
-# ## Printing the results
-#
-# Each printer formats what one experiment returned.
-
 # %%
-def print_architectures(rows, batch: int, device: torch.device) -> None:
-    print_table(f"Architectures (forward time: batch {batch}, eval mode, on {device.type})",
-                ["architecture", "layout", "parameters", "from layer shapes", "forward"],
-                [[r["name"], r["layout"], r["parameters"], r["formula"], fmt_seconds(r["seconds"])] for r in rows])
-
-
-def print_initialisation(width: int, init_stats, ratio, depth_stds, theory, zeros) -> None:
-    depth = len(next(iter(depth_stds.values())))
-    print_table(f"Initial weight std of a {width}×{width} Linear", ["scheme", "measured std", "theory",
-                                                                      "measured / theory"],
-                [[s, f"{v['measured']:.5f}", f"{v['theory']:.5f}", "-" if v["ratio"] is None else f"{v['ratio']:.3f}"]
-                 for s, v in init_stats.items()])
-    print(f"Kaiming std / Xavier std: measured {ratio['measured']:.4f}, theory √2 = {ratio['theory']:.4f} "
-          "(twice the variance)")
-    mid = depth // 2
-    print_table(f"Activation std through {depth} Linear+ReLU layers (width {VARIANCE_WIDTH}, input std 1)",
-                ["scheme", "after layer 1", f"after layer {mid + 1}", f"after layer {depth}", f"theory at {depth}"],
-                [[s, f"{v[0]:.3g}", f"{v[mid]:.3g}", f"{v[-1]:.3g}", f"{theory[s][-1]:.3g}"]
-                 for s, v in depth_stds.items()])
-    print(f"zeros init after {ZERO_INIT_STEPS} SGD steps:", {k: round(v, 4) for k, v in zeros.items()})
-
-
-def print_checkpointing(rows, layers: int, width: int, batch: int) -> None:
-    print_table(f"Checkpointing a {layers}-layer MLP (width {width}, batch {batch}); saved = activations, "
-                "weights excluded", ["segments", "saved for backward", "hand count", "vs none", "fwd+bwd", "vs none"],
-                [[r["segments"] or "none", f"{r['saved_bytes'] / 2**20:.2f} MiB",
-                  f"{r['hand_count_bytes'] / 2**20:.2f} MiB", f"{r['saved_ratio']:.2f}×", fmt_seconds(r["seconds"]),
-                  fmt_timing(r["time_ratio"], ".2f", "×")] for r in rows])
-
-
-def print_mixed_precision(amp, width: int, batch: int, device: torch.device) -> None:
-    print_table(f"Mixed precision: one SGD step of a {width}-wide MLP, batch {batch}, on "
-                f"{device.type} (autocast dtype {_dtype_name(autocast_dtype(device))})",
-                ["mode", "linear output", "loss", "weights", "weight grad", "first loss", "step time"],
-                [[mode, r["dtypes"]["linear output"], r["dtypes"]["loss"], r["weight dtype"],
-                  r["dtypes"]["weight grad"], f"{r['loss']:.4f}", fmt_seconds(r["seconds"])]
-                 for mode, r in amp.items()])
-    print(f"autocast speed-up: {fmt_timing(amp_speedup(amp), '.2f', '×')}")
-    if device.type == "cpu":
-        print(f"torch's CPU kernels use {cpu_vector_instructions()} (bfloat16 is fast with AVX-512 BF16 or AMX)")
-
-
-def print_values(values: dict[str, object], width: int = 34) -> None:
-    for key, value in values.items():
-        print(f"{key:{width}s} {value}")
-
-
-def print_dynamic(rows) -> None:
-    for row in rows:
-        print(f"input scale {row['scale']}: {row['depth']} pass(es) through the shared layer, "
-              f"shared-layer grad norm {row['grad norm']:.4f}")
-
-
-def print_custom_layers(swish_diff: float, drop: dict[str, object]) -> None:
-    print(f"Swish(1) vs nn.SiLU max |diff|: {swish_diff:.1e}")
-    print(f"CustomDropout({DROPOUT_P}) train: kept {drop['kept']:.4f} (expect {1 - DROPOUT_P}), mean "
-          f"{drop['mean']:.4f} (expect 1.0); eval is identity: {drop['eval is identity']}")
-
-
-def print_hooks(stats, norms) -> None:
-    print_table("Activation statistics (forward hooks, removed afterwards)", ["module", "mean", "std", "zeros"],
-                [[name, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"{s['fraction_zero']:.2f}"]
-                 for name, s in stats.items()])
-    print("gradient norms:", {name: round(value, 4) for name, value in norms.items()})
-
-
-def print_gradient_flow(flows, ratios) -> None:
-    depth = len(next(iter(flows.values())))
-    print_table(f"Gradient flow through {depth} layers: ‖∂L/∂W‖ of the first and last layer",
-                ["network", "layer 1 (input side)", f"layer {depth}", "ratio first/last"],
-                [[name, f"{f[0]:.2e}", f"{f[-1]:.2e}", f"{ratios[name]:.1e}"] for name, f in flows.items()])
-
-
-# %% [markdown]
-# ## Putting it together
-#
-# `run` only wires: each experiment returns data, a printer formats it and the plot functions
-# draw it. In a notebook, the last cell runs the lesson with the flags in `LESSON_ARGS`.
-
-# %%
-def run(ctx: LessonContext) -> None:
-    cfg, seed = ctx.config(FULL, QUICK), ctx.seed
-
-    print_section("MyMLP")
-    mlp = MyMLP(TABULAR_FEATURES, [64, 64], CLASSES, activation="gelu", dropout_rate=0.1, use_batch_norm=True)
-    print(mlp)
-    print(f"output shape for a batch of 5: {output_shape(mlp, 5, seed)}")
-    arch_rows = architecture_table(cfg.batch, cfg.min_run_time, ctx.device, seed)
-    print_architectures(arch_rows, cfg.batch, ctx.device)
-
-    print_section("Self-attention vs F.scaled_dot_product_attention")
-    attention_x = torch.randn(*ATTENTION_SHAPE, generator=seeded(seed))  # (batch, seq, d_model)
-    diffs = attention_vs_sdpa(AttentionLayer(ATTENTION_SHAPE[-1]), attention_x)
-    print_values({f"{label}: max |diff|": f"{diff:.1e}" for label, diff in diffs.items()}, 24)
-    print_section("A dynamic network: depth chosen by the input")
-    print_dynamic(dynamic_depth_demo(DynamicDepthNet(8), DYNAMIC_SCALES, seed))
-
-    init_stats = init_statistics(cfg.init_width, seed)
-    depth_stds = {s: activation_std_by_depth(s, cfg.variance_depth, VARIANCE_WIDTH, seed) for s in INIT_SCHEMES}
-    theory = {s: relu_stack_std_theory(theoretical_std(s, VARIANCE_WIDTH, VARIANCE_WIDTH), VARIANCE_WIDTH,
-                                       cfg.variance_depth) for s in INIT_SCHEMES}
-    print_initialisation(cfg.init_width, init_stats, kaiming_over_xavier(init_stats), depth_stds, theory,
-                         zeros_cannot_learn(seed))
-
-    print_section("Custom layers")
-    print_custom_layers(swish_vs_silu(torch.linspace(-3, 3, 7)), dropout_check(DROPOUT_P, DROPOUT_SAMPLES))
-    print_section("Hooks")
-    print_hooks(*hook_demo(MyMLP(TABULAR_FEATURES, [64, 64], CLASSES), cfg.batch, seed))
-    flows = gradient_flow(cfg.flow_depth, cfg.flow_width, seed)
-    print_gradient_flow(flows, first_over_last(flows))
-
-    segments = [0] + [k for k in CHECKPOINT_SEGMENTS if cfg.checkpoint_layers % k == 0]  # 0: no checkpointing
-    checkpoint_rows = checkpointing_tradeoff(cfg.checkpoint_layers, cfg.checkpoint_width, cfg.checkpoint_batch,
-                                             segments, cfg.min_run_time, ctx.device, seed)
-    print_checkpointing(checkpoint_rows, cfg.checkpoint_layers, cfg.checkpoint_width, cfg.checkpoint_batch)
-    amp = mixed_precision_step(cfg.amp_width, cfg.amp_batch, ctx.device, cfg.min_run_time, seed)
-    print_mixed_precision(amp, cfg.amp_width, cfg.amp_batch, ctx.device)
-
-    print_section("Saving, loading and exporting")
-    def rebuild() -> MyMLP:
-        return MyMLP(TABULAR_FEATURES, [64, 64], CLASSES, use_batch_norm=True)
-    print_values(save_load_export(rebuild(), torch.randn(8, TABULAR_FEATURES, generator=seeded(seed)), rebuild))
-
-    print_section("Figures")
+if __name__ == "__main__":
     curves = {"x": ACTIVATION_GRID, "outputs": activation_curves(ACTIVATION_GRID)}
     save_figure(plot_analysis(arch_rows, curves, init_stats, flows), "custom_modules_analysis.png", ctx.plots_dir)
-    save_figure(plot_checkpointing(checkpoint_rows, cfg.checkpoint_layers), "memory_checkpointing.png", ctx.plots_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_lesson("custom_nn_module.py", __doc__, "Lesson 4: custom nn.Modules", run, argv)
-
-
-if __name__ == "__main__":
-    finish(main())

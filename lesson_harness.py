@@ -10,6 +10,7 @@ import ast
 import contextlib
 import io
 import logging
+import math
 import os
 import platform
 import random
@@ -17,7 +18,7 @@ import shlex
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,16 +169,25 @@ def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", mi
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def wall_seconds(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple[object, float]:
-    """Run `fn` once; return its result and the wall-clock seconds it took, queued device work included.
+@dataclass
+class Stopwatch:
+    seconds: float = math.nan  # set when the `with` block ends
+
+
+@contextlib.contextmanager
+def stopwatch(device: torch.device | str = "cpu") -> Iterator[Stopwatch]:
+    """Wall-clock seconds of a `with` block, queued device work included: `with stopwatch() as clock: ...`.
 
     For one-shot costs (a whole training run) where repeating to take a median would cost too much.
     """
+    clock = Stopwatch()
     synchronize(device)
     start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return result, time.perf_counter() - start
+    try:
+        yield clock
+    finally:
+        synchronize(device)
+        clock.seconds = time.perf_counter() - start
 
 
 def profile_events(fn: Callable[[], object], device: torch.device | str = "cpu") -> list:

@@ -1,7 +1,7 @@
 """Your progress through the exercises: one line per exercise, done / not done yet / wrong, and what to fix.
 
 Run from anywhere: `python -m exercises.summary` (from the repository root), `python exercises/summary.py`
-or `make exercises`. Extra arguments go to pytest, e.g. `python -m exercises.summary -k lesson2`.
+or `make exercises`. Extra arguments go to pytest, e.g. `python -m exercises.summary -k autograd_demo`.
 The exit code is 0 whatever the state of your answers; it is non-zero only when pytest itself could not run.
 """
 
@@ -25,7 +25,7 @@ OK_EXIT_CODES = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCo
 
 @dataclass
 class Outcome:
-    lesson: str  # module name, e.g. "lesson1_tensors"
+    lesson: str  # the lesson's module name, e.g. "tensor_basics"
     exercise: str  # e.g. "vandermonde", or "vandermonde[one_column_short]" in the maintainers' wrong mode
     status: str  # "done", "not done yet" or "wrong"
     message: str  # the check's message when it failed, else ""
@@ -60,7 +60,8 @@ def classify(passed: bool, message: str) -> tuple[str, str]:
 def sections(exercises_dir: Path = EXERCISES_DIR) -> dict[tuple[str, str], str]:
     """(lesson, exercise) -> the lesson section its docstring quotes, read without importing your code."""
     found = {}
-    for path in sorted(exercises_dir.glob("lesson*.py")):
+    for path in sorted(exercises_dir / name.removeprefix("test_") for name in
+                       (check.name for check in exercises_dir.glob("test_*.py"))):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except SyntaxError:

@@ -870,6 +870,79 @@ for _sampler in (BucketBatchSampler__drops_last_batch, BucketBatchSampler__sorte
     wrong_answer(_sampler)
 
 
+# Lesson 6 ---------------------------------------------------------------------------------------
+
+
+@wrong_answer
+def label_smoothing_cross_entropy__log_of_softmax(logits, target, smoothing):
+    """Takes the log of a softmax: exp(1000) rounds the small probabilities to 0 and their log to −inf."""
+    log_probs = torch.log(torch.softmax(logits, dim=1))
+    return ((1 - smoothing) * -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+            + smoothing * -log_probs.mean(dim=1)).mean()
+
+
+@wrong_answer
+def label_smoothing_cross_entropy__spreads_over_the_other_classes(logits, target, smoothing):
+    """Spreads the smoothing over the C − 1 wrong classes only (another convention, not torch's)."""
+    log_probs = F.log_softmax(logits, dim=1)
+    n_classes = logits.shape[1]
+    q = torch.full_like(log_probs, smoothing / (n_classes - 1)).scatter(1, target.unsqueeze(1), 1 - smoothing)
+    return -(q * log_probs).sum(dim=1).mean()
+
+
+@wrong_answer
+def label_smoothing_cross_entropy__sums_over_the_batch(logits, target, smoothing):
+    """Sums over the batch instead of averaging: B times too large."""
+    log_probs = F.log_softmax(logits, dim=1)
+    return ((1 - smoothing) * -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+            + smoothing * -log_probs.mean(dim=1)).sum()
+
+
+@wrong_answer
+def label_smoothing_cross_entropy__no_range_check(logits, target, smoothing):
+    """Right loss, but accepts smoothing=1.5 silently."""
+    log_probs = F.log_softmax(logits, dim=1)
+    return ((1 - smoothing) * -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+            + smoothing * -log_probs.mean(dim=1)).mean()
+
+
+def _warmup_cosine(step, warmup_steps, total_steps, peak_lr, first=1, span=None, half=0.5):
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} must be below total_steps={total_steps}")
+    if step < warmup_steps:
+        return peak_lr * (step + first) / warmup_steps
+    span = total_steps - warmup_steps if span is None else span
+    return peak_lr * half * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+
+@wrong_answer
+def warmup_cosine_lr__first_step_at_zero(step, warmup_steps, total_steps, peak_lr):
+    """Warm-up from step / warmup_steps: the first step has rate 0 and the peak is never reached in the warm-up."""
+    return _warmup_cosine(step, warmup_steps, total_steps, peak_lr, first=0)
+
+
+@wrong_answer
+def warmup_cosine_lr__cosine_over_all_steps(step, warmup_steps, total_steps, peak_lr):
+    """Runs the cosine over total_steps instead of the steps after the warm-up: it never reaches 0."""
+    return _warmup_cosine(step, warmup_steps, total_steps, peak_lr, span=total_steps)
+
+
+@wrong_answer
+def warmup_cosine_lr__without_the_half(step, warmup_steps, total_steps, peak_lr):
+    """Forgets the factor 1/2: the decay starts at twice the peak."""
+    return _warmup_cosine(step, warmup_steps, total_steps, peak_lr, half=1.0)
+
+
+@wrong_answer
+def warmup_cosine_lr__rises_again(step, warmup_steps, total_steps, peak_lr):
+    """No min(1, p): past total_steps the cosine climbs back up."""
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} must be below total_steps={total_steps}")
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+
+
 def _train_digits(X, y, seed, *, epochs=10, zero_grad=True, reseed_global=False, optimizer="adam", lr=5e-3):
     if reseed_global:
         torch.manual_seed(seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import os
 import runpy
@@ -18,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 from course import LESSONS, PROJECT_MODULES
+import lesson_harness
 from lesson_harness import available_devices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +114,7 @@ def unwritable_dir(tmp_path):
 def fake_timings(monkeypatch):
     """Every timing in every lesson returns a known constant, so printed output is exactly repeatable.
 
-    Lessons time through `time_median` (benchmarks), `wall_seconds` (one-shot runs) and
+    Lessons time through `time_median` (benchmarks), `stopwatch` (one-shot runs) and
     `profile_events` (torch.profiler); each is replaced in the harness (where `run_script` finds it)
     and in every lesson module that imported it by name. So is the one reading of the machine's
     state, `resident_memory`: how much resident memory grows depends on what the process freed
@@ -124,8 +126,9 @@ def fake_timings(monkeypatch):
         fn()
         return FAKE_MEDIAN_S
 
-    def fake_wall(fn, device="cpu"):
-        return fn(), FAKE_WALL_S
+    @contextlib.contextmanager
+    def fake_stopwatch(device="cpu"):
+        yield lesson_harness.Stopwatch(FAKE_WALL_S)
 
     def fake_profile(fn, device="cpu"):
         fn()
@@ -136,7 +139,7 @@ def fake_timings(monkeypatch):
 
     for name in PROJECT_MODULES:
         module = sys.modules.get(name) or importlib.import_module(name)
-        for attr, fake in (("time_median", fake_median), ("wall_seconds", fake_wall), ("profile_events", fake_profile),
+        for attr, fake in (("time_median", fake_median), ("stopwatch", fake_stopwatch), ("profile_events", fake_profile),
                            ("resident_memory", fake_resident)):
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)

@@ -1,6 +1,7 @@
 """autograd_demo: every derivative checked against closed forms, finite differences or torch.func.
 
-The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+The quick end-to-end run of the script (figures, reproducibility, exit codes) is in test_reliability.py;
+here it runs only to read its printed text (a full run against the README, two seeds against each other).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, run_script
 from torch import nn
 
 import autograd_demo as ad
@@ -533,7 +534,7 @@ def no_figures(monkeypatch):
 
 
 def _full_run_output(tmp_path: Path, capsys) -> str:
-    assert ad.main(["--device", "cpu", "--seed", "0", "--plots-dir", str(tmp_path)]) == 0
+    assert run_script("autograd_demo", ["--device", "cpu", "--seed", "0", "--plots-dir", str(tmp_path)]) == 0
     return capsys.readouterr().out
 
 
@@ -553,7 +554,8 @@ def test_readme_numbers_match_a_full_run(tmp_path, capsys, fake_timings, no_figu
 def test_different_seeds_print_different_results(tmp_path, capsys, fake_timings, no_figures):
     outputs = []
     for seed in (1, 2):
-        assert ad.main(["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir", str(tmp_path)]) == 0
+        assert run_script("autograd_demo", ["--quick", "--device", "cpu", "--seed", str(seed), "--plots-dir",
+                                            str(tmp_path)]) == 0
         outputs.append(capsys.readouterr().out.split("\n", 2)[2])  # past the banner, which names the seed
     assert outputs[0] != outputs[1]
 
@@ -565,19 +567,48 @@ def test_different_seeds_print_different_results(tmp_path, capsys, fake_timings,
         assert part(outputs[0], start, end) != part(outputs[1], start, end), start
 
 
-def test_fact_formatters_print_what_the_functions_return():
-    assert ad.gradient_facts() == {"d(x²)/dx at x = 2 (closed form 2x = 4)": 4.0,
-                                   "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": [2.0, 0.4, 0.06],
-                                   "vᵀJ with J = jacrev(x ↦ x²)": [2.0, 0.4, 0.06]}
+def _printed_pairs(text: str) -> dict[str, str]:
+    """The `label  value` lines under a print_pairs heading: label and value part at the first run of spaces."""
+    lines = text.strip("\n").splitlines()
+    assert lines[0].startswith("--- ") and lines[0].endswith(" ---"), lines[0]
+    return dict(re.split(r" {2,}", line, maxsplit=1) for line in lines[1:])
+
+
+def test_printers_print_what_the_functions_return(capsys):
+    ad.print_gradients(ad.basic_gradients())
+    assert _printed_pairs(capsys.readouterr().out) == {
+        "d(x²)/dx at x = 2 (closed form 2x = 4)": "4.0",
+        "backward(gradient=v), y = x², x = [1, 2, 3], v = [1, 0.1, 0.01]": "[2.0, 0.4, 0.06]",
+        "vᵀJ with J = jacrev(x ↦ x²)": "[2.0, 0.4, 0.06]"}
     steps = torch.tensor([1e-1, 1e-2, 1e-3], dtype=F64)
-    facts = ad.finite_difference_facts(steps, {"float32": [0.5, 0.25, 0.75]},
-                                       {"largest lost h": 1e-3, "error there": 0.75, "max |grad|": 0.75},
-                                       {"float64": True, "float32": False})
-    assert facts == {"float32: most accurate at h": "1e-02 (max error 2.5e-01)",
-                     "float32: x ± h rounds to x at every x once h ≤": "1e-03, error there 0.7500 = max |f'(x)| 0.7500",
-                     "gradcheck(SquareFunction) in float64": True, "gradcheck(SquareFunction) in float32": False}
+    ad.print_finite_differences(3, ad.best_steps(steps, {"float32": [0.5, 0.25, 0.75]}),
+                                {"largest lost h": 1e-3, "error there": 0.75, "max |grad|": 0.75})
+    printed = capsys.readouterr().out
+    assert "--- Finite differences, step h over 3 orders of magnitude ---" in printed
+    assert _printed_pairs(printed) == {
+        "float32: most accurate at h": "1e-02 (max error 2.5e-01)",
+        "float32: x ± h rounds to x at every x once h ≤": "1e-03, error there 0.7500 = max |f'(x)| 0.7500"}
+    ad.print_gradcheck_precisions({"float64": True, "float32": False})
+    assert _printed_pairs(capsys.readouterr().out) == {"gradcheck(SquareFunction) in float64": "True",
+                                                       "gradcheck(SquareFunction) in float32": "False"}
     acc = {"once": torch.tensor([[1.0, 2.0]]), "twice": torch.tensor([[2.0, 4.0]]), "after_zero_grad": None,
            "max |micro − full|": {"a": 0.5}}
-    assert ad.accumulation_facts(acc) == {"weight.grad after 1 backward": [1.0, 2.0],
-                                          "after 2 (summed, not replaced)": [2.0, 4.0], "after zero_grad()": None,
-                                          "max |micro − full|, a": "5.0e-01"}
+    ad.print_accumulation(acc)
+    assert _printed_pairs(capsys.readouterr().out) == {"weight.grad after 1 backward": "[1.0, 2.0]",
+                                                       "after 2 (summed, not replaced)": "[2.0, 4.0]",
+                                                       "after zero_grad()": "None",
+                                                       "max |micro − full|, a": "5.0e-01"}
+    ad.print_training([0.5, 0.25, 0.125])
+    assert capsys.readouterr().out == "\nTraining loss: 0.5000 → 0.1250 in 3 Adam steps\n"
+
+
+def test_timing_printers_show_the_ratios_of_the_medians(capsys):
+    ad.print_mode_timings({"ops": 400, "no_grad per op": 2e-6, "inference_mode per op": 1.5e-6,
+                           "inference_mode / no_grad": 0.75}, torch.device("cpu"))
+    assert capsys.readouterr().out == (
+        "400 small ops on cpu: no_grad 2 µs/op, inference_mode 1.5 µs/op (0.75× the time)\n")
+    ad.print_forward_backward([{"width": 8, "forward": 1e-3, "backward": 2.5e-3, "backward/forward": 2.5}], 4,
+                              torch.device("cpu"))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == f"Forward vs backward, ReLU MLP with {ad.TIMED_MLP_DEPTH} hidden layers, batch 4, on cpu"
+    assert printed[-1].split() == ["8", "1", "ms", "2.5", "ms", "2.50×"]

@@ -1,6 +1,7 @@
 """custom_nn_module: modules checked against torch.nn / torch.nn.functional, closed forms and hand counts.
 
-The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+The quick end-to-end run of the script (figures, reproducibility, exit codes) is in test_reliability.py;
+here it runs once to check the printed tables against the functions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, ROOT
+from conftest import DEVICES, ROOT, run_script
 from torch import nn
 
 import custom_nn_module as cm
@@ -523,7 +524,8 @@ def test_state_dict_round_trip_and_export_give_identical_outputs():
 def test_the_printers_show_the_functions_values(tmp_path, capsys, fake_timings, monkeypatch):
     """One quick run with seed 1 (test_reliability checks that another seed prints other numbers)."""
     monkeypatch.setattr(cm, "save_figure", lambda fig, name, plots_dir: None)  # test_reliability writes the figures
-    assert cm.main(["--quick", "--device", "cpu", "--seed", "1", "--plots-dir", str(tmp_path)]) == 0
+    assert run_script("custom_nn_module", ["--quick", "--device", "cpu", "--seed", "1", "--plots-dir",
+                                           str(tmp_path)]) == 0
     printed, cfg = capsys.readouterr().out, cm.QUICK  # every timing is FAKE_MEDIAN_S, so time ratios are 1
     mib = cfg.checkpoint_batch * cfg.checkpoint_width * 4 / 2**20
     for k in (0, 2, 4):
@@ -610,7 +612,7 @@ def test_timing_printers_show_ratios_of_unequal_times(capsys):
     dtypes = {"linear output": "float32", "loss": "float32", "weight grad": "float32"}
     amp = {"float32": {"dtypes": dtypes, "loss": 2.3, "weight dtype": "float32", "seconds": 6e-3},
            "autocast": {"dtypes": dtypes, "loss": 2.3, "weight dtype": "float32", "seconds": 2e-3}}
-    cm.print_mixed_precision(amp, 8, 4, torch.device("cpu"))
+    cm.print_mixed_precision(amp, cm.amp_speedup(amp), 8, 4, torch.device("cpu"), cm.cpu_vector_instructions())
     rows = [{"segments": 0, "saved_bytes": 2**20, "hand_count_bytes": 2**20, "saved_ratio": 1.0, "seconds": 4e-3,
              "time_ratio": 1.0},
             {"segments": 2, "saved_bytes": 2**19, "hand_count_bytes": 2**19, "saved_ratio": 0.5, "seconds": 5e-3,
@@ -620,7 +622,7 @@ def test_timing_printers_show_ratios_of_unequal_times(capsys):
     assert "autocast speed-up: 3.00×" in printed
     assert cm.cpu_vector_instructions() in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256", "NEON")
     assert f"torch's CPU kernels use {torch.backends.cpu.get_cpu_capability()} (bfloat16" in printed
-    cm.print_mixed_precision(amp, 8, 4, torch.device("cuda"))
+    cm.print_mixed_precision(amp, cm.amp_speedup(amp), 8, 4, torch.device("cuda"), cm.cpu_vector_instructions())
     assert "CPU kernels" not in capsys.readouterr().out  # the note is about CPUs only
     assert re.search(r"^float32 .* 2\.3000\s+6 ms\s*$", printed, re.M)
     assert re.search(_row("2", "0.50 MiB", "0.50 MiB", "0.50×", "5 ms", "1.25×"), printed, re.M)

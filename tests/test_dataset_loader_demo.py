@@ -103,11 +103,16 @@ def test_standardisation_stats_report_the_largest_absolute_mean():
     assert stats["raw max |mean|"] == stats["standardised max |mean|"] == pytest.approx(5.0, rel=1e-12)
 
 
-def test_show_tabular_fits_on_the_training_split(capsys):
-    _, stats = dl.show_tabular(dl.QUICK, 0, torch.Generator().manual_seed(0))
+def test_standardize_fitted_on_the_training_split_centres_those_rows_only():
+    raw = dl.SyntheticDataset(dl.QUICK.n_samples, dl.QUICK.n_features, dl.QUICK.n_classes, seed=0)
+    train_idx, val_idx = dl.split_indices(len(raw), dl.VAL_FRACTION, torch.Generator().manual_seed(0))
+    assert len(val_idx) == round(dl.QUICK.n_samples * dl.VAL_FRACTION) and not set(train_idx) & set(val_idx)
+    standardize = dl.Standardize.fit(raw.inputs[train_idx])
+    stats = dl.standardisation_stats(raw.inputs, train_idx, standardize)
     assert stats["standardised max |mean|"] < 1e-6  # fitted on all rows, the train means would be ~1e-2
     np.testing.assert_allclose(stats["standardised std"], 1.0, rtol=1e-5)
-    assert f"the {round(dl.QUICK.n_samples * dl.VAL_FRACTION)} validation rows" in capsys.readouterr().out
+    everything = dl.standardisation_stats(raw.inputs, train_idx, dl.Standardize.fit(raw.inputs))
+    assert everything["standardised max |mean|"] > 1e-3  # statistics of all rows do not centre the training rows
 
 
 def test_gaussian_noise_has_the_stated_std_and_optional_clamp():
@@ -435,7 +440,7 @@ def test_pin_memory_only_for_cuda():
 def test_fast_path_covers_every_sample_once_per_epoch(n, batch_size):
     X = torch.arange(n, dtype=torch.float32).unsqueeze(1)  # (n, 1): row i holds i
     y = torch.arange(n)
-    loader = dl.fast_batch_loader(X, y, batch_size, generator=torch.Generator().manual_seed(0))
+    loader = dl.FastBatchLoader(X, y, batch_size, generator=torch.Generator().manual_seed(0))
     assert len(loader) == math.ceil(n / batch_size)
     epochs = []
     for _ in range(2):
@@ -446,7 +451,7 @@ def test_fast_path_covers_every_sample_once_per_epoch(n, batch_size):
         assert sorted(epochs[-1]) == list(range(n))
     if n > 5:
         assert epochs[0] != epochs[1] and epochs[0] != list(range(n))  # shuffled, differently each epoch
-    ordered = dl.fast_batch_loader(X, y, batch_size, shuffle=False)
+    ordered = dl.FastBatchLoader(X, y, batch_size, shuffle=False)
     assert torch.cat([yb for _, yb in ordered]).tolist() == list(range(n))
 
 
@@ -470,7 +475,7 @@ def _fake_median(*medians: float):
 
 def test_loader_throughput_is_per_sample(monkeypatch):
     monkeypatch.setattr(dl, "time_median", _fake_median(0.01))
-    loader = dl.fast_batch_loader(torch.zeros(100, 2), torch.zeros(100), 32)  # 4 batches
+    loader = dl.FastBatchLoader(torch.zeros(100, 2), torch.zeros(100), 32)  # 4 batches
     assert dl.loader_throughput(loader) == pytest.approx(100 / 0.01, rel=1e-12)  # per batch would be 400
 
 

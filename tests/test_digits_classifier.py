@@ -1,4 +1,4 @@
-"""The capstone of dataset_loader_demo: the digit classifier, checked piece by piece against references.
+"""digits_classifier (lesson 6): the training loop, checked piece by piece against references.
 
 References: scikit-learn (load_digits, LogisticRegression, confusion_matrix), torch.nn.functional, closed forms,
 gradcheck in float64, NumPy, and an uninterrupted run for the exact resume (in separate processes).
@@ -22,7 +22,7 @@ from conftest import DEVICES
 from torch import nn
 from torch.autograd import DeviceType
 
-import dataset_loader_demo as dl
+import digits_classifier as dc
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DIGITS = 1797
@@ -34,21 +34,21 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 @pytest.fixture(scope="module")
 def default_runs():
     """Both models trained once with the default settings (the accuracy claims are about these)."""
-    return {arch: dl.fit_digits(arch) for arch in dl.DIGITS_ARCHS}
+    return {arch: dc.fit_digits(arch) for arch in dc.DIGITS_ARCHS}
 
 
 # --- data -----------------------------------------------------------------------------------------------------
 
 
 def test_splits_have_the_documented_sizes_and_are_seeded():
-    train, val, test = dl.make_digits_splits(0)
+    train, val, test = dc.make_digits_splits(0)
     # random_split: floor(1797 · 0.70) = 1257, floor(1797 · 0.15) = 269 twice; the 2 left over go one each to the
     # first two splits.
     assert (len(train), len(val), len(test)) == (1258, 270, 269)
     indices = [list(s.indices) for s in (train, val, test)]
     assert sorted(i for part in indices for i in part) == list(range(N_DIGITS))  # disjoint and complete
-    again = [list(s.indices) for s in dl.make_digits_splits(0)]
-    other = [list(s.indices) for s in dl.make_digits_splits(1)]
+    again = [list(s.indices) for s in dc.make_digits_splits(0)]
+    other = [list(s.indices) for s in dc.make_digits_splits(1)]
     assert again == indices
     assert other[0] != indices[0] and sorted(other[0]) != sorted(indices[0])  # a different set, not a reordering
     image, label = train[0]
@@ -60,20 +60,20 @@ def test_images_are_standardised_with_training_statistics_only():
 
     digits = load_digits()
     raw = digits.images.astype(np.float64) / 16.0  # (1797, 8, 8), what DigitsDataset holds
-    splits = dl.make_digits_splits(3)
+    splits = dc.make_digits_splits(3)
     train_idx = np.array(splits[0].indices)
     mean, std = raw[train_idx].mean(), raw[train_idx].std(ddof=1)
     all_mean = raw.mean()
     assert abs(all_mean - mean) / std > 1e-3  # statistics of all the data would be caught by the tolerance below
     for subset in splits:
         idx = np.array(subset.indices)
-        images, labels = dl.subset_tensors(subset)
+        images, labels = dc.subset_tensors(subset)
         np.testing.assert_allclose(images.squeeze(1).numpy(), (raw[idx] - mean) / std, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(labels.numpy(), digits.target[idx])
         first_image, first_label = subset[0]
         torch.testing.assert_close(first_image, images[0], rtol=0, atol=0)
         assert first_label.item() == labels[0].item()
-    rows = dl.split_summary(splits)
+    rows = dc.split_summary(splits)
     assert [r["images"] for r in rows] == [1258, 270, 269]
     assert abs(rows[0]["pixel mean"]) < 1e-5 and abs(rows[0]["pixel std"] - 1) < 1e-5
     val_images = (raw[np.array(splits[1].indices)] - mean) / std
@@ -85,9 +85,9 @@ def test_images_are_standardised_with_training_statistics_only():
 @pytest.mark.parametrize("device", DEVICES)
 def test_digits_loader_visits_every_sample_once_in_seeded_order(device):
     device = torch.device(device)
-    train = dl.make_digits_splits(0)[0]
-    images, labels = dl.subset_tensors(train)
-    loader = dl.make_digits_loader(train, 100, device, shuffle=True, generator=torch.Generator().manual_seed(5))
+    train = dc.make_digits_splits(0)[0]
+    images, labels = dc.subset_tensors(train)
+    loader = dc.make_digits_loader(train, 100, device, shuffle=True, generator=torch.Generator().manual_seed(5))
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [100] * 12 + [58]
     assert all(b[0].is_pinned() == (device.type == "cuda") for b in batches)
@@ -100,26 +100,26 @@ def test_digits_loader_visits_every_sample_once_in_seeded_order(device):
 
 
 def test_models_map_images_to_logits_and_have_the_hand_counted_parameters():
-    hidden, (c1, c2) = dl.DIGITS_HIDDEN, dl.DIGITS_CHANNELS
+    hidden, (c1, c2) = dc.DIGITS_HIDDEN, dc.DIGITS_CHANNELS
     expected = {
         "mlp": 64 * hidden + hidden + hidden * 10 + 10,
         "cnn": 1 * c1 * 9 + 2 * c1 + c1 * c2 * 9 + 2 * c2 + 4 * c2 * 10 + 10,  # convs without bias, BN weight + bias
     }
-    assert dl.parameter_counts() == expected == {"mlp": 9_610, "cnn": 6_138}
-    for arch in dl.DIGITS_ARCHS:
-        assert dl.make_digits_model(arch)(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
+    assert dc.parameter_counts() == expected == {"mlp": 9_610, "cnn": 6_138}
+    for arch in dc.DIGITS_ARCHS:
+        assert dc.make_digits_model(arch)(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
     with pytest.raises(ValueError, match="arch='resnet'"):
-        dl.make_digits_model("resnet")
+        dc.make_digits_model("resnet")
 
 
 def test_softmax_then_log_overflows_where_cross_entropy_matches_the_closed_form():
-    result = dl.softmax_then_log_failure((1000.0, 0.0, -1000.0))
+    result = dc.softmax_then_log_failure((1000.0, 0.0, -1000.0))
     by_hand, softmax_log, stable = (result[k] for k in ("exp, normalise, log", "softmax, then log", "F.cross_entropy"))
     assert math.isnan(by_hand[0]) and by_hand[1] == math.inf and by_hand[2] == math.inf
     assert softmax_log[0] == 0.0 and softmax_log[1] == math.inf and softmax_log[2] == math.inf
     logsumexp = 1000.0 + math.log1p(math.exp(-1000.0) + math.exp(-2000.0))  # closed form, in float64
     np.testing.assert_allclose(stable, [logsumexp - z for z in (1000.0, 0.0, -1000.0)], rtol=1e-7, atol=0)
-    moderate = dl.softmax_then_log_failure((1.0, 0.0, -1.0))  # where the naive ways still work, all three agree
+    moderate = dc.softmax_then_log_failure((1.0, 0.0, -1.0))  # where the naive ways still work, all three agree
     reference = [math.log(math.e + 1 + math.exp(-1.0)) - z for z in (1.0, 0.0, -1.0)]
     for losses in moderate.values():
         np.testing.assert_allclose(losses, reference, rtol=1e-6, atol=1e-6)
@@ -128,7 +128,7 @@ def test_softmax_then_log_overflows_where_cross_entropy_matches_the_closed_form(
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
 def test_label_smoothing_equals_cross_entropy_in_value_and_gradient(smoothing):
     gen = torch.Generator().manual_seed(int(10 * smoothing))
-    loss_fn = dl.LabelSmoothingCrossEntropy(smoothing)
+    loss_fn = dc.LabelSmoothingCrossEntropy(smoothing)
     for scale in (1.0, 1e4):  # 1e4: exp would overflow even in float64
         logits = (scale * torch.randn(7, 5, generator=gen, dtype=torch.float64)).requires_grad_()
         target = torch.randint(0, 5, (7,), generator=gen)
@@ -143,7 +143,7 @@ def test_label_smoothing_equals_cross_entropy_in_value_and_gradient(smoothing):
     small = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 6, (4,), generator=gen)
     assert torch.autograd.gradcheck(lambda z: loss_fn(z, target), (small,), eps=1e-6, atol=1e-8)
-    gap = dl.label_smoothing_gap(smoothing, seed=0, scale=100.0)
+    gap = dc.label_smoothing_gap(smoothing, seed=0, scale=100.0)
     assert gap["value"] < 1e-6 and gap["gradient"] < 1e-6
 
 
@@ -152,19 +152,19 @@ def test_smoothed_loss_floor_is_the_entropy_of_the_target_and_is_reached(smoothi
     n = 10
     high, low = 1 - smoothing + smoothing / n, smoothing / n
     entropy = -high * math.log(high) - ((n - 1) * low * math.log(low) if low else 0.0)
-    assert dl.smoothed_loss_floor(smoothing, n) == pytest.approx(entropy, abs=1e-12)
+    assert dc.smoothed_loss_floor(smoothing, n) == pytest.approx(entropy, abs=1e-12)
     target_probs = torch.full((1, n), low, dtype=torch.float64)
     target_probs[0, 3] = high
     logits = torch.log(target_probs.clamp_min(1e-300))  # predicting the smoothed target exactly
-    loss = dl.LabelSmoothingCrossEntropy(smoothing)(logits, torch.tensor([3]))
+    loss = dc.LabelSmoothingCrossEntropy(smoothing)(logits, torch.tensor([3]))
     assert loss.item() == pytest.approx(entropy, abs=1e-9)
 
 
 def test_label_smoothing_rejects_bad_settings_and_shapes():
     with pytest.raises(ValueError, match="smoothing=1.5"):
-        dl.LabelSmoothingCrossEntropy(1.5)
+        dc.LabelSmoothingCrossEntropy(1.5)
     with pytest.raises(ValueError, match=r"got \(4, 3\) and \(4, 1\)"):
-        dl.LabelSmoothingCrossEntropy(0.1)(torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long))
+        dc.LabelSmoothingCrossEntropy(0.1)(torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long))
 
 
 # --- optimisation ----------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ class _Mixed(nn.Module):
 
 def test_param_groups_decay_only_linear_and_conv_weights_each_parameter_once():
     model = _Mixed()
-    groups = dl.param_groups(model, weight_decay=0.1)
+    groups = dc.param_groups(model, weight_decay=0.1)
     decay, no_decay = groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     expected_decay = [model.conv.weight, model.head.weight, model.tied.weight]
@@ -198,7 +198,7 @@ def test_param_groups_decay_only_linear_and_conv_weights_each_parameter_once():
     assert {id(p) for p in no_decay["params"]} == {id(p) for p in expected_none}
     listed = [id(p) for g in groups for p in g["params"]]
     assert sorted(listed) == sorted(id(p) for p in model.parameters()) and len(set(listed)) == len(listed)
-    rows = dl.param_group_rows(model, groups)
+    rows = dc.param_group_rows(model, groups)
     assert rows[0]["names"] == ["conv.weight", "head.weight", "tied.weight"]
     assert rows[1]["elements"] == 4 + 4 + 4 + 256 + 256 + 3
 
@@ -214,12 +214,12 @@ def test_param_groups_decay_only_linear_and_conv_weights_each_parameter_once():
     for p in expected_none:
         torch.testing.assert_close(p.detach(), before[id(p)], rtol=0, atol=0)
     with pytest.raises(ValueError, match="weight_decay=-1"):
-        dl.param_groups(model, -1)
+        dc.param_groups(model, -1)
 
 
 def test_warmup_cosine_schedule_matches_its_closed_form_step_by_step():
     warmup, total, peak = 4, 12, 0.3
-    schedule = dl.WarmupCosine(warmup, total)
+    schedule = dc.WarmupCosine(warmup, total)
     expected = [peak * (t + 1) / warmup for t in range(warmup)]
     expected += [peak * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) for t in range(warmup, total)]
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=peak)
@@ -232,7 +232,7 @@ def test_warmup_cosine_schedule_matches_its_closed_form_step_by_step():
     np.testing.assert_allclose(seen, expected, rtol=1e-12, atol=1e-15)
     assert seen[warmup - 1] == pytest.approx(peak) and schedule(total) == 0.0 and schedule(10 * total) == 0.0
     with pytest.raises(ValueError, match="warmup_steps=5"):
-        dl.WarmupCosine(5, 5)
+        dc.WarmupCosine(5, 5)
 
 
 def _linear_model(seed: int) -> nn.Module:
@@ -242,16 +242,16 @@ def _linear_model(seed: int) -> nn.Module:
 
 def test_train_one_epoch_reports_mean_loss_unclipped_norms_and_lrs():
     torch.manual_seed(0)
-    train = dl.make_digits_splits(0)[0]
-    images, labels = dl.subset_tensors(train)
-    model, loss_fn = _linear_model(1), dl.LabelSmoothingCrossEntropy(0.1)
+    train = dc.make_digits_splits(0)[0]
+    images, labels = dc.subset_tensors(train)
+    model, loss_fn = _linear_model(1), dc.LabelSmoothingCrossEntropy(0.1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the parameters stay put
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, dl.WarmupCosine(3, 30))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, dc.WarmupCosine(3, 30))
     gen = torch.Generator().manual_seed(7)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(7))
-    loader = dl.make_digits_loader(train, 300, torch.device("cpu"), shuffle=True, generator=gen)
+    loader = dc.make_digits_loader(train, 300, torch.device("cpu"), shuffle=True, generator=gen)
     model.eval()  # train_one_epoch must switch it back
-    result = dl.train_one_epoch(model, loader, loss_fn, optimizer, scheduler, torch.device("cpu"), max_grad_norm=0.1)
+    result = dc.train_one_epoch(model, loader, loss_fn, optimizer, scheduler, torch.device("cpu"), max_grad_norm=0.1)
     # every sample once, batch means weighted by batch size: the epoch mean is the mean over all samples
     torch.testing.assert_close(torch.tensor(result["loss"]), loss_fn(model(images), labels).detach(),
                                rtol=1e-6, atol=0)
@@ -265,13 +265,13 @@ def test_train_one_epoch_reports_mean_loss_unclipped_norms_and_lrs():
 
 
 def test_clipping_bounds_the_step_of_plain_sgd():
-    train = dl.make_digits_splits(0)[0]
+    train = dc.make_digits_splits(0)[0]
     model = _linear_model(2)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    loader = dl.make_digits_loader(train, len(train), torch.device("cpu"))  # one batch: one step
-    result = dl.train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"),
+    loader = dc.make_digits_loader(train, len(train), torch.device("cpu"))  # one batch: one step
+    result = dc.train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"),
                                 max_grad_norm=1e-3)
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert result["grad_norms"][0] > 1e-3
@@ -280,21 +280,21 @@ def test_clipping_bounds_the_step_of_plain_sgd():
 
 def test_clipping_summary_counts_against_numpy():
     norms = [0.2, 1.5, 0.9, 3.0, 1.0]
-    summary = dl.clipping_summary(norms, max_norm=1.0)
+    summary = dc.clipping_summary(norms, max_norm=1.0)
     assert summary == {"median": float(np.median(norms)), "max": 3.0, "clipped": 2, "steps": 5}
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_evaluate_matches_functional_cross_entropy_and_records_no_graph(device):
     device = torch.device(device)
-    val = dl.make_digits_splits(0)[1]
-    images, labels = dl.subset_tensors(val)
+    val = dc.make_digits_splits(0)[1]
+    images, labels = dc.subset_tensors(val)
     model = _linear_model(3).to(device)
     model.train()
     grad_mode = []
     model.register_forward_hook(lambda module, args, output: grad_mode.append(torch.is_grad_enabled()))
-    loader = dl.make_digits_loader(val, 100, device)  # 270 = 100 + 100 + 70: a mean of batch means would be off
-    result = dl.evaluate(model, loader, nn.CrossEntropyLoss(), device)
+    loader = dc.make_digits_loader(val, 100, device)  # 270 = 100 + 100 + 70: a mean of batch means would be off
+    result = dc.evaluate(model, loader, nn.CrossEntropyLoss(), device)
     assert grad_mode == [False, False, False]  # no graph recorded, one forward per batch
     with torch.no_grad():
         logits = model(images.to(device)).cpu()
@@ -313,7 +313,7 @@ def test_evaluate_matches_functional_cross_entropy_and_records_no_graph(device):
     ([3.0, 2.0, 1.0], 2, None, 3),  # always improving: never stops
 ])
 def test_early_stopping_follows_the_patience_rule(losses, patience, stop_epoch, best_epoch):
-    stopper = dl.EarlyStopping(patience)
+    stopper = dc.EarlyStopping(patience)
     stopped = None
     for epoch, loss in enumerate(losses, start=1):
         if stopper.step(loss, epoch):
@@ -321,13 +321,13 @@ def test_early_stopping_follows_the_patience_rule(losses, patience, stop_epoch, 
             break
     assert stopped == stop_epoch and stopper.best_epoch == best_epoch
     with pytest.raises(ValueError, match="patience=0"):
-        dl.EarlyStopping(0)
+        dc.EarlyStopping(0)
 
 
 def test_fit_digits_stops_when_validation_stops_improving_and_keeps_the_best_weights(monkeypatch):
     scripted = iter([1.0, 0.9, 0.95, 0.91, 0.92, 0.5, 0.4])  # patience 3: best at epoch 2, stop after epoch 5
     snapshots = []
-    real_evaluate = dl.evaluate
+    real_evaluate = dc.evaluate
 
     def scripted_evaluate(model, loader, loss_fn, device):
         if len(loader.X) == 270:  # the validation split of seed 0 (the test split has 269 images)
@@ -335,8 +335,8 @@ def test_fit_digits_stops_when_validation_stops_improving_and_keeps_the_best_wei
             return {"loss": next(scripted), "accuracy": 0.5}
         return real_evaluate(model, loader, loss_fn, device)  # the final test-split measurement
 
-    monkeypatch.setattr(dl, "evaluate", scripted_evaluate)
-    run = dl.fit_digits("mlp", epochs=8, seed=0, patience=3)
+    monkeypatch.setattr(dc, "evaluate", scripted_evaluate)
+    run = dc.fit_digits("mlp", epochs=8, seed=0, patience=3)
     assert [h["epoch"] for h in run.history] == [1, 2, 3, 4, 5] and run.best_epoch == 2
     for key, value in run.model.state_dict().items():
         torch.testing.assert_close(value, snapshots[1][key], rtol=0, atol=0)
@@ -346,7 +346,7 @@ def test_fit_digits_stops_when_validation_stops_improving_and_keeps_the_best_wei
 def test_fit_digits_with_a_zero_learning_rate_stops_after_patience_epochs():
     # lr 0: the weights never change and the MLP has no BatchNorm, so the validation loss is the same every epoch:
     # epoch 1 sets the best, epochs 2 and 3 do not beat it, patience 2 stops after epoch 3.
-    run = dl.fit_digits("mlp", epochs=10, seed=0, peak_lr=0.0, patience=2)
+    run = dc.fit_digits("mlp", epochs=10, seed=0, peak_lr=0.0, patience=2)
     assert len(run.history) == 3 and run.best_epoch == 1
     assert len({h["val_loss"] for h in run.history}) == 1
 
@@ -356,19 +356,19 @@ def test_fit_digits_with_a_zero_learning_rate_stops_after_patience_epochs():
 
 def test_fit_digits_is_seeded_and_leaves_the_global_generator_and_threads_alone():
     state, threads = torch.get_rng_state(), torch.get_num_threads()
-    a, b, c = (dl.fit_digits("mlp", epochs=1, seed=s) for s in (4, 4, 5))
+    a, b, c = (dc.fit_digits("mlp", epochs=1, seed=s) for s in (4, 4, 5))
     assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
     assert a.history == b.history and a.history != c.history
     for pa, pb, pc in zip(a.model.parameters(), b.model.parameters(), c.model.parameters()):
         assert torch.equal(pa, pb) and not torch.equal(pa, pc)
     assert set(a.history[0]) >= {"epoch", "train_loss", "val_loss", "val_accuracy", "lr"}
-    assert len(a.step_lrs) == len(a.grad_norms) == math.ceil(1258 / dl.DIGITS_BATCH_SIZE)
+    assert len(a.step_lrs) == len(a.grad_norms) == math.ceil(1258 / dc.DIGITS_BATCH_SIZE)
 
 
 def test_fit_digits_logs_the_scheduled_learning_rate_and_each_epochs_largest_norm():
-    run = dl.fit_digits("mlp", epochs=2, seed=0)
-    steps = math.ceil(1258 / dl.DIGITS_BATCH_SIZE)  # warm-up is one epoch, the cosine the other
-    peak = dl.DIGITS_PEAK_LR
+    run = dc.fit_digits("mlp", epochs=2, seed=0)
+    steps = math.ceil(1258 / dc.DIGITS_BATCH_SIZE)  # warm-up is one epoch, the cosine the other
+    peak = dc.DIGITS_PEAK_LR
     expected = [peak * (t + 1) / steps for t in range(steps)]
     expected += [peak * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
     np.testing.assert_allclose(run.step_lrs, expected, rtol=1e-12, atol=1e-15)
@@ -379,33 +379,33 @@ def test_fit_digits_logs_the_scheduled_learning_rate_and_each_epochs_largest_nor
 
 def test_fit_digits_rejects_inconsistent_arguments(tmp_path):
     with pytest.raises(ValueError, match="arch='vit'"):
-        dl.fit_digits("vit", epochs=1)
+        dc.fit_digits("vit", epochs=1)
     with pytest.raises(ValueError, match="epochs=0"):
-        dl.fit_digits("mlp", epochs=0)
+        dc.fit_digits("mlp", epochs=0)
     with pytest.raises(ValueError, match="stop_after=2 needs a checkpoint_path"):
-        dl.fit_digits("mlp", epochs=3, stop_after=2)
+        dc.fit_digits("mlp", epochs=3, stop_after=2)
     path = tmp_path / "mlp.pt"
-    dl.fit_digits("mlp", epochs=2, checkpoint_path=path, stop_after=1)
+    dc.fit_digits("mlp", epochs=2, checkpoint_path=path, stop_after=1)
     with pytest.raises(ValueError, match="'seed': 0"):
-        dl.fit_digits("mlp", epochs=2, seed=1, resume_from=path)
+        dc.fit_digits("mlp", epochs=2, seed=1, resume_from=path)
 
 
 _RESUME_IN_A_NEW_PROCESS = """
-import sys, torch, dataset_loader_demo as dl
+import sys, torch, digits_classifier as dc
 torch.set_num_threads(int(sys.argv[1]))  # the parent's: results are bit-identical for one thread count
-for arch in dl.DIGITS_ARCHS:
-    run = dl.fit_digits(arch, epochs=4, seed=6, resume_from=f"{arch}-checkpoint.pt")
+for arch in dc.DIGITS_ARCHS:
+    run = dc.fit_digits(arch, epochs=4, seed=6, resume_from=f"{arch}-checkpoint.pt")
     torch.save({"state": run.model.state_dict(), "history": run.history, "best_epoch": run.best_epoch,
                 "test_accuracy": run.test_accuracy}, f"{arch}-resumed.pt")
-dl.profile_training_epoch("mlp", 0, torch.device("cpu"))  # a real process: its stderr must stay empty
+dc.profile_training_epoch("mlp", 0, torch.device("cpu"))  # a real process: its stderr must stay empty
 """
 
 
 def test_resuming_in_a_new_process_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     references = {}
-    for arch in dl.DIGITS_ARCHS:
-        references[arch] = dl.fit_digits(arch, epochs=4, seed=6)
-        stopped = dl.fit_digits(arch, epochs=4, seed=6, checkpoint_path=tmp_path / f"{arch}-checkpoint.pt",
+    for arch in dc.DIGITS_ARCHS:
+        references[arch] = dc.fit_digits(arch, epochs=4, seed=6)
+        stopped = dc.fit_digits(arch, epochs=4, seed=6, checkpoint_path=tmp_path / f"{arch}-checkpoint.pt",
                                 stop_after=2)
         assert stopped.test_accuracy is None and stopped.history == references[arch].history[:2]
         assert references[arch].best_epoch > 2  # so the weights compared below were trained after the resume
@@ -427,7 +427,7 @@ def test_resuming_in_a_new_process_is_bit_identical_to_an_uninterrupted_run(tmp_
 
 
 def test_resume_check_in_process_agrees():
-    result = dl.resume_check("mlp", 2, 1, 0, torch.device("cpu"))
+    result = dc.resume_check("mlp", 2, 1, 0, torch.device("cpu"))
     assert result["bit_identical"] is True and result["tensors"] == 4 and result["checkpoint_bytes"] > 0
 
 
@@ -438,20 +438,20 @@ def test_both_models_beat_95_percent_and_logistic_regression(default_runs):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score
 
-    splits = dl.make_digits_splits(0)
-    baseline = dl.logistic_regression_baseline(splits)
-    assert baseline["iterations"] < dl.LOGREG_MAX_ITER and baseline["parameters"] == 64 * 10 + 10
-    (X_train, y_train), (X_test, y_test) = (dl.subset_tensors(s) for s in (splits[0], splits[2]))
+    splits = dc.make_digits_splits(0)
+    baseline = dc.logistic_regression_baseline(splits)
+    assert baseline["iterations"] < dc.LOGREG_MAX_ITER and baseline["parameters"] == 64 * 10 + 10
+    (X_train, y_train), (X_test, y_test) = (dc.subset_tensors(s) for s in (splits[0], splits[2]))
     independent = LogisticRegression(max_iter=5000).fit(X_train.flatten(1).numpy(), y_train.numpy())
     assert baseline["test_accuracy"] == pytest.approx(independent.score(X_test.flatten(1).numpy(), y_test.numpy()),
                                                       abs=1.5 / len(y_test))  # at most one image apart
     for arch, run in default_runs.items():
-        predictions = dl.predict_proba(run.model, splits[2], torch.device("cpu")).argmax(1)
+        predictions = dc.predict_proba(run.model, splits[2], torch.device("cpu")).argmax(1)
         assert run.test_accuracy == pytest.approx(accuracy_score(y_test.numpy(), predictions.numpy()), abs=1e-7)
         assert run.test_accuracy >= 0.95, arch
         assert run.test_accuracy >= baseline["test_accuracy"], arch
-    rows = dl.results_rows(default_runs, baseline, dl.parameter_counts())
-    assert [r[0] for r in rows] == [*dl.DIGITS_ARCHS, "logistic regression (scikit-learn)"]
+    rows = dc.results_rows(default_runs, baseline, dc.parameter_counts())
+    assert [r[0] for r in rows] == [*dc.DIGITS_ARCHS, "logistic regression (scikit-learn)"]
     assert rows[0][5] == f"{100 * default_runs['mlp'].test_accuracy:.1f} %"
 
 
@@ -462,34 +462,34 @@ def test_confusion_matrix_and_confident_mistakes_match_references():
     probs = torch.softmax(3 * torch.randn(200, 10, generator=gen), dim=1)
     labels = torch.randint(0, 10, (200,), generator=gen)
     predicted = probs.argmax(1)
-    np.testing.assert_array_equal(dl.confusion_matrix(labels, predicted).numpy(),
+    np.testing.assert_array_equal(dc.confusion_matrix(labels, predicted).numpy(),
                                   confusion_matrix(labels.numpy(), predicted.numpy(), labels=range(10)))
-    mistakes = dl.most_confident_mistakes(probs, labels, 5)
+    mistakes = dc.most_confident_mistakes(probs, labels, 5)
     confidence = probs.max(1).values.numpy()
     wrong = np.flatnonzero(predicted.numpy() != labels.numpy())
     expected = wrong[np.argsort(-confidence[wrong], kind="stable")][:5]
     assert [m["index"] for m in mistakes] == expected.tolist()
     assert all(m["label"] != m["predicted"] == int(predicted[m["index"]]) for m in mistakes)
     assert [m["confidence"] for m in mistakes] == pytest.approx(confidence[expected].tolist())
-    assert dl.most_confident_mistakes(torch.eye(10), torch.arange(10), 5) == []
+    assert dc.most_confident_mistakes(torch.eye(10), torch.arange(10), 5) == []
 
 
 def test_the_model_shown_is_chosen_on_validation_loss_only():
     def fake(val_losses, test_accuracy):
         history = [{"val_loss": v} for v in val_losses]
-        return dl.DigitsRun("x", nn.Identity(), history, test_accuracy, 1, [], [], 0.0)
+        return dc.DigitsRun("x", nn.Identity(), history, test_accuracy, 1, [], [], 0.0)
 
     runs = {"mlp": fake([0.9, 0.5, 0.6], test_accuracy=0.99), "cnn": fake([0.8, 0.55], test_accuracy=0.5)}
-    assert dl.choose_by_validation(runs) == "mlp"
+    assert dc.choose_by_validation(runs) == "mlp"
     runs["cnn"] = fake([0.8, 0.45], test_accuracy=0.1)
-    assert dl.choose_by_validation(runs) == "cnn"
+    assert dc.choose_by_validation(runs) == "cnn"
 
 
 def test_forgetting_eval_changes_dropout_outputs_and_batchnorm_statistics(default_runs):
-    val = dl.make_digits_splits(0)[1]
-    images, labels = dl.subset_tensors(val)
+    val = dc.make_digits_splits(0)[1]
+    images, labels = dc.subset_tensors(val)
     mlp = default_runs["mlp"].model
-    result = dl.train_vs_eval(mlp, val, torch.device("cpu"), seed=0)
+    result = dc.train_vs_eval(mlp, val, torch.device("cpu"), seed=0)
     assert result["eval"]["identical"] and not result["train"]["identical"]
     assert result["running stats changed"] is None
     # Reference for eval mode: the same network with dropout removed.
@@ -499,7 +499,7 @@ def test_forgetting_eval_changes_dropout_outputs_and_batchnorm_statistics(defaul
     accuracy = (reference.argmax(1) == labels).double().mean().item()
     assert result["eval"]["accuracy"] == pytest.approx([accuracy, accuracy], abs=1e-7)
     # Train mode: inverted dropout keeps the expectation, so the mean over many passes approaches eval's output.
-    probe = dl.make_digits_model("mlp")
+    probe = dc.make_digits_model("mlp")
     probe.load_state_dict(mlp.state_dict())
     probe.train()
     torch.manual_seed(0)
@@ -512,7 +512,7 @@ def test_forgetting_eval_changes_dropout_outputs_and_batchnorm_statistics(defaul
 
     cnn = default_runs["cnn"].model
     running_mean = cnn[1].running_mean.clone()
-    cnn_result = dl.train_vs_eval(cnn, val, torch.device("cpu"), seed=0)
+    cnn_result = dc.train_vs_eval(cnn, val, torch.device("cpu"), seed=0)
     assert cnn_result["running stats changed"] is True and cnn_result["eval"]["identical"]
     assert torch.equal(cnn[1].running_mean, running_mean)  # only the copy was changed
 
@@ -535,7 +535,7 @@ def test_profile_phases_credits_each_event_to_its_enclosing_label():
     engine = _event("autograd::engine::evaluate_function: MmBackward0", None, 6.0)  # another thread's backward
     mm = _event("aten::mm", engine, 7.0)
     loose = _event("aten::zeros", None, 0.5)
-    rows = {r["phase"]: r for r in dl.profile_phases([forward, addmm, inner, step, adam, mul, engine, mm, loose])}
+    rows = {r["phase"]: r for r in dc.profile_phases([forward, addmm, inner, step, adam, mul, engine, mm, loose])}
     assert rows["forward"]["self cpu us"] == 15.0 and rows["forward"]["aten calls"] == 2
     assert rows["forward"]["top operators"] == ["aten::addmm", "aten::copy_"]
     assert rows["optimizer step"]["other us"] == 5.0 and rows["optimizer step"]["top operators"] == ["aten::mul_"]
@@ -555,7 +555,7 @@ def test_profile_phases_on_a_real_trace_accounts_for_every_event_once():
         with record_function("backward"):
             out.backward()
     events = list(prof.events())
-    rows = {r["phase"]: r for r in dl.profile_phases(events)}
+    rows = {r["phase"]: r for r in dc.profile_phases(events)}
     aten = [e for e in events if e.name.startswith("aten::")]
     assert sum(r["aten calls"] for r in rows.values()) == len(aten)
     assert sum(r["self cpu us"] for r in rows.values()) == pytest.approx(sum(e.self_cpu_time_total for e in events))
@@ -567,24 +567,24 @@ def test_profile_phases_on_a_real_trace_accounts_for_every_event_once():
 
 
 def test_profiling_an_epoch_covers_every_phase_and_prints_nothing_to_stderr(capfd):
-    rows = dl.profile_training_epoch("mlp", seed=0, device=torch.device("cpu"))
+    rows = dc.profile_training_epoch("mlp", seed=0, device=torch.device("cpu"))
     assert capfd.readouterr().err == ""
     by_phase = {r["phase"]: r for r in rows}
-    steps = math.ceil(1258 / dl.DIGITS_BATCH_SIZE)
-    for phase in dl.PROFILE_PHASES:
+    steps = math.ceil(1258 / dc.DIGITS_BATCH_SIZE)
+    for phase in dc.PROFILE_PHASES:
         assert by_phase[phase]["aten calls"] >= steps and by_phase[phase]["self cpu us"] > 0
         if phase != "data loading":  # every step runs the same operators (the loader's randperm runs once)
             assert by_phase[phase]["aten calls"] % steps == 0
     optimizer, forward, backward = (by_phase[p]["aten calls"] for p in ("optimizer step", "forward", "backward"))
     assert 0.7 < optimizer / (forward + backward) < 1.5  # "about as many aten operators as forward and backward"
-    headers, table = dl.profile_table(rows, torch.device("cpu"))
+    headers, table = dc.profile_table(rows, torch.device("cpu"))
     assert len(headers) == len(table[0]) and [r[0] for r in table] == [r["phase"] for r in rows]
 
 
 def test_training_figure_has_titled_labelled_panels(default_runs):
     baseline = {"val_accuracy": 0.97, "test_accuracy": 0.96}
     mistakes = [{"index": 0, "label": 3, "predicted": 8, "confidence": 0.6}]
-    fig = dl.plot_digits_training(default_runs, baseline, dl.smoothed_loss_floor(0.1), 1.0, "cnn",
+    fig = dc.plot_digits_training(default_runs, baseline, dc.smoothed_loss_floor(0.1), 1.0, "cnn",
                                   torch.eye(10, dtype=torch.long) * 20, mistakes, [torch.full((1, 8, 8), 0.5)])
     panels = fig.axes[:6]
     assert all(ax.get_title() for ax in panels)
@@ -600,14 +600,14 @@ def test_readme_capstone_results_are_what_the_default_runs_give(default_runs):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Putting it together: a digit classifier", 1)[1].split("\n## ", 1)[0]
     block = section.split("Results from a full run", 1)[1].split("```", 2)[1]
-    baseline = dl.logistic_regression_baseline(dl.make_digits_splits(0))
-    rows = dl.results_rows(default_runs, baseline, dl.parameter_counts())
+    baseline = dc.logistic_regression_baseline(dc.make_digits_splits(0))
+    rows = dc.results_rows(default_runs, baseline, dc.parameter_counts())
     for row in rows:
         expected = " ".join(str(cell if not isinstance(cell, int) else f"{cell:,}") for cell in row[:-1])
         assert any(" ".join(line.split()) == expected for line in block.splitlines()), expected
     # The iteration count depends on the SciPy and BLAS builds (97 and 99 were both seen with one scikit-learn):
     # the README promises convergence well inside the cap, about a hundred iterations, and no exact count.
-    assert 50 <= baseline["iterations"] <= 200 < dl.LOGREG_MAX_ITER
+    assert 50 <= baseline["iterations"] <= 200 < dc.LOGREG_MAX_ITER
     prose = " ".join(section.split())
-    assert "about a hundred iterations, well inside its cap of 1,000" in prose and f"{dl.LOGREG_MAX_ITER:,}" in prose
+    assert "about a hundred iterations, well inside its cap of 1,000" in prose and f"{dc.LOGREG_MAX_ITER:,}" in prose
     assert not re.search(r"L-BFGS in \d+ iterations", prose)

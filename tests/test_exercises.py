@@ -23,15 +23,11 @@ from types import SimpleNamespace
 
 import pytest
 
+import course
+
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES_DIR = ROOT / "exercises"
-LESSON_FILES = {  # exercise module -> the lesson script its exercises belong to
-    "lesson1_tensors": "tensor_basics.py",
-    "lesson2_autograd": "autograd_demo.py",
-    "lesson3_regression": "linear_regression_torch.py",
-    "lesson4_modules": "custom_nn_module.py",
-    "lesson5_data": "dataset_loader_demo.py",
-}
+LESSON_FILES = {lesson.module: lesson.script for lesson in course.LESSONS}  # exercises are named after lessons
 LESSON_MODULES = {Path(name).stem for name in LESSON_FILES.values()} | {"lesson_harness"}
 DOCSTRING_SECTIONS = ("Task:", "Section:", "Signature:", "Shapes:", "Hint:")  # what every exercise states
 RUN_TIMEOUT_S = 180  # one pytest run over all checks takes a few seconds; this only stops a hang
@@ -148,7 +144,7 @@ def test_docstring_states_task_section_signature_shapes_and_hint(lesson, name):
     section = re.search(r'^Section: "(.+?)" in (\S+\.py) \(lesson (\d)\)\.$', doc, re.M)
     assert section, f"{lesson}.{name}: Section line must read: Section: \"<heading>\" in <lesson>.py (lesson N)."
     heading, lesson_file, number = section.groups()
-    assert lesson_file == LESSON_FILES[lesson] and lesson.startswith(f"lesson{number}_"), section.group(0)
+    assert lesson_file == LESSON_FILES[lesson] and course.LESSONS[int(number) - 1].module == lesson, section.group(0)
     lesson_text = (ROOT / lesson_file).read_text(encoding="utf-8")
     # Either heading style: "# Heading" over "# -----", or a jupytext markdown "# ## Heading".
     assert re.search(rf"^# (## )?{re.escape(heading)}\s*$", lesson_text, re.M), \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import subprocess
 import sys
@@ -97,10 +98,15 @@ def test_time_median_reports_the_median_of_timers_blocks(monkeypatch):
     assert calls == ["called"]  # what Timer runs is the function given
 
 
-def test_wall_seconds_returns_the_result_and_a_known_duration():
-    result, seconds = harness.wall_seconds(lambda: time.sleep(0.05) or "done")
-    assert result == "done"
-    assert 0.05 <= seconds < 0.15
+def test_stopwatch_measures_a_known_duration_even_when_the_block_raises():
+    with harness.stopwatch() as clock:
+        assert math.isnan(clock.seconds)  # no reading before the block ends
+        time.sleep(0.05)
+    assert 0.05 <= clock.seconds < 0.15
+    with pytest.raises(KeyError), harness.stopwatch() as failed:
+        time.sleep(0.02)
+        raise KeyError("stop")
+    assert 0.02 <= failed.seconds < 0.1
 
 
 def test_only_the_cuda_home_notice_is_dropped():

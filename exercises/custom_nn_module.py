@@ -2,9 +2,9 @@
 
 Replace each `raise NotImplementedError` with your code, then check your answers:
     make exercises                                          (a table of all exercises)
-    python -m pytest exercises/test_lesson4_modules.py      (this lesson, with messages)
+    python -m pytest exercises/test_custom_nn_module.py      (this lesson, with messages)
     python -m pytest exercises -k LayerNorm                 (one exercise)
-Reference solutions: exercises/solutions/lesson4_modules.py.
+Reference solutions: exercises/solutions/custom_nn_module.py.
 """
 
 from __future__ import annotations

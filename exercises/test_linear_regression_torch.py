@@ -1,4 +1,4 @@
-"""Checks for exercises/lesson3_regression.py, each against autograd, NumPy or torch.optim.SGD."""
+"""Checks for exercises/linear_regression_torch.py, each against autograd, NumPy or torch.optim.SGD."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from exercises.checks import check, check_close, check_no_grad_history, fail, forbidden
 
-LESSON = "lesson3_regression"
+LESSON = "linear_regression_torch"
 
 
 def _regression_data(n: int, f: int, seed: int, dtype=torch.float64):

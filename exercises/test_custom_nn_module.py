@@ -1,4 +1,4 @@
-"""Checks for exercises/lesson4_modules.py, each against torch.nn's own layers."""
+"""Checks for exercises/custom_nn_module.py, each against torch.nn's own layers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from exercises.checks import check, check_close, check_equal, check_raises_value_error, forbidden
 
-LESSON = "lesson4_modules"
+LESSON = "custom_nn_module"
 
 
 def _build(layers) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Checks for exercises/lesson2_autograd.py, each against torch.autograd.functional, NumPy or a closed form.
+"""Checks for exercises/autograd_demo.py, each against torch.autograd.functional, NumPy or a closed form.
 
 The references avoid torch.func transforms: their first use imports torch._dynamo, seconds of start-up.
 """
@@ -13,7 +13,7 @@ from torch.autograd.functional import hessian, jacobian
 
 from exercises.checks import check, check_close, check_no_grad_history, fail
 
-LESSON = "lesson2_autograd"
+LESSON = "autograd_demo"
 
 
 def _matrix(rows: int, cols: int, seed: int) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 Replace each `raise NotImplementedError` with your code, then check your answers:
     make exercises                                          (a table of all exercises)
-    python -m pytest exercises/test_lesson1_tensors.py      (this lesson, with messages)
+    python -m pytest exercises/test_tensor_basics.py      (this lesson, with messages)
     python -m pytest exercises -k sliding_windows           (one exercise)
-Reference solutions: exercises/solutions/lesson1_tensors.py.
+Reference solutions: exercises/solutions/tensor_basics.py.
 """
 
 from __future__ import annotations

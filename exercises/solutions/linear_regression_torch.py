@@ -1,4 +1,4 @@
-"""Reference solutions for exercises/lesson3_regression.py (the docstrings there state each task)."""
+"""Reference solutions for exercises/linear_regression_torch.py (the docstrings there state each task)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reference solutions for exercises/lesson4_modules.py (the docstrings there state each task)."""
+"""Reference solutions for exercises/custom_nn_module.py (the docstrings there state each task)."""
 
 from __future__ import annotations
 

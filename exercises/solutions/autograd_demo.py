@@ -1,4 +1,4 @@
-"""Reference solutions for exercises/lesson2_autograd.py (the docstrings there state each task)."""
+"""Reference solutions for exercises/autograd_demo.py (the docstrings there state each task)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Exercises for lesson 5, dataset_loader_demo.py: a Dataset, a collate function, a sampler, and training.
+"""Exercises for lesson 5, dataset_loader_demo.py: a Dataset, a collate function and a batch sampler.
 
 Replace each `raise NotImplementedError` with your code, then check your answers:
     make exercises                                          (a table of all exercises)
-    python -m pytest exercises/test_lesson5_data.py         (this lesson, with messages)
+    python -m pytest exercises/test_dataset_loader_demo.py         (this lesson, with messages)
     python -m pytest exercises -k BucketBatchSampler        (one exercise)
-Reference solutions: exercises/solutions/lesson5_data.py.
+Reference solutions: exercises/solutions/dataset_loader_demo.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 
@@ -81,20 +80,3 @@ class BucketBatchSampler(Sampler):
 
     def __len__(self) -> int:
         raise NotImplementedError
-
-
-def train_digits_classifier(X_train: torch.Tensor, y_train: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Task: train a classifier for scikit-learn's 8×8 digits that reaches at least 95 % accuracy on held-out
-    digits, reproducibly (same seed, same model) and without touching torch's global random state.
-
-    Section: "Images: scikit-learn's 8×8 digits" in dataset_loader_demo.py (lesson 5).
-    Signature: train_digits_classifier(X_train, y_train, seed=0) -> nn.Module (the trained model)
-    Shapes: X_train (n, 64) float32 pixels in [0, 1], y_train (n,) int64 labels 0–9; the model maps (batch, 64)
-    to (batch, 10) logits. The check trains on 75 % of the 1797 digits and tests on the rest, within seconds.
-    Hint: an MLP 64 → 128 → 10 with ReLU, Adam (lr 5e-3), cross-entropy, about 10 epochs of mini-batches of 64
-    (index X_train[idx] with idx from torch.randperm(n, generator=gen): fast, no DataLoader needed).
-    optimizer.zero_grad() every step. nn.Linear draws its initial weights from the global RNG: build the model
-    inside `with torch.random.fork_rng(devices=[]):` after torch.manual_seed(seed), and shuffle with a
-    torch.Generator seeded with `seed`.
-    """
-    raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Reference solutions for exercises/lesson1_tensors.py (the docstrings there state each task)."""
+"""Reference solutions for exercises/tensor_basics.py (the docstrings there state each task)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checks for exercises/lesson1_tensors.py, each against NumPy, torch built-ins or a closed form."""
+"""Checks for exercises/tensor_basics.py, each against NumPy, torch built-ins or a closed form."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from exercises.checks import check, check_close, check_equal, check_raises_value_error, fail, forbidden
 
-LESSON = "lesson1_tensors"
+LESSON = "tensor_basics"
 
 
 def test_vandermonde(answer):

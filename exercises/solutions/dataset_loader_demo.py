@@ -1,19 +1,12 @@
-"""Reference solutions for exercises/lesson5_data.py (the docstrings there state each task)."""
+"""Reference solutions for exercises/dataset_loader_demo.py (the docstrings there state each task)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
-
-DIGITS_HIDDEN = 128  # hidden units of the digits MLP
-DIGITS_EPOCHS = 10  # passes over the training digits: 96.7–97.6 % held-out accuracy, seeds 0–4 (torch 2.13)
-DIGITS_BATCH = 64  # rows per Adam step
-DIGITS_LR = 5e-3  # Adam's step size
 
 
 class CharDataset(Dataset):
@@ -65,18 +58,3 @@ class BucketBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def train_digits_classifier(X_train: torch.Tensor, y_train: torch.Tensor, seed: int = 0) -> nn.Module:
-    """A small MLP, Adam, shuffled mini-batches by indexing; all randomness local to `seed`."""
-    with torch.random.fork_rng(devices=[]):  # initial weights from `seed`; the caller's RNG stays untouched
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(64, DIGITS_HIDDEN), nn.ReLU(), nn.Linear(DIGITS_HIDDEN, 10))
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=DIGITS_LR)
-    for _ in range(DIGITS_EPOCHS):
-        for idx in torch.randperm(len(X_train), generator=generator).split(DIGITS_BATCH):
-            optimizer.zero_grad()
-            F.cross_entropy(model(X_train[idx]), y_train[idx]).backward()  # (batch, 10) logits vs (batch,) labels
-            optimizer.step()
-    return model.eval()

@@ -2,9 +2,9 @@
 
 Replace each `raise NotImplementedError` with your code, then check your answers:
     make exercises                                          (a table of all exercises)
-    python -m pytest exercises/test_lesson3_regression.py   (this lesson, with messages)
+    python -m pytest exercises/test_linear_regression_torch.py   (this lesson, with messages)
     python -m pytest exercises -k least_squares             (one exercise)
-Reference solutions: exercises/solutions/lesson3_regression.py.
+Reference solutions: exercises/solutions/linear_regression_torch.py.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Replace each `raise NotImplementedError` with your code, then check your answers:
     make exercises                                          (a table of all exercises)
-    python -m pytest exercises/test_lesson2_autograd.py     (this lesson, with messages)
+    python -m pytest exercises/test_autograd_demo.py     (this lesson, with messages)
     python -m pytest exercises -k newton_step               (one exercise)
-Reference solutions: exercises/solutions/lesson2_autograd.py.
+Reference solutions: exercises/solutions/autograd_demo.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,962 @@
+"""Training a digit classifier: the complete loop, from a seeded split to a measured test accuracy.
+
+Run `python digits_classifier.py` (add `--quick` for a smoke run). Two small networks, an MLP
+and a CNN, learn scikit-learn's 8×8 digits with everything a real training run needs: a seeded
+split scaled with training statistics only, a numerically stable loss with label smoothing,
+AdamW with parameter groups, a warm-up and cosine schedule, gradient clipping, `train()` and
+`eval()` modes, early stopping, a checkpoint that resumes bit for bit, a profile of where an
+epoch's time goes, and one final measurement on a test split. Figure: plots/digits_training.png.
+
+The one import between lessons: the digits Dataset, the fast batch loader and the image mosaic
+come from lesson 5 (`dataset_loader_demo.py`), where they are taught.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache, partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import DeviceType
+from torch.profiler import record_function
+from torch.utils.data import Subset, TensorDataset, random_split
+
+from dataset_loader_demo import DigitsDataset, FastBatchLoader, digit_mosaic
+from lesson_harness import (
+    as_device,
+    fmt_seconds,
+    new_figure,
+    print_table,
+    profile_events,
+    save_figure,
+    start_lesson,
+    stopwatch,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    epochs: int = 10  # most epochs per model (early stopping may end a run sooner)
+
+
+FULL = Config()
+QUICK = Config(epochs=2)
+DIGITS_ARCHS = ("mlp", "cnn")  # the two models, chosen by name
+DIGITS_SPLIT = (0.70, 0.15, 0.15)  # train / validation / test fractions for random_split
+DIGITS_HIDDEN = 128  # width of the MLP's hidden layer
+DIGITS_CHANNELS = (16, 32)  # output channels of the CNN's two 3×3 convolutions
+DIGITS_DROPOUT = 0.1  # dropout probability before each model's last layer
+DIGITS_BATCH_SIZE = 128  # training batch size: 10 optimizer steps per epoch
+DIGITS_EVAL_BATCH_SIZE = 512  # evaluation batch size: no graph is kept, so large batches are cheap
+DIGITS_PEAK_LR = 1e-2  # AdamW learning rate at the end of the warm-up
+DIGITS_WARMUP_EPOCHS = 1  # linear warm-up over this many epochs, then cosine decay to 0
+DIGITS_WEIGHT_DECAY = 0.05  # AdamW decoupled weight decay, on Linear and Conv weights only
+DIGITS_LABEL_SMOOTHING = 0.1  # training target: 0.9 · one-hot + 0.1 · uniform
+DIGITS_MAX_GRAD_NORM = 1.0  # clip_grad_norm_ threshold on the global gradient norm
+DIGITS_PATIENCE = 3  # epochs without a lower validation loss before early stopping
+DIGITS_THREADS = 1  # threads (torch intra-op, BLAS) for these tiny computations; see "Where the time goes"
+RESUME_EPOCHS = 2  # the resume check trains this many epochs, checkpointing halfway
+LOGREG_MAX_ITER = 1_000  # L-BFGS iteration cap for the logistic-regression baseline (it converges well before)
+SMOOTHING_CHECKS = (0.0, 0.1, 0.3)  # label-smoothing strengths compared with F.cross_entropy
+SHOWN_MISTAKES = 8  # most confident test mistakes printed and drawn
+
+
+# %% [markdown]
+# ## Set-up
+#
+# This cell reads the settings: the command line in a script (`python digits_classifier.py --quick`),
+# the `LESSON_ARGS` environment variable in a notebook. It picks the device (CUDA, then MPS,
+# then the CPU, unless `--device` names one), seeds every random number generator with `--seed`
+# and prints what this run uses. Each section below ends with a cell that runs its code and
+# shows the result; importing the lesson runs none of them.
+
+# %%
+if __name__ == "__main__":
+    ctx = start_lesson("digits_classifier")
+    cfg = ctx.config(FULL, QUICK)
+
+
+# %% [markdown]
+# ## The task
+#
+# Two small networks, an MLP and a CNN, learn the 8×8 digits with the complete loop a real
+# project needs: a seeded split scaled with training statistics only, a numerically stable
+# loss, AdamW with parameter groups, a warm-up and cosine learning-rate schedule, gradient
+# clipping, `train()` and `eval()` modes, early stopping on the validation loss, a checkpoint
+# that resumes bit for bit, a profile of where an epoch's time goes, and one final measurement
+# on a test split that no decision has seen. scikit-learn's logistic regression on the same
+# split is the baseline to beat.
+
+# %% [markdown]
+# ## Data: one seeded split, scaled with training statistics
+# `random_split` with a seeded generator cuts the 1,797 images into about 70/15/15 % once: the
+# same seed gives the same split, another seed another. One mean and one standard deviation
+# (the images have one channel) come from the training images only and are applied to all
+# three splits. The data is 1,797 × 64 floats already in memory, so batches come from the fast
+# path above (one index operation per batch with a seeded `randperm`) instead of a DataLoader
+# calling `__getitem__` once per image and collating. With CUDA each batch is copied into pinned
+# (page-locked) memory, so `.to(device, non_blocking=True)` returns before the copy ends; on
+# other devices pinning would only add a copy, and `pin_memory` warns without an accelerator.
+
+# %%
+@cache
+def _digits() -> DigitsDataset:
+    """Read once per process: every training run below starts from the same images (and never modifies them)."""
+    return DigitsDataset()
+
+
+def make_digits_splits(seed: int) -> tuple[Subset, Subset, Subset]:
+    """(train, val, test) Subsets of (image (1, 8, 8) float32, label int64), standardised with train statistics."""
+    digits = _digits()
+    train, val, test = random_split(digits, DIGITS_SPLIT, generator=torch.Generator().manual_seed(seed))
+    train_images = digits.inputs[train.indices]  # (n_train, 1, 8, 8), pixels in [0, 1]
+    mean, std = train_images.mean(), train_images.std()  # one channel: one mean, one std
+    scaled = TensorDataset((digits.inputs - mean) / std, digits.targets.clone())  # new tensors: the cache stays intact
+    return Subset(scaled, train.indices), Subset(scaled, val.indices), Subset(scaled, test.indices)
+
+
+def subset_tensors(subset: Subset) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Subset of a TensorDataset as two tensors, gathered with one index each."""
+    images, labels = subset.dataset.tensors
+    idx = torch.as_tensor(subset.indices, dtype=torch.long)
+    return images[idx], labels[idx]  # (n, 1, 8, 8), (n,)
+
+
+def split_summary(splits: Sequence[Subset]) -> list[dict[str, object]]:
+    """Size, share and pixel statistics of each split: the training split has mean 0 and std 1 by construction."""
+    total = sum(len(s) for s in splits)
+    rows = []
+    for name, subset in zip(("train", "validation", "test"), splits):
+        images, labels = subset_tensors(subset)
+        rows.append({"split": name, "images": len(subset), "share": len(subset) / total,
+                     "pixel mean": images.mean().item(), "pixel std": images.std().item(),
+                     "classes present": int(labels.unique().numel())})
+    return rows
+
+
+class PinnedBatchLoader(FastBatchLoader):
+    """FastBatchLoader whose batches sit in pinned memory, so a non_blocking copy to CUDA is asynchronous."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in super().__iter__():
+            yield images.pin_memory(), labels.pin_memory()
+
+
+def make_digits_loader(subset: Subset, batch_size: int, device: torch.device, shuffle: bool = False,
+                       generator: torch.Generator | None = None) -> FastBatchLoader:
+    images, labels = subset_tensors(subset)
+    loader_class = PinnedBatchLoader if device.type == "cuda" else FastBatchLoader
+    return loader_class(images, labels, batch_size, shuffle=shuffle, generator=generator)
+
+
+
+def print_splits(rows: list[dict[str, object]], seed: int) -> None:
+    print_table(f"The digits split by random_split (seed {seed}), standardised with training statistics",
+                ["split", "images", "share", "pixel mean", "pixel std", "classes present"],
+                [[r["split"], r["images"], f"{r['share']:.3f}", f"{r['pixel mean']:+.3f}", f"{r['pixel std']:.3f}",
+                  r["classes present"]] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    splits = make_digits_splits(ctx.seed)  # (train, validation, test)
+    print_splits(split_summary(splits), ctx.seed)
+
+# %% [markdown]
+# ## Two models, chosen by name
+# The MLP sees 64 numbers and no geometry. The CNN applies the same 3×3 filters at every
+# position, so a stroke detector learned in one place works everywhere, with few weights. The
+# convolutions have no bias because the BatchNorm after each one subtracts the batch mean,
+# which would cancel any bias. Both have dropout before their last layer, so training mode and
+# evaluation mode compute different functions.
+
+# %%
+def make_digits_model(arch: str) -> nn.Module:
+    """'mlp' or 'cnn': (batch, 1, 8, 8) images → (batch, 10) logits."""
+    if arch == "mlp":
+        return nn.Sequential(
+            nn.Flatten(),  # (batch, 64)
+            nn.Linear(64, DIGITS_HIDDEN), nn.ReLU(),  # (batch, hidden)
+            nn.Dropout(DIGITS_DROPOUT),
+            nn.Linear(DIGITS_HIDDEN, 10),  # (batch, 10)
+        )
+    if arch == "cnn":
+        c1, c2 = DIGITS_CHANNELS
+        return nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),  # (batch, c1, 8, 8)
+            nn.MaxPool2d(2),  # (batch, c1, 4, 4)
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(),  # (batch, c2, 4, 4)
+            nn.MaxPool2d(2),  # (batch, c2, 2, 2)
+            nn.Flatten(), nn.Dropout(DIGITS_DROPOUT),  # (batch, 4 * c2)
+            nn.Linear(4 * c2, 10),  # (batch, 10)
+        )
+    raise ValueError(f"arch={arch!r} is not one of {', '.join(map(repr, DIGITS_ARCHS))}")
+
+
+def parameter_counts(archs: Sequence[str] = DIGITS_ARCHS) -> dict[str, int]:
+    return {arch: sum(p.numel() for p in make_digits_model(arch).parameters()) for arch in archs}
+
+
+
+# %%
+if __name__ == "__main__":
+    counts = parameter_counts()
+    print(f"\nparameters: {', '.join(f'{arch} {n:,}' for arch, n in counts.items())}")
+    print(make_digits_model("cnn"))
+
+# %% [markdown]
+# ## Losses: cross-entropy on logits, and label smoothing as a module
+# `nn.CrossEntropyLoss` takes logits and computes log-softmax with the log-sum-exp trick: it
+# never takes the log of a rounded probability. Doing it by hand fails at large logits: `exp(1000)` is `inf`
+# in float32, so exp-normalise-log gives `nan`; even a stable softmax rounds `exp(-1000)` to 0
+# and its log is `-inf`. Label smoothing trains against (1 − s)·one-hot + s/10 instead of the
+# one-hot target, which keeps the model from driving logits apart without bound. Written as
+# an `nn.Module`, it equals `F.cross_entropy(..., label_smoothing=s)` in value and gradient.
+# Its lowest possible value is not 0 but the entropy of the smoothed target.
+
+# %%
+def softmax_then_log_failure(logits: Sequence[float] = (1000.0, 0.0, -1000.0)) -> dict[str, list[float]]:
+    """The loss of one float32 sample for every possible target, computed three ways."""
+    z = torch.tensor([list(logits)], dtype=torch.float32)  # (1, classes)
+    exp = torch.exp(z)  # exp(1000) overflows to inf
+    by_hand = -torch.log(exp / exp.sum(dim=1, keepdim=True))  # inf / inf = nan
+    softmax_log = -torch.log(torch.softmax(z, dim=1))  # exp(-1000) underflows to 0, log(0) = -inf
+    targets = torch.arange(z.shape[1])
+    stable = F.cross_entropy(z.expand(len(targets), -1), targets, reduction="none")
+    return {name: (losses + 0.0).tolist() for name, losses in  # + 0.0: print -log(1) as 0, not -0
+            (("exp, normalise, log", by_hand[0]), ("softmax, then log", softmax_log[0]), ("F.cross_entropy", stable))}
+
+
+class LabelSmoothingCrossEntropy(nn.Module):
+    """Mean cross-entropy against the target (1 − s)·one-hot + s/classes, from logits."""
+
+    def __init__(self, smoothing: float = 0.1):
+        super().__init__()
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"smoothing={smoothing} must be in [0, 1]")
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 2 or target.shape != logits.shape[:1]:
+            raise ValueError(f"expected logits (batch, classes) and target (batch,), got {tuple(logits.shape)} "
+                             f"and {tuple(target.shape)}")
+        log_probs = F.log_softmax(logits, dim=1)  # (batch, classes), log-sum-exp inside: finite for any logits
+        true_class = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (batch,)
+        uniform = -log_probs.mean(dim=1)  # (batch,): cross-entropy against the uniform target
+        return ((1.0 - self.smoothing) * true_class + self.smoothing * uniform).mean()
+
+    def extra_repr(self) -> str:
+        return f"smoothing={self.smoothing}"
+
+
+def smoothed_loss_floor(smoothing: float, n_classes: int = 10) -> float:
+    """Entropy of the smoothed target: the loss of a model that predicts that target exactly."""
+    target = torch.full((n_classes,), smoothing / n_classes, dtype=torch.float64)
+    target[0] += 1.0 - smoothing
+    return -torch.special.xlogy(target, target).sum().item() + 0.0  # xlogy: 0 · log 0 = 0; + 0.0 turns -0 into 0
+
+
+def label_smoothing_gap(smoothing: float, seed: int, scale: float = 1.0) -> dict[str, float]:
+    """Relative difference of the loss, and largest absolute difference of the gradient, vs F.cross_entropy."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (scale * torch.randn(64, 10, generator=gen)).requires_grad_()
+    target = torch.randint(0, 10, (64,), generator=gen)
+    mine = LabelSmoothingCrossEntropy(smoothing)(logits, target)
+    (grad_mine,) = torch.autograd.grad(mine, logits)
+    reference = F.cross_entropy(logits, target, label_smoothing=smoothing)
+    (grad_reference,) = torch.autograd.grad(reference, logits)
+    return {"value": ((mine - reference).abs() / reference.abs()).item(),
+            "gradient": (grad_mine - grad_reference).abs().max().item()}
+
+
+
+def print_losses(overflow: dict[str, list[float]], gaps: dict[float, dict[str, float]]) -> None:
+    print_table("Loss of one float32 sample with logits (1000, 0, -1000), for each target",
+                ["method", "target 0", "target 1", "target 2"], [[name, *losses] for name, losses in overflow.items()])
+    print_table("LabelSmoothingCrossEntropy vs F.cross_entropy(label_smoothing=s), logits ~ N(0, 100²)",
+                ["s", "relative Δ loss", "max |Δ gradient|", "lowest loss (entropy of the target)"],
+                [[s, f"{gap['value']:.1e}", f"{gap['gradient']:.1e}", f"{smoothed_loss_floor(s):.4f}"]
+                 for s, gap in gaps.items()])
+
+
+# %%
+if __name__ == "__main__":
+    print_losses(softmax_then_log_failure(),
+                 {s: label_smoothing_gap(s, ctx.seed, scale=100.0) for s in SMOOTHING_CHECKS})
+
+# %% [markdown]
+# ## Optimisation: parameter groups, a schedule, gradient clipping
+# AdamW multiplies each decayed weight by (1 − lr × weight_decay) every step, separately from
+# the gradient step: a regulariser on the size of the linear maps that Linear and Conv weights
+# hold. Biases only shift activations, and a normalisation layer's weight and bias set the scale
+# and shift of its output; pulling those towards 0 does not make the function simpler (a gain
+# of 0 silences a channel), so the usual practice is no decay for them. Every parameter goes
+# in exactly one group.
+# The learning rate rises linearly over the first epoch (Adam's moment estimates are noisy in
+# the first steps) and then follows a cosine down to 0; `LambdaLR` applies it per optimizer
+# step. `clip_grad_norm_` rescales the gradient when its norm exceeds a threshold and returns
+# the norm before clipping, which is what to log.
+
+# %%
+DECAYED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                  nn.ConvTranspose3d)  # the layers whose .weight gets weight decay
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: `weight_decay` on Linear and Conv weights, 0 on everything else."""
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay} must be non-negative")
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, DECAYED_LAYERS)}
+    decay, no_decay = [], []
+    for p in model.parameters():  # a shared parameter is listed once
+        (decay if id(p) in decayed else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def param_group_rows(model: nn.Module, groups: Sequence[dict]) -> list[dict[str, object]]:
+    """Per group: weight decay, tensor and element counts, and the parameters' names."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [{"weight_decay": g["weight_decay"], "tensors": len(g["params"]),
+             "elements": sum(p.numel() for p in g["params"]), "names": [names[id(p)] for p in g["params"]]}
+            for g in groups]
+
+
+class WarmupCosine:
+    """Learning-rate factor at optimizer step t (from 0): linear warm-up to 1, then a cosine down to 0.
+
+    A callable object rather than a function, so LambdaLR's state_dict (and the checkpoint) keeps it.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int):
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(f"need 0 ≤ warmup_steps < total_steps, got warmup_steps={warmup_steps}, "
+                             f"total_steps={total_steps}")
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps  # the first step already moves: factor 1/warmup, not 0
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+
+def print_param_groups(rows: list[dict[str, object]]) -> None:
+    print_table("The CNN's parameter groups, as AdamW holds them",
+                ["weight decay", "tensors", "elements", "parameters"],
+                [[r["weight_decay"], r["tensors"], r["elements"], ", ".join(r["names"])] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    cnn = make_digits_model("cnn")
+    # Building a process's first optimizer also imports torch._dynamo (about a second here): paid now, so the
+    # training times below measure training.
+    adamw = torch.optim.AdamW(param_groups(cnn, DIGITS_WEIGHT_DECAY), lr=DIGITS_PEAK_LR)
+    print_param_groups(param_group_rows(cnn, adamw.param_groups))
+    schedule = WarmupCosine(warmup_steps=10, total_steps=100)
+    print("WarmupCosine(10, 100) at steps 0, 4, 9, 10, 55, 99: "
+          + ", ".join(f"{schedule(step):.3f}" for step in (0, 4, 9, 10, 55, 99)))
+
+# %% [markdown]
+# ## The loop: train, evaluate, stop early
+# `model.train()` turns dropout on and makes BatchNorm normalise with the batch's statistics
+# (and update its running averages); `model.eval()` turns dropout off and uses the running
+# averages. Evaluation runs under `torch.no_grad()`: no graph is recorded, so it is faster and
+# uses less memory. The `record_function` labels name the four phases of a step for the
+# profiler below; without a profiler running each costs a few microseconds. Early
+# stopping ends training when the validation loss has not improved on its best for `patience`
+# epochs in a row, and the model returned is the one from the best epoch.
+
+# %%
+def _batches_on(loader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    iterator = iter(loader)
+    while True:
+        with record_function("data loading"):
+            batch = next(iterator, None)
+            if batch is None:
+                return
+            images, labels = (t.to(device, non_blocking=True) for t in batch)
+        yield images, labels
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
+                    max_grad_norm: float = DIGITS_MAX_GRAD_NORM) -> dict[str, object]:
+    """One pass over `loader`: mean training loss, and per step the gradient norm before clipping and the lr."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)  # nothing left over from code that ran before this epoch
+    loss_sum, n_samples, grad_norms, lrs = torch.zeros((), device=device), 0, [], []
+    for images, labels in _batches_on(loader, device):
+        with record_function("forward"):
+            loss = loss_fn(model(images), labels)
+        with record_function("backward"):
+            loss.backward()  # gradients are None here (zeroed after the previous step): they are set, not added
+        with record_function("optimizer step"):
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach() * len(labels)  # stays on the device: no synchronisation per step
+        n_samples += len(labels)
+    return {"loss": (loss_sum / n_samples).item(), "grad_norms": torch.stack(grad_norms).tolist(), "lrs": lrs}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, loss_fn: nn.Module, device: torch.device) -> dict[str, float]:
+    """Mean loss (`loss_fn` must average over its batch) and accuracy over every sample of `loader`."""
+    model.eval()
+    loss_sum, correct, n_samples = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    for images, labels in _batches_on(loader, device):
+        logits = model(images)  # (batch, 10)
+        loss_sum += loss_fn(logits, labels) * len(labels)  # weight by batch size: the last batch may be short
+        correct += (logits.argmax(dim=1) == labels).sum()
+        n_samples += len(labels)
+    return {"loss": (loss_sum / n_samples).item(), "accuracy": (correct / n_samples).item()}
+
+
+class EarlyStopping:
+    """Signals a stop once the loss has not beaten its best by more than `min_delta` for `patience` epochs."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        if patience < 1:
+            raise ValueError(f"patience={patience} must be at least 1")
+        self.patience, self.min_delta = patience, min_delta
+        self.best_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+
+    def step(self, loss: float, epoch: int) -> bool:
+        """Record `epoch`'s validation loss; True means stop now."""
+        if loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self.bad_epochs = loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.best_loss, self.best_epoch, self.bad_epochs = state["best_loss"], state["best_epoch"], state["bad_epochs"]
+
+
+def clipping_summary(grad_norms: Sequence[float], max_norm: float) -> dict[str, float | int]:
+    """Median and largest gradient norm before clipping, and how many steps clip_grad_norm_ rescaled."""
+    norms = torch.tensor(grad_norms, dtype=torch.float64)
+    return {"median": norms.median().item(), "max": norms.max().item(), "clipped": int((norms > max_norm).sum()),
+            "steps": len(norms)}
+
+
+# %% [markdown]
+# ## The driver, and a checkpoint that resumes exactly
+# `fit_digits` derives every random choice from `seed`: the split, the batch order (a generator
+# of its own), initialisation and dropout (torch's global generators, seeded inside the call and
+# restored afterwards, as is the number of threads: the caller's settings are left as they were).
+# A checkpoint holds what the rest of training depends on: model, optimizer (Adam's moment
+# estimates) and scheduler state, the early-stopping counters and best weights, the history, and
+# the states of the batch-order generator and of the global generators that dropout draws from.
+# Leave any one out and the resumed run differs from the uninterrupted one. It contains only
+# tensors, numbers, strings, lists and dicts, so it loads with `torch.load(..., weights_only=True)`,
+# which refuses to run code stored in the file. It is written to a temporary file and renamed, so
+# a crash during the write leaves the previous checkpoint intact.
+
+# %%
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Within the block torch's CPU generator (and `device`'s) start from `seed`; afterwards they are restored."""
+    cpu_state, device_state = torch.get_rng_state(), _device_rng_state(device)
+    try:
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        elif device.type == "mps":
+            torch.mps.manual_seed(seed)
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        _set_device_rng_state(device, device_state)
+
+
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` intra-op threads (torch.set_num_threads), then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The state of the generator that dropout on `device` draws from (None on the CPU: that one is separate)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def _set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state)
+
+
+@dataclass
+class DigitsTraining:
+    """Everything one training run mutates, built the same way for a fresh start and for a resume."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    batch_order: torch.Generator
+    train_loader: FastBatchLoader
+    val_loader: FastBatchLoader
+    test_loader: FastBatchLoader
+
+
+def build_digits_training(arch: str, epochs: int, seed: int, device: torch.device,
+                          peak_lr: float = DIGITS_PEAK_LR) -> DigitsTraining:
+    """Model, loss, AdamW, schedule and loaders; call inside seeded_global_rng so initialisation is seeded."""
+    train, val, test = make_digits_splits(seed)
+    model = make_digits_model(arch).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, DIGITS_WEIGHT_DECAY), lr=peak_lr)
+    steps_per_epoch = math.ceil(len(train) / DIGITS_BATCH_SIZE)
+    schedule = WarmupCosine(min(DIGITS_WARMUP_EPOCHS * steps_per_epoch, epochs * steps_per_epoch - 1),
+                            epochs * steps_per_epoch)
+    batch_order = torch.Generator().manual_seed(seed + 1)  # not `seed`: a different stream from the split's
+    return DigitsTraining(
+        model=model, loss_fn=LabelSmoothingCrossEntropy(DIGITS_LABEL_SMOOTHING), optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), batch_order=batch_order,
+        train_loader=make_digits_loader(train, DIGITS_BATCH_SIZE, device, shuffle=True, generator=batch_order),
+        val_loader=make_digits_loader(val, DIGITS_EVAL_BATCH_SIZE, device),
+        test_loader=make_digits_loader(test, DIGITS_EVAL_BATCH_SIZE, device))
+
+
+@dataclass
+class DigitsRun:
+    """The result of fit_digits."""
+
+    arch: str
+    model: nn.Module  # weights of the epoch with the lowest validation loss (after stop_after: the latest)
+    history: list[dict[str, float]]  # one dict per epoch
+    test_accuracy: float | None  # measured once, after training; None when stopped for a checkpoint
+    best_epoch: int
+    step_lrs: list[float]  # learning rate of every optimizer step
+    grad_norms: list[float]  # gradient norm of every step, before clipping
+    seconds: float  # wall-clock time of this call
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    partial_path = path.with_name(path.name + ".partial")
+    torch.save(state, partial_path)
+    os.replace(partial_path, path)  # atomic: the file at `path` is always a complete checkpoint
+
+
+def fit_digits(arch: str, epochs: int = FULL.epochs, seed: int = 0, device: torch.device | str = "cpu",
+               checkpoint_path: str | os.PathLike | None = None, stop_after: int | None = None,
+               resume_from: str | os.PathLike | None = None, *, peak_lr: float = DIGITS_PEAK_LR,
+               patience: int = DIGITS_PATIENCE) -> DigitsRun:
+    """Train `arch` on the digits with early stopping; checkpoint after `stop_after` epochs or resume from one."""
+    device = as_device(device)
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs} must be at least 1")
+    if stop_after is not None and (checkpoint_path is None or not 1 <= stop_after < epochs):
+        raise ValueError(f"stop_after={stop_after} needs a checkpoint_path (got {checkpoint_path!r}) and must be "
+                         f"between 1 and epochs - 1 = {epochs - 1}")
+    settings = {"arch": arch, "seed": seed, "epochs": epochs, "peak_lr": peak_lr, "patience": patience}
+    # seed + 2: a different stream from the split's and the batch order's
+    with stopwatch(device) as clock, seeded_global_rng(seed + 2, device), intra_op_threads(DIGITS_THREADS):
+        parts = build_digits_training(arch, epochs, seed, device, peak_lr)
+        stopper = EarlyStopping(patience)
+        log = {"history": [], "step_lrs": [], "grad_norms": [], "best_model": _state_copy(parts.model)}
+        first_epoch, checkpointed = 1, False
+        if resume_from is not None:
+            first_epoch = _restore_checkpoint(resume_from, settings, parts, stopper, log, device) + 1
+        for epoch in range(first_epoch, epochs + 1):
+            trained = train_one_epoch(parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
+                                      parts.scheduler, device)
+            validated = evaluate(parts.model, parts.val_loader, parts.loss_fn, device)
+            log["history"].append({"epoch": epoch, "train_loss": trained["loss"], "val_loss": validated["loss"],
+                                   "val_accuracy": validated["accuracy"], "lr": trained["lrs"][-1],
+                                   "max_grad_norm": max(trained["grad_norms"])})
+            log["step_lrs"] += trained["lrs"]
+            log["grad_norms"] += trained["grad_norms"]
+            stop = stopper.step(validated["loss"], epoch)
+            if stopper.best_epoch == epoch:
+                log["best_model"] = _state_copy(parts.model)
+            if stop:
+                break
+            if epoch == stop_after:
+                save_checkpoint({**settings, **log, "epoch": epoch, "model": parts.model.state_dict(),
+                                 "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+                                 "early_stopping": stopper.state_dict(),
+                                 "rng": {"batch_order": parts.batch_order.get_state(), "cpu": torch.get_rng_state(),
+                                         "device": _device_rng_state(device)}}, checkpoint_path)
+                checkpointed = True
+                break
+        test_accuracy = None  # after a checkpoint stop the model is the latest one, and the test split stays unseen
+        if not checkpointed:
+            parts.model.load_state_dict(log["best_model"])
+            test_accuracy = evaluate(parts.model, parts.test_loader, parts.loss_fn, device)["accuracy"]
+    return DigitsRun(arch, parts.model, log["history"], test_accuracy, stopper.best_epoch, log["step_lrs"],
+                     log["grad_norms"], clock.seconds)
+
+
+def _restore_checkpoint(path: str | os.PathLike, settings: dict, parts: DigitsTraining, stopper: EarlyStopping,
+                        log: dict, device: torch.device) -> int:
+    """Load everything fit_digits saved into freshly built objects; return the last completed epoch."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    found = {key: checkpoint.get(key) for key in settings}
+    if found != settings:
+        raise ValueError(f"resume_from={str(path)!r} was written with {found}, not {settings}")
+    parts.model.load_state_dict(checkpoint["model"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    stopper.load_state_dict(checkpoint["early_stopping"])
+    log.update({key: checkpoint[key] for key in log})
+    parts.batch_order.set_state(checkpoint["rng"]["batch_order"])
+    torch.set_rng_state(checkpoint["rng"]["cpu"])
+    _set_device_rng_state(device, checkpoint["rng"]["device"])
+    return checkpoint["epoch"]
+
+
+def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: torch.device) -> dict[str, object]:
+    """Train `stop_after` epochs, checkpoint, resume into fresh objects, compare with an uninterrupted run."""
+    uninterrupted = fit_digits(arch, epochs, seed, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{arch}.pt"
+        fit_digits(arch, epochs, seed, device, checkpoint_path=path, stop_after=stop_after)
+        size = path.stat().st_size
+        resumed = fit_digits(arch, epochs, seed, device, resume_from=path)
+    pairs = list(zip(resumed.model.state_dict().values(), uninterrupted.model.state_dict().values()))
+    return {"checkpoint_bytes": size, "tensors": len(pairs),
+            "bit_identical": all(torch.equal(a, b) for a, b in pairs) and resumed.history == uninterrupted.history}
+
+
+
+def print_history(run: DigitsRun, epochs: int) -> None:
+    print_table(f"{run.arch}: one row per epoch (losses are label-smoothed cross-entropy)",
+                ["epoch", "train loss", "val loss", "val accuracy", "last lr", "max grad norm"],
+                [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{100 * h['val_accuracy']:.1f} %",
+                  f"{h['lr']:.2e}", f"{h['max_grad_norm']:.2f}"] for h in run.history])
+    clipped = clipping_summary(run.grad_norms, DIGITS_MAX_GRAD_NORM)
+    print(f"{run.arch}: gradient norm before clipping median {clipped['median']:.3f}, max {clipped['max']:.3f}; "
+          f"clipped in {clipped['clipped']} of {clipped['steps']} steps; best epoch {run.best_epoch} of "
+          f"{len(run.history)}" + (" (stopped early)" if len(run.history) < epochs else ""))
+
+
+# %%
+if __name__ == "__main__":
+    runs = {arch: fit_digits(arch, cfg.epochs, ctx.seed, ctx.device) for arch in DIGITS_ARCHS}
+    lrs = runs["mlp"].step_lrs
+    print(f"\nlearning rate, steps 1-12 of {len(lrs)}: {', '.join(f'{lr:.2e}' for lr in lrs[:12])}")
+    for run in runs.values():
+        print_history(run, cfg.epochs)
+
+
+# %%
+if __name__ == "__main__":
+    resumed = resume_check("mlp", RESUME_EPOCHS, RESUME_EPOCHS // 2, ctx.seed, ctx.device)
+    print(f"\nmlp: train {RESUME_EPOCHS // 2} of {RESUME_EPOCHS} epochs, save a checkpoint "
+          f"({resumed['checkpoint_bytes'] / 1024:.0f} KiB), load it with weights_only=True into fresh objects, train "
+          f"the rest: {resumed['tensors']} state tensors and the history bit-identical to the uninterrupted run: "
+          f"{resumed['bit_identical']}")
+
+# %% [markdown]
+# ## Where the time goes
+# `torch.profiler` records every operator of one MLP epoch (after a warm-up epoch, so one-off
+# initialisation is not counted). Each operator's self time is credited to the phase whose
+# `record_function` label encloses it; a phase's total also holds the time inside its label
+# that no aten operator accounts for: Python (module calls, the optimizer's loop over its
+# parameters) and the autograd engine. With models this small every operator is tiny, so the
+# cost per call (Python, dispatch, allocating the output), not arithmetic, sets the time. The
+# default AdamW on the CPU updates one parameter tensor at a time with a dozen or more operators
+# each, and `clip_grad_norm_` adds more: the optimizer step launches about as many aten
+# operators as forward and backward together and spends most of its time outside them. On the
+# 2-core test machine it was the largest of the four phases, about a third of the epoch;
+# `torch.optim.AdamW(..., foreach=True)` or `fused=True` batch those calls. Data loading, one
+# index operation per batch, was about 5 %.
+#
+# Threads: each operator here works on a few thousand numbers, so a second intra-op thread has
+# little to do and costs a synchronisation per operator; when other programs share the cores, a
+# thread can also wait a whole time slice for its partner. On the 2-core test machine, two
+# threads trained the CNN about a quarter faster than one while the machine was otherwise
+# quiet (the MLP gained nothing), and several times slower while other programs were running.
+# One thread is the predictable choice for models this small, so the capstone's training,
+# profiling and baseline run with `DIGITS_THREADS = 1` (restored afterwards). Models whose
+# operators take milliseconds do gain from more threads.
+
+# %%
+PROFILE_PHASES = ("data loading", "forward", "backward", "optimizer step")  # record_function labels of a step
+
+
+def profile_phases(events, phases: Sequence[str] = PROFILE_PHASES, top: int = 3) -> list[dict[str, object]]:
+    """Self time (µs) of profiler events summed per enclosing phase label, with each phase's costliest aten operators.
+
+    Events that are not aten operators (the phase label itself, the autograd engine's and the optimizer's own
+    labels, CUDA runtime calls) are Python and framework time: counted in the phase's total and in "other us".
+    """
+    rows = {phase: {"phase": phase, "aten calls": 0, "self cpu us": 0.0, "other us": 0.0, "self device us": 0.0,
+                    "operators": Counter()} for phase in (*phases, "other")}
+    for event in events:
+        if event.device_type != DeviceType.CPU:
+            continue  # device-side records: their time is credited to the CPU operator that launched them
+        phase, ancestor = "other", event
+        while ancestor is not None:
+            if ancestor.name in phases:
+                phase = ancestor.name
+                break
+            if ancestor.name.startswith("autograd::engine::evaluate_function"):
+                phase = "backward"  # backward of CUDA tensors runs in the device's own autograd thread
+            ancestor = ancestor.cpu_parent
+        row = rows[phase]
+        row["self cpu us"] += event.self_cpu_time_total
+        row["self device us"] += event.self_device_time_total
+        if event.name.startswith("aten::"):
+            row["aten calls"] += 1
+            row["operators"][event.name] += event.self_cpu_time_total
+        else:
+            row["other us"] += event.self_cpu_time_total
+    total = sum(row["self cpu us"] for row in rows.values()) or 1.0
+    for row in rows.values():
+        row["share"] = row["self cpu us"] / total
+        row["top operators"] = [name for name, _ in row.pop("operators").most_common(top)]
+    return [row for row in rows.values() if row["phase"] != "other" or row["self cpu us"]]
+
+
+def profile_table(phases: Sequence[dict[str, object]], device: torch.device) -> tuple[list[str], list[list]]:
+    """Headers and rows for printing; times, shares and the time-ranked operator names are timing-derived."""
+    cuda = device.type == "cuda"
+    headers = ["phase", "aten calls", "self CPU time", "share", "outside aten ops", "top aten ops by self time"]
+    rows = [[r["phase"], r["aten calls"], fmt_seconds(r["self cpu us"] * 1e-6),
+             f"{100 * r['share']:.0f} %", fmt_seconds(r["other us"] * 1e-6), ", ".join(r["top operators"])]
+            + ([fmt_seconds(r["self device us"] * 1e-6)] if cuda else []) for r in phases]
+    return headers + (["self CUDA time"] if cuda else []), rows
+
+
+def profile_training_epoch(arch: str, seed: int, device: torch.device) -> list[dict[str, object]]:
+    """Profile the second training epoch of a fresh `arch` run and group its operators by phase."""
+    with seeded_global_rng(seed + 2, device), intra_op_threads(DIGITS_THREADS):
+        parts = build_digits_training(arch, 2, seed, device)
+        epoch = partial(train_one_epoch, parts.model, parts.train_loader, parts.loss_fn, parts.optimizer,
+                        parts.scheduler, device)
+        epoch()  # warm-up
+        events = profile_events(epoch, device)
+    return profile_phases(events)
+
+
+
+# %%
+if __name__ == "__main__":
+    print_table("mlp: one training epoch under torch.profiler, self time grouped by phase",
+                *profile_table(profile_training_epoch("mlp", ctx.seed, ctx.device), ctx.device))
+
+# %% [markdown]
+# ## What forgetting `model.eval()` does
+# Evaluate a copy of a trained model twice in each mode on the validation split. In eval mode
+# the two passes agree exactly. In training mode dropout zeroes a different random tenth of
+# the activations on every pass, so the predictions change between passes, and BatchNorm
+# normalises with the statistics of the batch at hand and overwrites its running averages:
+# a forgotten `eval()` during validation quietly changes the model it measures.
+
+# %%
+def train_vs_eval(model: nn.Module, subset: Subset, device: torch.device, seed: int) -> dict[str, object]:
+    """Accuracy of a copy of `model` on `subset`, twice in eval mode and twice in train mode, under no_grad."""
+    probe = copy.deepcopy(model)
+    images, labels = (t.to(device) for t in subset_tensors(subset))
+    norms = [m for m in probe.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)]
+    before = [m.running_mean.clone() for m in norms]
+    results: dict[str, object] = {}
+    with torch.no_grad(), seeded_global_rng(seed, device), intra_op_threads(DIGITS_THREADS):
+        for mode in ("eval", "train"):
+            probe.train(mode == "train")
+            first, second = probe(images), probe(images)  # (n, 10) each
+            results[mode] = {"accuracy": [(out.argmax(1) == labels).float().mean().item() for out in (first, second)],
+                             "identical": torch.equal(first, second)}
+    results["running stats changed"] = (any(not torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+                                        if norms else None)
+    return results
+
+
+
+def print_train_vs_eval(modes: dict[str, dict[str, object]]) -> None:
+    print_table("A copy of each model on the validation split, two passes per mode (no_grad)",
+                ["model", "eval: accuracy", "identical", "train: accuracy", "identical", "BatchNorm stats changed"],
+                [[arch, " / ".join(f"{100 * a:.1f} %" for a in m["eval"]["accuracy"]), m["eval"]["identical"],
+                  " / ".join(f"{100 * a:.1f} %" for a in m["train"]["accuracy"]), m["train"]["identical"],
+                  "no BatchNorm" if m["running stats changed"] is None else m["running stats changed"]]
+                 for arch, m in modes.items()])
+
+
+# %%
+if __name__ == "__main__":
+    print_train_vs_eval({arch: train_vs_eval(run.model, splits[1], ctx.device, ctx.seed) for arch, run in runs.items()})
+
+# %% [markdown]
+# ## Results
+# The test split is used once per model, after training, and never for a choice: the model
+# whose figure panels show its errors is the one with the lower validation loss. Logistic
+# regression (one linear layer, fitted to convergence by L-BFGS) on the same standardised
+# pixels is the independent baseline.
+
+# %%
+def logistic_regression_baseline(splits: Sequence[Subset]) -> dict[str, float]:
+    """scikit-learn's LogisticRegression on the flattened, standardised pixels of the same split."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = (
+        (images.flatten(1).numpy(), labels.numpy()) for images, labels in map(subset_tensors, splits))
+    with threadpool_limits(DIGITS_THREADS):  # BLAS threads: tiny matrices again (see "Where the time goes")
+        classifier = LogisticRegression(max_iter=LOGREG_MAX_ITER).fit(X_train, y_train)
+    return {"val_accuracy": classifier.score(X_val, y_val), "test_accuracy": classifier.score(X_test, y_test),
+            "parameters": classifier.coef_.size + classifier.intercept_.size, "iterations": int(classifier.n_iter_[0])}
+
+
+def choose_by_validation(runs: dict[str, DigitsRun]) -> str:
+    """The arch whose best epoch has the lowest validation loss."""
+    return min(runs, key=lambda arch: min(h["val_loss"] for h in runs[arch].history))
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, subset: Subset, device: torch.device) -> torch.Tensor:
+    model.eval()
+    images, _ = subset_tensors(subset)
+    return torch.softmax(model(images.to(device)), dim=1).cpu()  # (n, 10)
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, n_classes: int = 10) -> torch.Tensor:
+    """counts[i, j]: samples of true class i predicted as class j."""
+    return torch.bincount(labels * n_classes + predictions, minlength=n_classes**2).reshape(n_classes, n_classes)
+
+
+def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict[str, object]]:
+    """The k misclassified samples with the highest predicted probability, most confident first."""
+    confidence, predicted = probs.max(dim=1)  # (n,), (n,)
+    wrong = (predicted != labels).nonzero().squeeze(1)
+    order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:k]
+    return [{"index": int(i), "label": int(labels[i]), "predicted": int(predicted[i]),
+             "confidence": confidence[i].item()} for i in wrong[order]]
+
+
+def results_rows(runs: dict[str, DigitsRun], baseline: dict[str, float], counts: dict[str, int]) -> list[list]:
+    rows = [[arch, counts[arch], len(run.history), run.best_epoch,
+             f"{100 * run.history[run.best_epoch - 1]['val_accuracy']:.1f} %", f"{100 * run.test_accuracy:.1f} %",
+             fmt_seconds(run.seconds)] for arch, run in runs.items()]
+    rows.append(["logistic regression (scikit-learn)", baseline["parameters"], "-", "-",
+                 f"{100 * baseline['val_accuracy']:.1f} %", f"{100 * baseline['test_accuracy']:.1f} %", "-"])
+    return rows
+
+
+def print_results(rows: list[list], baseline: dict[str, float]) -> None:
+    print_table("Test accuracy, measured once after training (validation accuracy at the epoch kept)",
+                ["model", "parameters", "epochs", "kept", "val accuracy", "test accuracy", "fit_digits time"], rows)
+    print(f"logistic regression: L-BFGS converged in {baseline['iterations']} iterations")
+
+
+def plot_digits_training(runs: dict[str, DigitsRun], baseline: dict[str, float], loss_floor: float,
+                         max_grad_norm: float, shown: str, confusion: torch.Tensor, mistakes: list[dict[str, object]],
+                         mistake_images: list[torch.Tensor]):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = new_figure(2, 3, "Training a digit classifier: curves, schedule, gradients and errors")
+    ax_loss, ax_acc, ax_lr, ax_grad, ax_confusion, ax_mistakes = axes.flat
+    colors = dict(zip(runs, ("tab:blue", "tab:orange")))
+    for arch, run in runs.items():
+        epochs = [h["epoch"] for h in run.history]
+        ax_loss.plot(epochs, [h["train_loss"] for h in run.history], "-", color=colors[arch], label=f"{arch} train")
+        ax_loss.plot(epochs, [h["val_loss"] for h in run.history], "--", color=colors[arch],
+                     label=f"{arch} validation")
+        ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in run.history], "o-", markersize=3, color=colors[arch],
+                    label=arch)
+        ax_acc.axvline(run.best_epoch, color=colors[arch], linestyle=":", linewidth=1)
+        steps = np.arange(1, len(run.step_lrs) + 1)
+        ax_lr.plot(steps, run.step_lrs, color=colors[arch], label=arch, linewidth=3 if arch == "mlp" else 1.5)
+        ax_grad.plot(steps, run.grad_norms, color=colors[arch], linewidth=0.8, label=arch)
+    ax_loss.axhline(loss_floor, color="grey", linestyle=":", label="floor: entropy of the smoothed target")
+    ax_loss.set(title="Loss per epoch (training: mean over the epoch's batches)", xlabel="epoch",
+                ylabel="label-smoothed cross-entropy (nats)")
+    ax_loss.legend(fontsize=8)
+    ax_acc.axhline(100 * baseline["val_accuracy"], color="grey", linestyle="--",
+                   label="logistic regression, same split")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.set(title="Validation accuracy (dotted: epoch kept)", xlabel="epoch", ylabel="accuracy (%)",
+               ylim=(max(0.0, min(100 * h["val_accuracy"] for r in runs.values() for h in r.history) - 2), 100.5))
+    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_lr.set(title="Learning rate per optimizer step (warm-up, cosine)", xlabel="optimizer step",
+              ylabel="learning rate")
+    ax_lr.legend(fontsize=8)
+    ax_grad.axhline(max_grad_norm, color="black", linestyle="--", linewidth=1, label="clipping threshold")
+    ax_grad.set(title="Gradient norm before clipping", xlabel="optimizer step", ylabel="global L2 norm",
+                ylim=(0, 1.1 * max(max(max(run.grad_norms) for run in runs.values()), max_grad_norm)))
+    ax_grad.legend(fontsize=8)
+    for ax in (ax_loss, ax_acc, ax_lr, ax_grad):
+        ax.grid(True, alpha=0.3)
+
+    n = confusion.shape[0]
+    ax_confusion.imshow(confusion.numpy(), cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            count = int(confusion[i, j])
+            if count:
+                ax_confusion.text(j, i, count, ha="center", va="center", fontsize=7,
+                                  color="white" if count > confusion.max() / 2 else "black")
+    ax_confusion.set(title=f"{shown}: test-split confusion matrix (counts)", xlabel="predicted digit",
+                     ylabel="true digit", xticks=range(n), yticks=range(n))
+
+    ax_mistakes.set_axis_off()
+    if mistakes:
+        from matplotlib import colormaps
+
+        columns, tile = 4, 8 + 3  # 8 pixels of image, 3 of white band for the label below it
+        mosaic = digit_mosaic([mistake_images[i:i + columns] for i in range(0, len(mistakes), columns)], gap=3)
+        mosaic = np.pad(mosaic, ((0, 3), (0, 0)), constant_values=np.nan)  # a label band under the last row too
+        ax_mistakes.imshow(mosaic, cmap=colormaps["gray_r"].with_extremes(bad="white"), vmin=0, vmax=1)
+        for k, mistake in enumerate(mistakes):
+            row, col = divmod(k, columns)
+            ax_mistakes.text(col * tile + 3.5, row * tile + 9.5, f"{mistake['label']}→{mistake['predicted']}, "
+                             f"{100 * mistake['confidence']:.0f} %", ha="center", va="center", fontsize=8)
+    ax_mistakes.set_title(f"{shown}: most confident test mistakes" + (
+        "\n(true digit→predicted digit, confidence)" if mistakes else ": none"))
+    return fig
+
+
+# %%
+if __name__ == "__main__":
+    baseline = logistic_regression_baseline(splits)
+    print_results(results_rows(runs, baseline, counts), baseline)
+    shown = choose_by_validation(runs)
+    _, test_labels = subset_tensors(splits[2])
+    probs = predict_proba(runs[shown].model, splits[2], ctx.device)  # (n_test, 10)
+    confusion = confusion_matrix(test_labels, probs.argmax(dim=1))
+    mistakes = most_confident_mistakes(probs, test_labels, SHOWN_MISTAKES)
+    print(f"\n{shown} (lower validation loss): {int(confusion.trace())} of {len(test_labels)} test images right; "
+          f"most confident mistakes (true→predicted, confidence): "
+          + ", ".join(f"{m['label']}→{m['predicted']} {100 * m['confidence']:.0f} %" for m in mistakes))
+    save_figure(plot_digits_training(runs, baseline, smoothed_loss_floor(DIGITS_LABEL_SMOOTHING), DIGITS_MAX_GRAD_NORM,
+                                     shown, confusion, mistakes,
+                                     [_digits()[splits[2].indices[m["index"]]][0] for m in mistakes]),
+                "digits_training.png", ctx.plots_dir)

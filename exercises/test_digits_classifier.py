@@ -1,0 +1,109 @@
+"""Checks for exercises/digits_classifier.py, against torch's own schedulers and held-out digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from exercises.checks import check, check_close, check_equal, check_raises_value_error
+
+LESSON = "digits_classifier"
+TARGET_ACCURACY = 0.95  # held-out accuracy train_digits_classifier must reach
+SCHEDULES = ((3, 12, 0.01), (1, 5, 2.0), (10, 100, 1e-3))  # (warmup_steps, total_steps, peak_lr)
+
+
+def _torch_schedule(warmup_steps: int, total_steps: int, peak_lr: float, steps: int) -> list[float]:
+    """The same schedule from torch.optim: LinearLR for the warm-up, then CosineAnnealingLR, one step at a time."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0,
+                                               total_iters=max(warmup_steps - 1, 1))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
+    schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_label_smoothing_cross_entropy(answer):
+    gen = torch.Generator().manual_seed(0)
+    for smoothing, scale in ((0.1, 1.0), (0.0, 3.0), (0.3, 1000.0)):  # scale 1000: exp overflows float32
+        logits = (scale * torch.randn(6, 5, generator=gen, dtype=torch.float32)).requires_grad_()
+        target = torch.randint(0, 5, (6,), generator=gen)
+        expected = F.cross_entropy(logits, target, label_smoothing=smoothing)
+        got = answer(logits, target, smoothing)
+        check_close(got, expected.detach(), what=f"the loss with smoothing={smoothing}, logits of size ~{scale:g}",
+                    rtol=1e-5, atol=1e-6,
+                    hint="Use F.log_softmax (never log of a softmax); weight the true class by 1 − smoothing and "
+                         "the mean over ALL classes (not the C − 1 others) by smoothing; average over the batch.")
+        (grad,) = torch.autograd.grad(got, logits)
+        (expected_grad,) = torch.autograd.grad(expected, logits)
+        check_close(grad, expected_grad, what=f"the gradient with respect to the logits (smoothing={smoothing})",
+                    rtol=1e-4, atol=1e-6, hint="Build the loss from torch operations on `logits` so autograd "
+                                               "can follow it; do not detach or convert to NumPy.")
+    check_raises_value_error(lambda: answer(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 1.5),
+                             what="smoothing=1.5", argument="smoothing",
+                             hint="Check 0 ≤ smoothing ≤ 1 first and raise ValueError naming smoothing.")
+
+
+def test_warmup_cosine_lr(answer):
+    for warmup_steps, total_steps, peak_lr in SCHEDULES:
+        expected = torch.tensor(_torch_schedule(warmup_steps, total_steps, peak_lr, total_steps), dtype=torch.float64)
+        got = torch.tensor([float(answer(step, warmup_steps, total_steps, peak_lr)) for step in range(total_steps)],
+                           dtype=torch.float64)
+        check_close(got, expected, what=f"the rate at steps 0 … {total_steps - 1} (warmup_steps={warmup_steps}, "
+                    f"total_steps={total_steps}, peak_lr={peak_lr})", rtol=1e-6, atol=1e-12,
+                    hint="Warm-up: peak_lr · (step + 1) / warmup_steps. Then the cosine over "
+                         "total_steps − warmup_steps steps, starting at peak_lr.")
+    end = float(answer(120, 10, 100, 1e-3))
+    check(abs(end) < 1e-15, "the rate after total_steps must stay at 0.", expected=0.0, got=end,
+          hint="Stop the progress at 1 with min(1.0, p): past the end the cosine would rise again.")
+    check_raises_value_error(lambda: answer(0, 5, 5, 0.1), what="warmup_steps=5, total_steps=5",
+                             argument="warmup_steps",
+                             hint="Check 0 ≤ warmup_steps < total_steps first and raise ValueError naming warmup_steps.")
+
+
+def _digits_split():
+    from sklearn.datasets import load_digits  # ships with scikit-learn: no download
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    X = (digits.data / 16.0).astype(np.float32)  # (1797, 64) in [0, 1]
+    X_train, X_test, y_train, y_test = train_test_split(X, digits.target.astype(np.int64), test_size=0.25,
+                                                        stratify=digits.target, random_state=0)
+    return tuple(torch.from_numpy(a) for a in (X_train, X_test, y_train, y_test))
+
+
+def _logits(model, X: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(X)
+
+
+def test_train_digits_classifier(answer):
+    X_train, X_test, y_train, y_test = _digits_split()
+    global_state = torch.get_rng_state()
+    model = answer(X_train, y_train, seed=0)
+    check(torch.equal(global_state, torch.get_rng_state()), "train_digits_classifier changed torch's global RNG.",
+          expected="the caller's random state untouched", got="torch.get_rng_state() changed",
+          hint="Use a torch.Generator for shuffling, and build the model inside `with torch.random.fork_rng("
+               "devices=[]):` after torch.manual_seed(seed); never reseed the global RNG for the caller.")
+    logits = _logits(model, X_test)
+    check_equal(tuple(logits.shape), (len(X_test), 10), what="the model's output for the 450 test digits",
+                hint="The model maps (batch, 64) pixels to (batch, 10) logits, one per digit class.")
+    accuracy = (logits.argmax(dim=1) == y_test).double().mean().item()
+    check(accuracy >= TARGET_ACCURACY, f"the trained model's held-out accuracy is {accuracy:.1%}, below the target.",
+          expected=f"at least {TARGET_ACCURACY:.0%} on 450 held-out digits", got=f"{accuracy:.1%}",
+          hint="Train longer or with a larger step (Adam, lr 5e-3, ~10 epochs of batches of 64), shuffle every "
+               "epoch, and call optimizer.zero_grad() before each backward.")
+    repeat = _logits(answer(X_train, y_train, seed=0), X_test)
+    check(torch.equal(repeat, logits), "train_digits_classifier with the same seed gave a different model.",
+          expected="identical logits for seed=0 twice", got=f"max difference {(repeat - logits).abs().max():.3g}",
+          hint="Every random choice (initial weights, shuffling) must come from `seed`.")
+    other = _logits(answer(X_train, y_train, seed=1), X_test)
+    check(not torch.equal(other, logits), "train_digits_classifier gave the same model for seeds 0 and 1.",
+          expected="different models for different seeds", got="identical logits",
+          hint="Use `seed` for the initial weights and the shuffling instead of a fixed number.")
