@@ -4,20 +4,17 @@ Lesson 3 of the course. Run `python linear_regression_torch.py` (add `--quick` f
 One synthetic regression problem is solved with hand-derived NumPy gradients, with PyTorch
 autograd by hand, with nn.Module + torch.optim (five optimizers), and exactly with
 torch.linalg.lstsq; the same loop then runs data-parallel on several CPU processes with
-DistributedDataParallel. Under `torchrun --standalone --nproc_per_node=2` the script runs only
-the data-parallel part, one process per rank. Figures: plots/linear_regression_comparison.png,
-plots/numpy_vs_torch_scaling.png.
+DistributedDataParallel. Figures: plots/numpy_vs_torch_scaling.png,
+plots/linear_regression_comparison.png.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import os
 import socket
 import tempfile
 import time
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -25,20 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 from lesson_harness import (
-    LessonContext,
     as_device,
-    build_parser,
-    finish,
     fmt_seconds,
-    fmt_timing,
     new_figure,
-    print_section,
+    print_pairs,
     print_table,
-    run_lesson,
     save_figure,
+    share_notebook_with_workers,
+    start_lesson,
     time_median,
 )
 
@@ -61,9 +56,7 @@ class Config:
 FULL = Config()
 QUICK = Config(n_samples=200, epochs=100, optimizer_epochs=100, scaling_sizes=(100, 1_000, 10_000),
                landscape_epochs=40, ddp_epochs=10, min_run_time=0.02)
-PROG = "linear_regression_torch.py"
 DDP_TIMEOUT_S = 120.0  # a data-parallel run that takes longer than this is stuck: kill it and fail
-DDP_PRELOAD = ("torch._dynamo",)  # what the fork server imports once besides this script (DDP and torch.optim need it)
 FLOAT32_LOSS_RESOLUTION = 1e-7  # relative: float32 losses cannot resolve differences smaller than this
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 MOMENTUM = 0.9  # β of the "momentum" optimizer (torch.optim.SGD's momentum)
@@ -84,6 +77,25 @@ LANDSCAPE_SHIFT = 1.5  # added to its feature: an uncentred feature couples w an
 LANDSCAPE_START = (3.0, 1.5)  # (w, b) every path starts from, across the valley from its bottom
 LANDSCAPE_MARGIN = 0.7  # the drawn (w, b) window extends this far past every visited point
 REACHED_DISTANCE = 0.01  # a path that ends this close to the least-squares (w, b) has reached the bottom
+
+
+def _fmt_vector(t: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in t.tolist()) + "]"
+
+
+# %% [markdown]
+# ## Set-up
+#
+# This cell reads the settings: the command line in a script (`python linear_regression_torch.py --quick`),
+# the `LESSON_ARGS` environment variable in a notebook. It picks the device (CUDA, then MPS,
+# then the CPU, unless `--device` names one), seeds every random number generator with `--seed`
+# and prints what this run uses. Each section below ends with a cell that runs its code and
+# shows the result; importing the lesson runs none of them (the data-parallel ranks import it).
+
+# %%
+if __name__ == "__main__":
+    ctx = start_lesson("linear_regression_torch")
+    cfg = ctx.config(FULL, QUICK)
 
 
 # %% [markdown]
@@ -158,6 +170,23 @@ def predict(X, w: torch.Tensor, b: float) -> torch.Tensor:
     return _as_tensor(X) @ w.float() + b  # (n, f) @ (f,) -> (n,)
 
 
+def print_problem(X, noise: float, truth: tuple[torch.Tensor, float], exact: tuple[torch.Tensor, float],
+                  closed_mse: float, stable_lr: float) -> None:
+    print_pairs(f"Data: {len(X)} samples × {X.shape[1]} features, noise std {noise}", {
+        "true weights": f"{_fmt_vector(truth[0])}  bias {truth[1]:.4f}",
+        "closed form lstsq": f"{_fmt_vector(exact[0])}  bias {exact[1]:.4f}  MSE {closed_mse:.6f}",
+        "gradient descent is stable for": f"lr < 2/λ_max = {stable_lr:.3f}",
+    })
+
+
+# %%
+if __name__ == "__main__":
+    X, y, w_true, b_true = make_regression_data(cfg.n_samples, cfg.n_features, cfg.noise, ctx.seed)
+    w_exact, b_exact = closed_form(X, y)
+    closed_mse = mse(X, y, w_exact, b_exact)
+    print_problem(X, cfg.noise, (w_true, b_true.item()), (w_exact, b_exact), closed_mse, max_stable_lr(X))
+
+
 # %% [markdown]
 # ## Standardise with the training split's statistics
 #
@@ -217,6 +246,12 @@ def _check_finite(loss: float, epoch: int, lr: float) -> None:
         )
 
 
+def fit_summary(fit: FitResult, w_exact: torch.Tensor, closed_mse: float) -> dict[str, float]:
+    """How far a fit got: its first and last training MSE, the optimum's, and its largest weight error."""
+    return {"epochs": len(fit.losses), "first_mse": fit.losses[0], "last_mse": fit.losses[-1],
+            "closed_mse": closed_mse, "max_weight_error": (fit.weights.double() - w_exact).abs().max().item()}
+
+
 # %% [markdown]
 # ## Solver 1: NumPy with the gradient derived by hand
 #
@@ -250,6 +285,21 @@ def fit_numpy(X, y, lr: float, epochs: int) -> FitResult:
     return FitResult(torch.from_numpy(w.copy()), float(b), losses)
 
 
+def print_fit(title: str, summary: dict[str, float]) -> None:
+    print_pairs(title, {
+        "training MSE, first → last epoch": f"{summary['first_mse']:.5f} → {summary['last_mse']:.6f}",
+        "closed-form MSE (the optimum)": f"{summary['closed_mse']:.6f}",
+        "max |w − w_lstsq|": f"{summary['max_weight_error']:.1e}",
+    })
+
+
+# %%
+if __name__ == "__main__":
+    numpy_fit = fit_numpy(X, y, cfg.lr, cfg.epochs)
+    print_fit(f"Solver 1, NumPy: {cfg.epochs} epochs from zero weights, lr {cfg.lr}",
+              fit_summary(numpy_fit, w_exact, closed_mse))
+
+
 # %% [markdown]
 # ## Solver 2: PyTorch tensors and autograd, no nn
 #
@@ -276,6 +326,13 @@ def fit_manual(X, y, lr: float, epochs: int, device: torch.device | str = "cpu")
         w.grad = None
         b.grad = None
     return FitResult(w.detach().cpu(), b.item(), losses)
+
+
+# %%
+if __name__ == "__main__":
+    manual_fit = fit_manual(X, y, cfg.lr, cfg.epochs, ctx.device)
+    print_fit(f"Solver 2, autograd by hand on {ctx.device.type}: {cfg.epochs} epochs from zero weights, lr {cfg.lr}",
+              fit_summary(manual_fit, w_exact, closed_mse))
 
 
 # %% [markdown]
@@ -380,6 +437,20 @@ def optimizer_summary(fits: dict[str, FitResult], X, y, closed_mse: float, toler
     return rows
 
 
+def print_optimizers(rows, epochs: int, closed_mse: float) -> None:
+    print_table(f"Five optimizers, {epochs} epochs from the same initial weights (closed-form MSE {closed_mse:.6f})",
+                ["optimizer", "lr", "initial MSE", "final MSE", "final − optimum", "epochs to within 1e-3"],
+                [[r["optimizer"], r["lr"], f"{r['initial_mse']:.4f}", f"{r['final_mse']:.6f}", f"{r['excess']:.1e}",
+                  r["epochs"]] for r in rows])
+    print("(final MSE: the float32 weights after the last step, evaluated in float64 like the optimum)")
+
+
+# %%
+if __name__ == "__main__":
+    optimizer_fits = compare_optimizers(X, y, cfg.optimizer_epochs, ctx.device, ctx.seed)
+    print_optimizers(optimizer_summary(optimizer_fits, X, y, closed_mse), cfg.optimizer_epochs, closed_mse)
+
+
 # %% [markdown]
 # ## How far each optimizer steps
 #
@@ -410,6 +481,18 @@ def constant_gradient_steps(steps: int, gradient: float = 1.0, lrs: dict[str, fl
             positions.append(param.item())
         sizes[name] = np.abs(np.diff(positions)).tolist()
     return sizes
+
+
+def print_step_lengths(steps: dict[str, list[float]]) -> None:
+    print_table("Step length ÷ lr under a constant gradient g = 1 (torch.optim, float64)",
+                ["optimizer", "lr", *(f"step {t}" for t in STEP_TABLE_STEPS)],
+                [[name, OPTIMIZER_LRS[name], *(f"{sizes[t - 1] / OPTIMIZER_LRS[name]:.3f}" for t in STEP_TABLE_STEPS)]
+                 for name, sizes in steps.items()])
+
+
+# %%
+if __name__ == "__main__":
+    print_step_lengths(constant_gradient_steps(max(STEP_TABLE_STEPS)))
 
 
 # %% [markdown]
@@ -466,6 +549,18 @@ def divergence_message(X, y, lr: float, epochs: int) -> str:
     return ""
 
 
+def print_custom_optimizer(differences: list[float], divergence: str) -> None:
+    print_pairs("A custom optimizer, and a learning rate that is far too large", {
+        f"PlainSGD vs torch.optim.SGD, {len(differences)} steps": f"max |weight difference| {max(differences):.1e}",
+        "a far too large lr": f"FloatingPointError: {divergence}",
+    })
+
+
+# %%
+if __name__ == "__main__":
+    print_custom_optimizer(custom_vs_builtin_sgd(X, y, cfg.lr, 50, ctx.seed), divergence_message(X, y, 5.0, 100))
+
+
 # %% [markdown]
 # ## Validation: held-out rows and the noise floor
 #
@@ -490,12 +585,29 @@ def validation_experiment(X, y, w_true, b_true, noise: float, lr: float, epochs:
             "noise": validation_noise(X_val, y_val, w_true, b_true.item(), noise)}
 
 
+def print_validation(validation) -> None:
+    fit, sample = validation["fit"], validation["noise"]
+    print_pairs(f"Train/validation split {validation['n_train']}/{validation['n_val']} rows, standardised with the "
+                "training statistics", {
+                    "final MSE": f"train {fit.losses[-1]:.5f}, validation {fit.val_losses[-1]:.5f}",
+                    "noise floor": f"noise² = {sample['expected']:.2f} on average over samples, "
+                                   f"± {sample['standard_error']:.3f} for {validation['n_val']} rows",
+                    "these rows' own noise": f"mean square {sample['mean_square']:.5f}",
+                })
+
+
+# %%
+if __name__ == "__main__":
+    validation = validation_experiment(X, y, w_true, b_true, cfg.noise, cfg.lr, cfg.epochs, ctx.seed, ctx.generator,
+                                       ctx.device)
+    print_validation(validation)
+
+
 # %% [markdown]
 # ## Timing: what each layer of abstraction costs
 #
 # On a tiny problem the time per epoch is overhead: Python, op dispatch, autograd bookkeeping.
-# NumPy has the least. As the data grows the arithmetic dominates and the overhead stops
-# mattering; the scaling sweep finds where that happens on this machine.
+# NumPy has the least. The table times a whole fit with each of the three solvers above.
 
 # %%
 def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: float) -> list[dict[str, object]]:
@@ -521,6 +633,27 @@ def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: fl
     return rows
 
 
+def print_implementations(rows, n_samples: int, epochs: int, lr: float) -> None:
+    print_table(f"{n_samples} samples, {epochs} epochs of gradient descent (lr {lr}); time = median of Timer runs",
+                ["implementation", "device", "time", "per epoch", "final MSE", "max |w − w_lstsq|"],
+                [[r["implementation"], r["device"], fmt_seconds(r["seconds"]), fmt_seconds(r["per_epoch"]),
+                  f"{r['final_mse']:.5f}", f"{r['max_weight_error']:.1e}"] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    devices = [torch.device("cpu")] + ([ctx.device] if ctx.device.type != "cpu" else [])
+    implementations = time_implementations(X, y, cfg.lr, cfg.epochs, devices, cfg.min_run_time)
+    print_implementations(implementations, cfg.n_samples, cfg.epochs, cfg.lr)
+
+
+# %% [markdown]
+# ### Scaling with the data
+#
+# As the data grows the arithmetic dominates and the overhead stops mattering; this sweep
+# times one gradient step at each size and finds where that happens on this machine.
+
+# %%
 def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: int = 0) -> list[dict[str, object]]:
     """Median seconds for one full-batch gradient step at each data size, NumPy vs torch autograd."""
     rows = []
@@ -541,6 +674,44 @@ def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: in
             rows.append({"n": n, "backend": f"torch {device.type}",
                          "seconds": time_median(torch_step, device, min_run_time)})
     return rows
+
+
+def print_scaling(rows) -> None:
+    numpy_time = {r["n"]: r["seconds"] for r in rows if r["backend"] == "numpy"}
+    print_table("Time per epoch (one forward + gradient) vs samples",
+                ["samples", "backend", "per epoch", "NumPy / this"],
+                [[r["n"], r["backend"], fmt_seconds(r["seconds"]), f"{numpy_time[r['n']] / r['seconds']:.2f}×"]
+                 for r in rows])
+
+
+def plot_scaling(rows):
+    fig, axes = new_figure(1, 2, "NumPy vs PyTorch: one gradient step as the data grows")
+    ax_time, ax_ratio = axes.flat
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    sizes = sorted({r["n"] for r in rows})
+    per = {b: {r["n"]: r["seconds"] for r in rows if r["backend"] == b} for b in backends}
+    for backend in backends:
+        label = "NumPy, hand-derived gradient" if backend == "numpy" else f"{backend}, autograd"
+        ax_time.plot(sizes, [per[backend][n] * 1e3 for n in sizes], "o-", label=label)
+    ax_time.set(xscale="log", yscale="log", title="Median time per epoch (forward + gradient)",
+                xlabel="number of samples (log)", ylabel="time per epoch (ms, log)")
+    ax_time.legend()
+    for backend in backends[1:]:
+        ax_ratio.plot(sizes, [per["numpy"][n] / per[backend][n] for n in sizes], "o-", label=f"{backend}")
+    ax_ratio.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    ax_ratio.set(xscale="log", yscale="log", title="Speed relative to NumPy (above 1: PyTorch faster)",
+                 xlabel="number of samples (log)", ylabel="NumPy time / PyTorch time (log)")
+    ax_ratio.legend()
+    for ax in axes.flat:
+        ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+# %%
+if __name__ == "__main__":
+    scaling = scaling_sweep(cfg.scaling_sizes, cfg.n_features, devices, cfg.min_run_time / 3, ctx.seed)
+    print_scaling(scaling)
+    save_figure(plot_scaling(scaling), "numpy_vs_torch_scaling.png", ctx.plots_dir)
 
 
 # %% [markdown]
@@ -614,6 +785,17 @@ def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str
     return paths
 
 
+def print_landscape(landscape, epochs: int) -> None:
+    print_pairs(f"Loss landscape, {epochs} steps from (w, b) = {LANDSCAPE_START}: distance left to the bottom",
+                landscape["distances"], fmt=lambda distance: f"{distance:.2g}")
+
+
+# %%
+if __name__ == "__main__":
+    landscape = landscape_experiment(ctx.seed, cfg.landscape_epochs)
+    print_landscape(landscape, cfg.landscape_epochs)
+
+
 # %% [markdown]
 # ## Data-parallel training with DistributedDataParallel
 #
@@ -622,21 +804,22 @@ def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str
 # step. For that step to equal the full-batch step, each rank's loss is its *sum* of squared
 # errors over its real rows divided by the global row count, times world_size (DDP divides by
 # it); `DistributedSampler` pads uneven shards with repeated rows, which are left out.
-# On GPUs the changes are small: backend "nccl", one process per GPU, `model.to(rank)` and
-# `DDP(model, device_ids=[rank])`. The process group has a timeout, and the parent kills every
-# worker if one fails or the run outlives DDP_TIMEOUT_S.
 #
-# How the ranks start matters too. Forking this process is unsafe: its thread pool has already
-# run, and a fork can copy a lock some other thread holds, which deadlocks the child. `spawn`
-# starts a fresh interpreter per rank, and each one imports torch again (several seconds of CPU
-# here). Where the platform has it (Linux, macOS; Python 3.14's default on Linux) the ranks start
-# from a *fork server* instead: one fresh process that imports this script and `torch._dynamo`
-# (which DDP and `torch.optim` load on first use) once, and forks every rank from that clean
-# state. The first run pays for one import instead of one per rank; later runs in the same
-# process reuse the server. Windows has no fork server, so there it is `spawn`.
+# `train_ddp` starts the ranks with `torch.multiprocessing.start_processes(..., start_method="spawn")`.
+# Forking this process instead is unsafe: its thread pool has already run, and a fork can copy a
+# lock some other thread holds, which deadlocks the child. With spawn each rank is a fresh
+# interpreter that imports torch and this script afresh, a few seconds here, which is why DDP
+# pays off only for work much larger than this. The ranks meet at a free port on 127.0.0.1, the
+# process group has a timeout, the parent kills every rank if one fails or the run outlives
+# `timeout_s`, and rank 0 hands its result back through a file.
+#
+# On GPUs the changes are small: backend "nccl", one process per GPU, `model.to(rank)` and
+# `DDP(model, device_ids=[rank])`. Under `torchrun`, which starts the processes itself, each rank
+# reads its rank and world size from the environment and joins with `init_method="env://"`.
 
 # %%
 def _free_port() -> int:
+    """A TCP port that is free now: binding to port 0 lets the OS pick one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -644,7 +827,7 @@ def _free_port() -> int:
 
 def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
                    seed: int, init_method: str, timeout_s: float = DDP_TIMEOUT_S) -> FitResult | None:
-    """One rank's training loop; the same code runs under `start_processes` and under torchrun. Rank 0 returns."""
+    """One rank's training loop (torchrun would run it with init_method "env://"); rank 0 returns the fit."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DistributedSampler
@@ -681,133 +864,82 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
     return result if rank == 0 else None
 
 
-def _ddp_worker(rank, world_size, X, y, epochs, lr, seed, port, result_path, timeout_s):
+def _ddp_worker(rank, world_size, X, y, epochs, lr, seed, port, result_path, timeout_s) -> None:
+    """What each spawned rank runs: the training loop, then rank 0 saves its fit for the parent."""
     result = ddp_train_rank(rank, world_size, torch.from_numpy(X), torch.from_numpy(y), epochs, lr, seed,
                             f"tcp://127.0.0.1:{port}", timeout_s)
     if result is not None:
-        torch.save(result.__dict__, result_path)
-
-
-def ddp_start_method() -> str:
-    """"forkserver" where this platform has one (Linux, macOS), otherwise "spawn" (Windows)."""
-    import torch.multiprocessing as mp
-
-    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-
-
-class DDPRun:
-    """DDP workers started in the background; `result()` waits for them (with a deadline) and returns rank 0's fit.
-
-    Starting the workers early lets their start-up (importing torch) overlap other work. With a fork
-    server, `start_processes` returns only once the server has imported everything and forked every rank,
-    so it runs on a thread of its own while this one carries on.
-    """
-
-    def __init__(self, X, y, world_size: int = 2, epochs: int = 100, lr: float = 0.05, seed: int = 0,
-                 timeout_s: float = DDP_TIMEOUT_S, start_method: str | None = None):
-        import torch.multiprocessing as mp
-
-        X, y = _as_tensor(X), _as_tensor(y)
-        _check_xy(X, y)
-        if world_size < 1:
-            raise ValueError(f"world_size={world_size} must be at least 1")
-        if world_size > len(X):
-            raise ValueError(f"world_size={world_size} is larger than the number of rows ({len(X)})")
-        self.start_method = start_method = start_method or ddp_start_method()
-        if start_method not in ("forkserver", "spawn"):
-            raise ValueError(f"start_method={start_method!r} must be 'forkserver' or 'spawn' (fork can deadlock)")
-        if start_method == "forkserver":
-            # What the server imports before its first fork: the module that defines the worker ("__main__" when
-            # this file runs as a script) and torch._dynamo. It has no effect once the server is running.
-            mp.set_forkserver_preload([_ddp_worker.__module__, *DDP_PRELOAD])
-        self._tmp = tempfile.TemporaryDirectory()
-        self._result_path = Path(self._tmp.name) / "rank0.pt"
-        self._timeout_s = timeout_s
-        args = (world_size, X.numpy(), y.numpy(), epochs, lr, seed, _free_port(), str(self._result_path), timeout_s)
-        self._deadline = time.monotonic() + timeout_s
-        self._starter = futures.ThreadPoolExecutor(max_workers=1)
-        self._started = self._starter.submit(mp.start_processes, _ddp_worker, args=args, nprocs=world_size,
-                                             join=False, start_method=start_method)
-
-    def result(self) -> FitResult:
-        try:
-            return self._wait()
-        finally:
-            self._tmp.cleanup()
-
-    def _wait(self) -> FitResult:
-        import torch.multiprocessing as mp
-
-        timed_out = TimeoutError(f"DDP training did not finish within {self._timeout_s:g} s; workers killed")
-        try:
-            context = self._started.result(timeout=max(0.0, self._deadline - time.monotonic()))
-        except futures.TimeoutError:  # the builtin TimeoutError from Python 3.11
-            self._started.add_done_callback(_kill_workers)  # if they start after all, they stop at once
-            raise timed_out from None
-        finally:
-            self._starter.shutdown(wait=False)
-        try:
-            while not context.join(timeout=0.05):  # raises if a worker failed, after killing the rest
-                if time.monotonic() > self._deadline:
-                    raise timed_out
-        except mp.ProcessRaisedException as err:
-            last_line = str(err).strip().splitlines()[-1]
-            if last_line.startswith("FloatingPointError"):
-                raise FloatingPointError(last_line.split(":", 1)[1].strip()) from None
-            raise RuntimeError(f"a DDP worker failed: {last_line}") from None
-        finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-                process.join(timeout=5)
-        return FitResult(**torch.load(self._result_path, weights_only=True))
-
-
-def _kill_workers(started: futures.Future) -> None:
-    if started.exception() is None:
-        for process in started.result().processes:
-            process.kill()
+        torch.save(vars(result), result_path)
 
 
 def train_ddp(X, y, world_size: int = 2, epochs: int = 100, lr: float = 0.05, seed: int = 0,
-              timeout_s: float = DDP_TIMEOUT_S, start_method: str | None = None) -> FitResult:
-    """Full-batch SGD with DDP on `world_size` CPU processes; same result type as fit_module."""
-    return DDPRun(X, y, world_size, epochs, lr, seed, timeout_s, start_method).result()
+              timeout_s: float = DDP_TIMEOUT_S) -> FitResult:
+    """Full-batch SGD with DDP on `world_size` spawned CPU processes; rank 0's fit, as fit_module returns it.
+
+    Every rank is killed if one fails (its FloatingPointError is raised again here, any other error as
+    a RuntimeError) or if the run takes longer than `timeout_s` (TimeoutError).
+    """
+    X, y = _as_tensor(X), _as_tensor(y)
+    _check_xy(X, y)
+    if not 1 <= world_size <= len(X):
+        raise ValueError(f"world_size={world_size} must be between 1 and the number of rows ({len(X)})")
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs} must be at least 1")
+    if not lr > 0:
+        raise ValueError(f"lr={lr} must be positive")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s={timeout_s} must be positive")
+    with tempfile.TemporaryDirectory() as folder:
+        result_path = Path(folder) / "rank0.pt"
+        # NumPy arrays travel to the ranks pickled by value; tensors would need shared memory.
+        args = (world_size, X.numpy(), y.numpy(), epochs, lr, seed, _free_port(), str(result_path), timeout_s)
+        share_notebook_with_workers("linear_regression_torch")  # in a notebook, the ranks import this script
+        ranks = mp.start_processes(_ddp_worker, args, nprocs=world_size, join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        try:
+            # join() is True once every rank has exited cleanly; if one failed, it stops the rest and raises.
+            while not ranks.join(timeout=max(0.0, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"DDP training did not finish within timeout_s={timeout_s:g} s; "
+                                       "every rank was killed")
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as err:
+            last_line = str(err).strip().splitlines()[-1]  # a rank's traceback ends "SomeError: message"
+            if last_line.startswith("FloatingPointError: "):
+                raise FloatingPointError(last_line.removeprefix("FloatingPointError: ")) from None
+            raise RuntimeError(f"DDP rank {err.error_index} failed: {last_line}") from None
+        finally:
+            for process in ranks.processes:  # a no-op for ranks that have exited
+                process.kill()
+                process.join()
+        return FitResult(**torch.load(result_path, weights_only=True))
 
 
-def running_under_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+def max_parameter_difference(a: FitResult, b: FitResult) -> float:
+    return max((a.weights - b.weights).abs().max().item(), abs(a.bias - b.bias))
 
 
-def torchrun_main(cfg: Config, seed: int) -> None:
-    """The data-parallel part alone, one process per rank, as started by torchrun."""
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    X, y, _, _ = make_regression_data(cfg.n_samples, cfg.n_features, cfg.noise, seed)
-    result = ddp_train_rank(rank, world_size, X, y, cfg.ddp_epochs, FULL.lr, seed, "env://")
-    if result is not None:
-        reference = fit_module(X, y, "sgd", FULL.lr, cfg.ddp_epochs, "cpu", seed)
-        print_ddp_check(world_size, result, reference)
-
-
-def print_ddp_check(world_size: int, ddp: FitResult, single: FitResult) -> None:
+def print_ddp_check(world_size: int, ddp: FitResult, single: FitResult, difference: float) -> None:
     print_table(f"DDP on {world_size} CPU processes vs single-process nn.Module + SGD ({len(single.losses)} epochs)",
                 ["run", "weights", "bias", "final MSE"],
                 [[f"DDP ({world_size} ranks)", _fmt_vector(ddp.weights), f"{ddp.bias:.6f}", f"{ddp.losses[-1]:.6f}"],
                  ["single process", _fmt_vector(single.weights), f"{single.bias:.6f}", f"{single.losses[-1]:.6f}"]])
-    diff = max((ddp.weights - single.weights).abs().max().item(), abs(ddp.bias - single.bias))
-    print(f"max |difference| of parameters: {diff:.2e}  (anything non-zero is float32 rounding: the ranks "
+    print(f"max |difference| of parameters: {difference:.2e}  (anything non-zero is float32 rounding: the ranks "
           "sum in another order)")
 
 
-def _fmt_vector(t: torch.Tensor) -> str:
-    return "[" + ", ".join(f"{v:.4f}" for v in t.tolist()) + "]"
+# %%
+if __name__ == "__main__":
+    ddp_fit = train_ddp(X, y, cfg.ddp_world_size, cfg.ddp_epochs, cfg.lr, ctx.seed)
+    single_fit = fit_module(X, y, "sgd", cfg.lr, cfg.ddp_epochs, "cpu", ctx.seed)
+    print_ddp_check(cfg.ddp_world_size, ddp_fit, single_fit, max_parameter_difference(ddp_fit, single_fit))
 
 
 # %% [markdown]
-# ## Figures
+# ## Summary figure
 #
-# The plot functions draw what the sections above returned; they compute nothing, so a figure
-# cannot disagree with the printed tables.
+# One picture of the sections above: the solvers' convergence and times, the five optimizers,
+# the validation fit and every optimizer's path on the loss landscape. The plot functions draw
+# what the sections returned; they compute nothing, so the figure cannot disagree with the tables.
 
 # %%
 def plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape):
@@ -896,125 +1028,8 @@ def _plot_landscapes(fig, axes, landscape):
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9)
     fig.colorbar(contour, ax=axes, label="training MSE")
 
-def plot_scaling(rows):
-    fig, axes = new_figure(1, 2, "NumPy vs PyTorch: one gradient step as the data grows")
-    ax_time, ax_ratio = axes.flat
-    backends = list(dict.fromkeys(r["backend"] for r in rows))
-    sizes = sorted({r["n"] for r in rows})
-    per = {b: {r["n"]: r["seconds"] for r in rows if r["backend"] == b} for b in backends}
-    for backend in backends:
-        label = "NumPy, hand-derived gradient" if backend == "numpy" else f"{backend}, autograd"
-        ax_time.plot(sizes, [per[backend][n] * 1e3 for n in sizes], "o-", label=label)
-    ax_time.set(xscale="log", yscale="log", title="Median time per epoch (forward + gradient)",
-                xlabel="number of samples (log)", ylabel="time per epoch (ms, log)")
-    ax_time.legend()
-    for backend in backends[1:]:
-        ax_ratio.plot(sizes, [per["numpy"][n] / per[backend][n] for n in sizes], "o-", label=f"{backend}")
-    ax_ratio.axhline(1.0, color="black", linestyle="--", linewidth=1)
-    ax_ratio.set(xscale="log", yscale="log", title="Speed relative to NumPy (above 1: PyTorch faster)",
-                 xlabel="number of samples (log)", ylabel="NumPy time / PyTorch time (log)")
-    ax_ratio.legend()
-    for ax in axes.flat:
-        ax.grid(True, which="both", alpha=0.3)
-    return fig
-
-
-# %% [markdown]
-# ## Putting it together
-#
-# `run` only wires: each section's function returns data, the `print_*` helpers format it and
-# the plot functions draw it. In a notebook, the last cell runs the lesson with the flags in
-# `LESSON_ARGS`.
 
 # %%
-def print_implementations(rows, n_samples: int, epochs: int, lr: float) -> None:
-    print_table(f"{n_samples} samples, {epochs} epochs of gradient descent (lr {lr}); time = median of Timer runs",
-                ["implementation", "device", "time", "per epoch", "final MSE", "max |w − w_lstsq|"],
-                [[r["implementation"], r["device"], fmt_seconds(r["seconds"]), fmt_seconds(r["per_epoch"]),
-                  f"{r['final_mse']:.5f}", f"{r['max_weight_error']:.1e}"] for r in rows])
-
-
-def print_optimizers(rows, epochs: int, closed_mse: float, steps: dict[str, list[float]]) -> None:
-    print_table(f"Five optimizers, {epochs} epochs from the same initial weights (closed-form MSE {closed_mse:.6f})",
-                ["optimizer", "lr", "initial MSE", "final MSE", "final − optimum", "epochs to within 1e-3"],
-                [[r["optimizer"], r["lr"], f"{r['initial_mse']:.4f}", f"{r['final_mse']:.6f}", f"{r['excess']:.1e}",
-                  r["epochs"]] for r in rows])
-    print("(final MSE: the float32 weights after the last step, evaluated in float64 like the optimum)")
-    print_table("Step length ÷ lr under a constant gradient g = 1 (torch.optim, float64)",
-                ["optimizer", "lr", *(f"step {t}" for t in STEP_TABLE_STEPS)],
-                [[name, OPTIMIZER_LRS[name], *(f"{sizes[t - 1] / OPTIMIZER_LRS[name]:.3f}" for t in STEP_TABLE_STEPS)]
-                 for name, sizes in steps.items()])
-
-
-def print_validation(validation) -> None:
-    fit, sample = validation["fit"], validation["noise"]
-    print(f"Train/validation split {validation['n_train']}/{validation['n_val']} rows, standardised with the training "
-          f"statistics: final train MSE {fit.losses[-1]:.5f}, validation MSE {fit.val_losses[-1]:.5f}")
-    print(f"  noise floor: noise² = {sample['expected']:.2f} on average over samples, ± {sample['standard_error']:.3f} "
-          f"for {validation['n_val']} rows; these rows' own noise has mean square {sample['mean_square']:.5f}")
-
-
-def print_scaling(rows) -> None:
-    numpy_time = {r["n"]: r["seconds"] for r in rows if r["backend"] == "numpy"}
-    print_table("Time per epoch (one forward + gradient) vs samples",
-                ["samples", "backend", "per epoch", "NumPy / this"],
-                [[r["n"], r["backend"], fmt_seconds(r["seconds"]),
-                  fmt_timing(numpy_time[r["n"]] / r["seconds"], ".2f", "×")] for r in rows])
-
-
-def run(ctx: LessonContext) -> None:
-    cfg = ctx.config(FULL, QUICK)
-    devices = [torch.device("cpu")] + ([ctx.device] if ctx.device.type != "cpu" else [])
-
-    X, y, w_true, b_true = make_regression_data(cfg.n_samples, cfg.n_features, cfg.noise, ctx.seed)
-    w_exact, b_exact = closed_form(X, y)
-    closed_mse = mse(X, y, w_exact, b_exact)
-    print_section(f"Data: {cfg.n_samples} samples × {cfg.n_features} features, noise std {cfg.noise}")
-    print(f"true weights       {_fmt_vector(w_true)}  bias {b_true.item():.4f}")
-    print(f"closed form lstsq  {_fmt_vector(w_exact)}  bias {b_exact:.4f}  MSE {closed_mse:.6f}")
-    print(f"gradient descent is stable for lr < 2/λ_max = {max_stable_lr(X):.3f}")
-
-    implementations = time_implementations(X, y, cfg.lr, cfg.epochs, devices, cfg.min_run_time)
-    print_implementations(implementations, cfg.n_samples, cfg.epochs, cfg.lr)
-    optimizer_fits = compare_optimizers(X, y, cfg.optimizer_epochs, ctx.device, ctx.seed)
-    steps = constant_gradient_steps(max(STEP_TABLE_STEPS))
-    print_optimizers(optimizer_summary(optimizer_fits, X, y, closed_mse), cfg.optimizer_epochs, closed_mse, steps)
-
-    differences = custom_vs_builtin_sgd(X, y, cfg.lr, 50, ctx.seed)
-    print(f"\nPlainSGD vs torch.optim.SGD over 50 steps: max |weight difference| = {max(differences):.1e}")
-    validation = validation_experiment(X, y, w_true, b_true, cfg.noise, cfg.lr, cfg.epochs, ctx.seed, ctx.generator,
-                                       ctx.device)
-    print_validation(validation)
-    print(f"lr = 5.0 is far too large: FloatingPointError: {divergence_message(X, y, 5.0, 100)}")
-
-    scaling = scaling_sweep(cfg.scaling_sizes, cfg.n_features, devices, cfg.min_run_time / 3, ctx.seed)
-    print_scaling(scaling)
-
-    # The timings are done: start the DDP workers now so their start-up overlaps the work below.
-    ddp_run = DDPRun(X, y, cfg.ddp_world_size, cfg.ddp_epochs, cfg.lr, ctx.seed)
-    single = fit_module(X, y, "sgd", cfg.lr, cfg.ddp_epochs, "cpu", ctx.seed)
-
-    landscape = landscape_experiment(ctx.seed, cfg.landscape_epochs)
-    print(f"\nLoss landscape, {cfg.landscape_epochs} steps from (w, b) = {LANDSCAPE_START}: distance left to the "
-          "bottom: " + ", ".join(f"{name} {d:.2g}" for name, d in landscape["distances"].items()))
-
-    print_section("Figures")
-    fig = plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape)
-    save_figure(fig, "linear_regression_comparison.png", ctx.plots_dir)
-    save_figure(plot_scaling(scaling), "numpy_vs_torch_scaling.png", ctx.plots_dir)
-
-    print_section(f"Data-parallel training (DDP, gloo, {cfg.ddp_world_size} processes started by "
-                  f"{ddp_run.start_method})")
-    print_ddp_check(cfg.ddp_world_size, ddp_run.result(), single)
-
-
-def main(argv: list[str] | None = None) -> int:
-    if running_under_torchrun():  # torchrun started this process as one rank: run only the DDP part
-        args = build_parser(PROG, __doc__).parse_args(argv)
-        torchrun_main(QUICK if args.quick else FULL, args.seed)
-        return 0
-    return run_lesson(PROG, __doc__, "Lesson 3: linear regression", run, argv)
-
-
 if __name__ == "__main__":
-    finish(main())
+    save_figure(plot_comparison(implementations, optimizer_fits, closed_mse, validation, landscape),
+                "linear_regression_comparison.png", ctx.plots_dir)

@@ -63,7 +63,7 @@ def test_warmup_cosine_lr(answer):
           hint="Stop the progress at 1 with min(1.0, p): past the end the cosine would rise again.")
     check_raises_value_error(lambda: answer(0, 5, 5, 0.1), what="warmup_steps=5, total_steps=5",
                              argument="warmup_steps",
-                             hint="Check 0 ≤ warmup_steps < total_steps first and raise ValueError naming warmup_steps.")
+                             hint="Check 0 ≤ warmup_steps < total_steps first; raise ValueError naming warmup_steps.")
 
 
 def _digits_split():

@@ -18,8 +18,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
-from course import LESSONS, PROJECT_MODULES
 import lesson_harness
+from course import LESSONS, PROJECT_MODULES
 from lesson_harness import available_devices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def fake_timings(monkeypatch):
 
     for name in PROJECT_MODULES:
         module = sys.modules.get(name) or importlib.import_module(name)
-        for attr, fake in (("time_median", fake_median), ("stopwatch", fake_stopwatch), ("profile_events", fake_profile),
-                           ("resident_memory", fake_resident)):
+        for attr, fake in (("time_median", fake_median), ("stopwatch", fake_stopwatch),
+                           ("profile_events", fake_profile), ("resident_memory", fake_resident)):
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)

@@ -1,25 +1,20 @@
 """linear_regression_torch: every solver against lstsq, NumPy and each other; DDP against one process.
 
-The quick end-to-end run of main() (figures, reproducibility, exit codes) is in test_reliability.py.
+The quick end-to-end run of the script (figures, reproducibility, exit codes) is in test_reliability.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import multiprocessing
 import re
-import subprocess
-import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, run_script
 
 import linear_regression_torch as lr
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -442,127 +437,129 @@ def test_timing_helpers_return_positive_numbers(data):
     assert all(math.isfinite(r["seconds"]) and r["seconds"] > 0 for r in rows + scaling)
 
 
+def test_fit_summary_measures_against_the_optimum(data):
+    X, y, _, _ = data
+    w_exact, b_exact = lr.closed_form(X, y)
+    best = lr.mse(X, y, w_exact, b_exact)
+    fit = lr.fit_numpy(X, y, 0.1, 30)
+    summary = lr.fit_summary(fit, w_exact, best)
+    expected_error = np.abs(fit.weights.double().numpy() - w_exact.numpy()).max()
+    assert summary == {"epochs": 30, "first_mse": fit.losses[0], "last_mse": fit.losses[-1], "closed_mse": best,
+                       "max_weight_error": pytest.approx(expected_error, rel=1e-12)}
+    assert summary["first_mse"] == pytest.approx(np.mean(y.double().numpy() ** 2), rel=1e-6)  # zero weights
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("n_rows", "world_size", "start_method"), [(300, 2, "spawn"), (7, 3, None)])
-def test_ddp_equals_single_process_sgd(n_rows, world_size, start_method):
-    """Both ways of starting the ranks: spawn (Windows, and the fallback) and this platform's default."""
+@pytest.mark.parametrize(("n_rows", "world_size"), [(300, 2), (7, 3)])
+def test_ddp_equals_single_process_sgd(n_rows, world_size):
+    """7 rows on 3 ranks: uneven shards (3, 2, 2) still give the exact full-batch step."""
     X, y, _, _ = lr.make_regression_data(n_rows, 4, noise=0.3, seed=1)
-    ddp = lr.train_ddp(X, y, world_size=world_size, epochs=20, lr=0.05, seed=5, timeout_s=90,
-                       start_method=start_method)
+    ddp = lr.train_ddp(X, y, world_size=world_size, epochs=20, lr=0.05, seed=5, timeout_s=90)
     single = lr.fit_module(X, y, "sgd", 0.05, 20, "cpu", seed=5)
     torch.testing.assert_close(ddp.weights, single.weights, rtol=1e-5, atol=1e-6)
     assert ddp.bias == pytest.approx(single.bias, rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(ddp.losses, single.losses, rtol=1e-5)
+    assert lr.max_parameter_difference(ddp, single) < 1e-5
+    assert multiprocessing.active_children() == []
 
 
 @pytest.mark.slow
-def test_ddp_timeout_kills_workers_instead_of_hanging():
-    """A billion epochs cannot finish in 2 s on any machine, however fast it starts processes (and if the
-    workers are still starting at the deadline, the run fails all the same: see the next test)."""
-    import multiprocessing
-
+def test_ddp_timeout_kills_the_ranks_instead_of_hanging():
+    """Half a second: the ranks are still importing torch (or, on a fast machine, far from a billion epochs)."""
     X, y, _, _ = lr.make_regression_data(20, 2, seed=0)
-    with pytest.raises(TimeoutError, match="did not finish within"):
-        lr.train_ddp(X, y, world_size=2, epochs=10**9, timeout_s=2)
-    assert multiprocessing.active_children() == []  # every worker was killed and reaped
-
-
-def test_ddp_workers_that_start_after_the_deadline_are_killed_as_they_start(monkeypatch):
-    """A fork server can be slow to import; the deadline still holds, and no rank is left running."""
-    import threading
-
-    import torch.multiprocessing as mp
-
-    release, killed = threading.Event(), []
-
-    class Worker:
-        def kill(self):
-            killed.append(self)
-
-    def slow_start(*args, **kwargs):
-        release.wait(10)
-        return SimpleNamespace(processes=[Worker(), Worker()])
-
-    monkeypatch.setattr(mp, "start_processes", slow_start)
-    X, y, _, _ = lr.make_regression_data(20, 2, seed=0)
-    run = lr.DDPRun(X, y, world_size=2, epochs=5, timeout_s=0.2)
-    with pytest.raises(TimeoutError, match="did not finish within 0.2 s"):
-        run.result()
-    assert killed == []  # nothing had started yet
-    release.set()
-    for _ in range(200):
-        if len(killed) == 2:
-            break
-        threading.Event().wait(0.01)
-    assert len(killed) == 2  # both ranks were killed the moment they existed
+    with pytest.raises(TimeoutError, match=r"did not finish within timeout_s=0.5 s"):
+        lr.train_ddp(X, y, world_size=2, epochs=10**9, timeout_s=0.5)
+    assert multiprocessing.active_children() == []  # every rank was killed and reaped
 
 
 @pytest.mark.slow
-def test_ddp_worker_failure_fails_the_run():
+def test_ddp_rank_that_diverges_fails_the_run_with_its_error():
     X, y, _, _ = lr.make_regression_data(20, 2, seed=0)
-    with pytest.raises(FloatingPointError, match="learning rate 1000"):
+    with pytest.raises(FloatingPointError, match=r"^training diverged: .* with learning rate 1000.0; lower"):
         lr.train_ddp(X, y, world_size=2, epochs=50, lr=1000.0, timeout_s=90)
+    assert multiprocessing.active_children() == []
 
 
-def test_ddp_rejects_bad_world_size_and_start_method():
+class _FakeRank:
+    def __init__(self):
+        self.killed = False
+
+    def kill(self):
+        self.killed = True
+
+    def join(self, timeout=None):
+        pass
+
+
+class _FailingRanks:
+    """What `start_processes(..., join=False)` returns, with join() raising as it does when rank 1 fails."""
+
+    def __init__(self, error):
+        self.processes = [_FakeRank(), _FakeRank()]
+        self.error = error
+
+    def join(self, timeout=None):
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "message"), [
+    (torch.multiprocessing.ProcessRaisedException(
+        "\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\nValueError: the shard is empty\n', 1, 1234),
+     "DDP rank 1 failed: ValueError: the shard is empty"),
+    (torch.multiprocessing.ProcessExitedException("process 1 terminated with signal SIGKILL", 1, 1234, -9, "SIGKILL"),
+     "DDP rank 1 failed: process 1 terminated with signal SIGKILL"),
+])
+def test_ddp_rank_failure_is_a_runtime_error_with_its_last_line_and_every_rank_is_killed(monkeypatch, error, message):
+    """The error handling without starting processes: join() raises as torch's does when a rank fails."""
+    calls = []
+    ranks = _FailingRanks(error)
+
+    def fake_start(fn, args, nprocs, join, start_method):
+        calls.append(("start", nprocs, join, start_method))
+        return ranks
+
+    monkeypatch.setattr(lr, "share_notebook_with_workers", lambda name: calls.append(("share", name)))
+    monkeypatch.setattr(lr.mp, "start_processes", fake_start)
+    X, y, _, _ = lr.make_regression_data(20, 2, seed=0)
+    with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
+        lr.train_ddp(X, y, world_size=2, epochs=5, timeout_s=30)
+    # In a notebook the ranks must find this script by name: shared right before they start, with spawn.
+    assert calls == [("share", "linear_regression_torch"), ("start", 2, False, "spawn")]
+    assert all(process.killed for process in ranks.processes)
+
+
+def test_ddp_rejects_bad_arguments_before_starting_anything(monkeypatch):
+    def no_start(*args, **kwargs):
+        raise AssertionError("no process may start for invalid arguments")
+
+    monkeypatch.setattr(lr.mp, "start_processes", no_start)
     X, y, _, _ = lr.make_regression_data(3, 2, seed=0)
-    with pytest.raises(ValueError, match="world_size=4"):
-        lr.train_ddp(X, y, world_size=4)
-    with pytest.raises(ValueError, match="start_method='fork'"):
-        lr.train_ddp(X, y, world_size=2, start_method="fork")
-    with pytest.raises(ValueError, match="start_method='fork'"):  # one row per rank is allowed: past that check
-        lr.train_ddp(X, y, world_size=3, start_method="fork")
+    for kwargs, name in [({"world_size": 4}, "world_size=4"), ({"world_size": 0}, "world_size=0"),
+                         ({"epochs": 0}, "epochs=0"), ({"lr": 0.0}, "lr=0.0"), ({"lr": math.nan}, "lr=nan"),
+                         ({"timeout_s": 0}, "timeout_s=0")]:
+        with pytest.raises(ValueError, match=re.escape(name)):
+            lr.train_ddp(X, y, **kwargs)
+    with pytest.raises(ValueError, match="y must have shape"):
+        lr.train_ddp(X, y[:2])
 
 
-def test_ranks_start_from_a_fork_server_where_the_platform_has_one(monkeypatch):
-    import torch.multiprocessing as mp
-
-    expected = "forkserver" if sys.platform != "win32" else "spawn"
-    assert lr.ddp_start_method() == expected
-    monkeypatch.setattr(mp, "get_all_start_methods", lambda: ["spawn"])  # Windows
-    assert lr.ddp_start_method() == "spawn"
-    monkeypatch.setattr(mp, "get_all_start_methods", lambda: ["fork", "spawn", "forkserver"])
-    assert lr.ddp_start_method() == "forkserver"
-
-
-@pytest.mark.slow
-def test_torchrun_runs_the_same_rank_code(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed next to this Python")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
-    command = [str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "linear_regression_torch.py"), "--quick"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "DDP (2 ranks)" in done.stdout
-    diff = float(done.stdout.split("max |difference| of parameters:")[1].split()[0])
-    assert diff < 1e-5
-
-
-class _SingleProcessDDP:
-    """Stands in for DDPRun where a test needs the printed output, not the processes (tested above)."""
-
-    start_method = "the test's stand-in"
-
-    def __init__(self, X, y, world_size, epochs, lr_, seed):
-        self._fit = lr.fit_module(X, y, "sgd", lr_, epochs, "cpu", seed)
-
-    def result(self):
-        return self._fit
+def _single_process_ddp(X, y, world_size=2, epochs=100, lr_=0.05, seed=0, timeout_s=lr.DDP_TIMEOUT_S):
+    """Stands in for train_ddp where a test needs the printed output, not the processes (tested above)."""
+    return lr.fit_module(X, y, "sgd", lr_, epochs, "cpu", seed)
 
 
 def _printed_output(argv, monkeypatch, capsys):
-    """What main() prints, with timings replaced by constants and no DDP processes or figures."""
-    monkeypatch.setattr(lr, "time_median", lambda fn, device="cpu", min_run_time=0.2: (fn(), 1e-3)[1])
-    monkeypatch.setattr(lr, "DDPRun", _SingleProcessDDP)
+    """What the script prints, with timings replaced by constants (fake_timings) and no DDP processes or figures."""
+    monkeypatch.setattr(lr, "train_ddp", _single_process_ddp)
     monkeypatch.setattr(lr, "save_figure", lambda fig, name, plots_dir: None)
     monkeypatch.setattr(lr, "plot_comparison", lambda *args: None)
     monkeypatch.setattr(lr, "plot_scaling", lambda *args: None)
-    assert lr.main(argv) == 0
+    assert run_script("linear_regression_torch", argv) == 0
     return capsys.readouterr().out
 
 
-def test_two_seeds_print_different_results(tmp_path, monkeypatch, capsys):
+def test_two_seeds_print_different_results(tmp_path, monkeypatch, capsys, fake_timings):
     outputs = [_printed_output(["--quick", "--device", "cpu", "--seed", seed, "--plots-dir", str(tmp_path)],
                                monkeypatch, capsys) for seed in ("1", "2")]
     numpy_row = [line for line in outputs[0].splitlines() if line.startswith("NumPy ")][0]
@@ -586,7 +583,7 @@ def _masked(line: str) -> str:
     return text
 
 
-def test_readme_lesson_3_numbers_are_what_a_full_run_prints(tmp_path, monkeypatch, capsys):
+def test_readme_lesson_3_numbers_are_what_a_full_run_prints(tmp_path, monkeypatch, capsys, fake_timings):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Lesson 3:", 1)[1].split("\n## ", 1)[0]
     block = section.split("Results from a full run", 1)[1].split("```", 2)[1]
