@@ -31,7 +31,7 @@ LESSONS = (
     Lesson("autograd_demo", "Lesson 2: autograd",
            ("autograd_graph.png", "finite_difference_error.png", "gradient_flow_analysis.png"), 1.5, 3),
     Lesson("linear_regression_torch", "Lesson 3: linear regression, optimizers and DDP",
-           ("linear_regression_comparison.png", "numpy_vs_torch_scaling.png"), 3, 6, starts_processes=True),
+           ("numpy_vs_torch_scaling.png", "linear_regression_comparison.png"), 3, 6, starts_processes=True),
     Lesson("custom_nn_module", "Lesson 4: custom modules",
            ("memory_checkpointing.png", "custom_modules_analysis.png"), 1.5, 4),
     Lesson("dataset_loader_demo", "Lesson 5: datasets and loaders",

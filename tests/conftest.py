@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib
 import os
@@ -23,6 +22,9 @@ from course import LESSONS, PROJECT_MODULES
 from lesson_harness import available_devices
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from timings import demo_cells  # noqa: E402  (tools/ is a folder of scripts, not a package)
+
 DEVICES = available_devices()  # parametrize over these; absent accelerators are simply not listed
 ABSENT_ACCELERATORS = [name for name in ("cuda", "mps") if name not in DEVICES]
 LESSON_MODULES = [lesson.module for lesson in LESSONS]
@@ -56,15 +58,6 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for _, item in sorted(enumerate(items), key=expected_length)]
 
 
-def demo_cells(module: str) -> list:
-    """The compiled bodies of the lesson's `if __name__ == "__main__":` cells, in the order of the script."""
-    path = ROOT / f"{module}.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    guards = [node for node in tree.body
-              if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"]
-    return [compile(ast.Module(body=guard.body, type_ignores=[]), str(path), "exec") for guard in guards]
-
-
 def run_script(module: str, argv: Sequence[str]) -> int:
     """What `python <module>.py *argv` does, in this process: its exit code (0 when it runs to its end).
 
@@ -78,7 +71,7 @@ def run_script(module: str, argv: Sequence[str]) -> int:
     saved = sys.argv, sys.excepthook
     sys.argv = [str(ROOT / f"{module}.py"), *argv]
     try:
-        for cell in demo_cells(module):
+        for _, cell in demo_cells(module):
             exec(cell, namespace)
     except SystemExit as exit_info:
         return exit_info.code

@@ -1,0 +1,80 @@
+"""course.py is the one list of lessons: every file a lesson needs follows from its row, and the budgets add up."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+import course
+
+sys.path.insert(0, str(ROOT / "tools"))
+import timings  # noqa: E402  (tools/ is a folder of scripts, not a package)
+
+
+def test_titles_number_the_lessons_in_order_and_are_written_only_in_course_py():
+    for number, lesson in enumerate(course.LESSONS, start=1):
+        assert re.fullmatch(rf"Lesson {number}: \S.*", lesson.title), lesson.title
+    titles = [lesson.title for lesson in course.LESSONS]
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("exercises/*.py"), *ROOT.glob("tools/*.py")]:
+        if path.name != "course.py":
+            text = path.read_text(encoding="utf-8")
+            assert not [title for title in titles if title in text], f"{path.name} writes a lesson title"
+
+
+@pytest.mark.parametrize("lesson", course.LESSONS, ids=lambda lesson: lesson.module)
+def test_every_file_of_a_lesson_is_named_after_its_module(lesson):
+    for path in (lesson.script, f"notebooks/{lesson.module}.ipynb", f"tests/test_{lesson.module}.py",
+                 f"exercises/{lesson.module}.py", f"exercises/test_{lesson.module}.py",
+                 f"exercises/solutions/{lesson.module}.py", *(f"plots/{name}" for name in lesson.figures)):
+        assert (ROOT / path).is_file(), f"{lesson.module}: {path} is missing"
+
+
+def test_nothing_is_named_after_a_lesson_that_is_not_in_the_table():
+    modules = {lesson.module for lesson in course.LESSONS}
+    named = {path.stem.removeprefix("test_") for folder in ("tests", "exercises", "exercises/solutions")
+             for path in (ROOT / folder).glob("*.py")} | {path.stem for path in (ROOT / "notebooks").glob("*.ipynb")}
+    not_lessons = {"conftest", "checks", "summary", "wrong_answers", "__init__", "exercises", "lesson_harness",
+                   "notebooks", "reliability", "course"}
+    assert named - not_lessons == modules
+
+
+def test_lesson_budgets_fit_the_course_budgets():
+    assert sum(lesson.quick_budget_floors for lesson in course.LESSONS) <= course.QUICK_TOTAL_BUDGET_FLOORS == 12
+    assert sum(lesson.full_budget_floors for lesson in course.LESSONS) <= course.FULL_TOTAL_BUDGET_FLOORS == 24
+    assert all(lesson.quick_budget_floors <= lesson.full_budget_floors for lesson in course.LESSONS)
+
+
+def test_python_course_py_lists_the_scripts_for_the_makefile():
+    done = subprocess.run([sys.executable, str(ROOT / "course.py")], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == [lesson.script for lesson in course.LESSONS]
+
+
+def test_lesson_lookup_names_the_choices_when_the_module_is_unknown():
+    assert course.lesson("tensor_basics").script == "tensor_basics.py"
+    with pytest.raises(ValueError, match="module='tensors' is not a lesson"):
+        course.lesson("tensors")
+
+
+def test_make_timings_divides_by_the_floor_and_flags_what_is_over(monkeypatch, capsys):
+    """A fake clock: the floor takes 2 s; lesson k takes k + 1 s quick and 10·(k + 1) s full."""
+    def fake_wall(command):
+        if command[1] == "-c":
+            assert command[2] == timings.FLOOR_CODE
+            return 2.0
+        index = [lesson.script for lesson in course.LESSONS].index(command[1].rsplit("/", 1)[-1])
+        assert command[2:6] == ["--device", "cpu", "--plots-dir", command[5]]
+        return (index + 1.0) * (1 if "--quick" in command else 10)
+
+    monkeypatch.setattr(timings, "wall_seconds", fake_wall)
+    assert timings.main([]) == 0
+    out = capsys.readouterr().out
+    first = next(line for line in out.splitlines() if line.startswith(course.LESSONS[0].script))
+    assert first.split()[1:3] == ["1.0", "0.50"] and first.split()[4:6] == ["10.0", "5.00"]
+    n = len(course.LESSONS)
+    total = next(line for line in out.splitlines() if line.startswith("total"))
+    assert total.split()[2] == f"{n * (n + 1) / 2 / 2:.2f}"
+    assert "over budget: " in out and f"{course.LESSONS[0].script} full" in out
