@@ -1,9 +1,11 @@
 """Build and run the lessons as Jupyter notebooks.
 
-    python tools/notebooks.py build      # write notebooks/<lesson>.ipynb and execute them (full mode, CPU)
+    python tools/notebooks.py build              # write notebooks/<lesson>.ipynb, executed (full mode, CPU)
+    python tools/notebooks.py build tensor_basics  # one lesson
 
 Each notebook is what jupytext makes from the lesson script (`# %% [markdown]` cells become prose),
-plus one first cell that lets it run from `notebooks/`. The tests use `notebook_from_script`
+plus one first cell that lets it run from `notebooks/`; the built notebook opens with a banner that
+says when, on what machine and with which versions it was executed. The tests use `notebook_from_script`
 to check that the committed notebooks never drift from the scripts, and `execute` to run a
 lesson as a notebook in quick mode.
 """
@@ -11,9 +13,12 @@ lesson as a notebook in quick mode.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import jupytext
@@ -42,6 +47,23 @@ import multiprocessing
 multiprocessing.set_start_method("spawn", force=True)  # as on macOS and Windows"""
 
 
+BANNER_MARKER = "<!-- executed -->"  # starts the one cell `build` adds: when, where and with what it ran
+BANNER_PACKAGES = ("torch", "numpy", "matplotlib", "scikit-learn")  # the versions that decide the outputs
+
+
+def execution_banner(lesson_args: str) -> str:
+    """A markdown cell's text: the date, machine and versions of the run whose outputs the notebook holds."""
+    import torch
+
+    from lesson_harness import cpu_model
+
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in BANNER_PACKAGES)
+    return (f"{BANNER_MARKER}\n*Executed on {datetime.date.today():%Y-%m-%d} with `LESSON_ARGS=\"{lesson_args}\"` "
+            f"on {cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"{platform.system()}); Python {platform.python_version()}, {versions}. Timings are from that machine: "
+            "read them for what to look for, not for their values.*")
+
+
 def notebook_from_script(module: str) -> nbformat.NotebookNode:
     """The notebook for one lesson: the set-up cell, then jupytext's cells of `<module>.py`."""
     notebook = jupytext.read(ROOT / f"{module}.py", fmt="py:percent")
@@ -54,8 +76,9 @@ def notebook_from_script(module: str) -> nbformat.NotebookNode:
 
 
 def cell_sources(notebook: nbformat.NotebookNode) -> list[tuple[str, str]]:
-    """(type, source) of every cell: what must match between the committed notebook and the script."""
-    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+    """(type, source) of every cell but the execution banner: what must match between the committed notebook
+    and the script."""
+    return [(cell.cell_type, cell.source) for cell in notebook.cells if not cell.source.startswith(BANNER_MARKER)]
 
 
 def _kernel_config(socket_dir: str) -> Config:
@@ -87,12 +110,17 @@ def execute(notebook: nbformat.NotebookNode, cwd: Path, lesson_args: str, spawn:
     return notebook
 
 
-def build(lesson_args: str) -> None:
+def build(lesson_args: str, modules: list[str]) -> None:
     NOTEBOOKS_DIR.mkdir(exist_ok=True)
     for lesson in LESSONS:
+        if modules and lesson.module not in modules:
+            continue
         notebook = execute(notebook_from_script(lesson.module), NOTEBOOKS_DIR, lesson_args)
         for cell in notebook.cells:  # execution timing metadata would change on every build
             cell.metadata.pop("execution", None)
+        banner = nbformat.v4.new_markdown_cell(execution_banner(lesson_args))
+        banner.id = "executed"
+        notebook.cells.insert(0, banner)
         nbformat.write(notebook, NOTEBOOKS_DIR / f"{lesson.module}.ipynb")
         print(f"wrote notebooks/{lesson.module}.ipynb")
 
@@ -101,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["build"])
     parser.add_argument("--lesson-args", default="--device cpu", help="flags for every lesson (default: full, CPU)")
+    parser.add_argument("modules", nargs="*", help="only these lessons (default: all)")
     args = parser.parse_args(argv)
-    build(args.lesson_args)
+    build(args.lesson_args, args.modules)
     return 0
 
 
