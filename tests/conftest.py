@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import os
+import re
 import runpy
 import sys
 from collections.abc import Sequence
@@ -58,26 +60,59 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for _, item in sorted(enumerate(items), key=expected_length)]
 
 
-def run_script(module: str, argv: Sequence[str]) -> int:
+def run_script(module: str, argv: Sequence[str], only: Sequence[str] = ()) -> int:
     """What `python <module>.py *argv` does, in this process: its exit code (0 when it runs to its end).
 
     The lesson is imported (its definitions), then its demo cells run in order in a copy of the
     module's namespace, as Run All in a notebook does. So what a test patches on the module
-    (`fake_timings`, a stand-in for a slow part) is what the cells call. Exceptions other than
+    (`fake_timings`, a stand-in for a slow part) is what the cells call. With `only`, just the
+    set-up cell and the cells whose code contains one of those strings run. Exceptions other than
     SystemExit propagate: in a terminal the excepthook turns the known ones into one line, which
     test_lesson_harness checks; real-process runs of every script are in test_reliability.
     """
     namespace = {**vars(importlib.import_module(module)), "__name__": "__main__"}
+    cells = demo_cells(module)
+    if only:
+        cells = cells[:1] + [(first, code) for first, code in cells[1:] if any(
+            needle in source for needle in only for source in [_cell_source(module, first)])]
     saved = sys.argv, sys.excepthook
     sys.argv = [str(ROOT / f"{module}.py"), *argv]
     try:
-        for _, cell in demo_cells(module):
+        for _, cell in cells:
             exec(cell, namespace)
     except SystemExit as exit_info:
         return exit_info.code
     finally:
         sys.argv, sys.excepthook = saved
     return 0
+
+
+def _cell_source(module: str, first_line: str) -> str:
+    """The source of the demo cell that starts with `first_line`."""
+    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.If) and node.body and ast.unparse(node.body[0]).splitlines()[0] == first_line:
+            return ast.unparse(node)
+    raise KeyError(first_line)
+
+
+def normalized(line: str) -> str:
+    return " ".join(line.split())
+
+
+def readme_quotes(module: str) -> list[str]:
+    """The output lines README.md quotes for a lesson (its ```text blocks), whitespace collapsed."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    title = next(lesson.title for lesson in LESSONS if lesson.module == module)
+    section = readme.split(f"### {title}\n", 1)[1].split("\n#", 1)[0]
+    return [normalized(line) for block in re.findall(r"^```text\n(.*?)^```", section, re.S | re.M)
+            for line in block.splitlines() if line.strip()]
+
+
+def unprinted_quotes(quotes: Sequence[str], printed_text: str) -> list[str]:
+    """The quoted lines that no printed line starts with (a quote may leave a table's timing columns out)."""
+    printed = [normalized(line) for line in printed_text.splitlines()]
+    return [quote for quote in quotes if not any(line.startswith(quote) for line in printed)]
 
 
 def clean_env() -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_script
+from conftest import ROOT, readme_quotes, run_script, unprinted_quotes
 from torch import nn
 
 import autograd_demo as ad
@@ -522,7 +522,7 @@ def test_the_finite_difference_step_is_never_called_eps():
 
 def _readme_section() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return text.split("## Lesson 2:", 1)[1].split("\n## ", 1)[0]
+    return text.split("### Lesson 2:", 1)[1].split("\n#", 1)[0]
 
 
 @pytest.fixture
@@ -539,14 +539,11 @@ def _full_run_output(tmp_path: Path, capsys) -> str:
 
 
 def test_readme_numbers_match_a_full_run(tmp_path, capsys, fake_timings, no_figures):
-    """Every line of the README's full-run block (timings excluded there) is printed verbatim by a full run."""
+    """Every line the README quotes from lesson 2 is printed by a full run on the versions under test."""
     section = _readme_section()
-    block = section.split("Results from a full run (seed 0):", 1)[1].split("```", 2)[1]
-    lines = [line for line in block.splitlines() if line.strip()]
-    assert len(lines) >= 10
-    output = _full_run_output(tmp_path, capsys)
-    for line in lines:
-        assert line in output, line
+    quotes = readme_quotes("autograd_demo")
+    assert len(quotes) >= 5
+    assert not unprinted_quotes(quotes, _full_run_output(tmp_path, capsys))
     orders = ad.orders_of_magnitude(ad.fd_steps(ad.FULL.fd_step_count))
     assert set(re.findall(r"(\d+) orders of magnitude", section)) == {str(orders)}
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import readme_quotes, run_script, unprinted_quotes
 
 import linear_regression_torch as lr
 
@@ -584,19 +584,12 @@ def _masked(line: str) -> str:
 
 
 def test_readme_lesson_3_numbers_are_what_a_full_run_prints(tmp_path, monkeypatch, capsys, fake_timings):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Lesson 3:", 1)[1].split("\n## ", 1)[0]
-    block = section.split("Results from a full run", 1)[1].split("```", 2)[1]
-    printed = {_masked(line) for line in _printed_output(["--device", "cpu", "--plots-dir", str(tmp_path)],
-                                                         monkeypatch, capsys).splitlines()}
-    readme_lines = [line for line in block.splitlines()[1:] if line.strip(" -")]  # a table's rule depends on times
-    assert len(readme_lines) > 30
-    missing = [line for line in readme_lines if _masked(line) not in printed]
-    assert not missing, "README lines that a full run does not print:\n" + "\n".join(missing)
-    # Numbers the README's prose quotes from the run.
-    prose = section.split("What to read in it:", 1)[1]
-    for quoted in ("1.3e-6", "1.0e-07", "1.26·lr", "0.21700", "±0.025", "0.21445", "0.036, 0.077 and 0.84", "0.91"):
-        assert quoted in prose, quoted
+    """The lines the README quotes are printed by a full run on the versions under test, and so are the
+    numbers the lesson's prose relies on."""
+    text = _printed_output(["--device", "cpu", "--plots-dir", str(tmp_path)], monkeypatch, capsys)
+    quotes = readme_quotes("linear_regression_torch")
+    assert len(quotes) >= 5 and not unprinted_quotes(quotes, text)
+    printed = {_masked(line) for line in text.splitlines()}
     output = "\n".join(printed)
     for number in ("1.3e-06" if NUMPY_2 else "e-06", "1.0e-07", "1.256", "0.21700", "± 0.025", "0.21445",
                    "adam 0.077", "adagrad 0.036", "rmsprop 0.84", "0.914"):
