@@ -704,7 +704,7 @@ if __name__ == "__main__":
 # thread can also wait a whole time slice for its partner. On the 2-core test machine, two
 # threads trained the CNN about a quarter faster than one while the machine was otherwise
 # quiet (the MLP gained nothing), and several times slower while other programs were running.
-# One thread is the predictable choice for models this small, so the capstone's training,
+# One thread is the predictable choice for models this small, so this lesson's training,
 # profiling and baseline run with `DIGITS_THREADS = 1` (restored afterwards). Models whose
 # operators take milliseconds do gain from more threads.
 

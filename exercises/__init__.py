@@ -1,1 +1,1 @@
-"""Exercises for the five lessons: your answers in lessonN_*.py, their checks in test_lessonN_*.py."""
+"""Exercises for the six lessons: your answers in <lesson>.py, their checks in test_<lesson>.py."""
