@@ -1,6 +1,6 @@
 """Autograd: what PyTorch's automatic differentiation computes, and why you can trust it.
 
-Lesson 2 of the course. Run `python autograd_demo.py` (add `--quick` for a smoke run).
+Run `python autograd_demo.py` (add `--quick` for a smoke run).
 It walks the dynamic graph, computes gradients, higher derivatives, Jacobians and Hessians,
 checks every one against an independent reference (closed forms, finite differences,
 torch.func), writes custom autograd Functions, debugs a NaN gradient, and times no_grad vs
@@ -391,7 +391,7 @@ if __name__ == "__main__":
 
 
 # %% [markdown]
-# ## Jacobians, three ways
+# ## Jacobians, four ways
 #
 # Row by row: one reverse pass per output, m passes for an m×n Jacobian. `torch.func.jacrev`
 # vectorises those passes with `vmap`; `jacfwd` uses forward mode, one pass per input, and wins
@@ -875,8 +875,9 @@ if __name__ == "__main__":
 #
 # A backward pass costs roughly twice a forward pass: for every matmul in forward, backward
 # does two (one for the input gradient, one for the weight gradient; the first layer skips the
-# input gradient, since the data needs none). Small layers are dominated by per-op overhead
-# instead, and the ratio drifts away from 2.
+# input gradient, since the data needs none). At small widths fixed per-operation costs weigh
+# in on both sides, so the ratio there can land anywhere near 2; look for it settling close to 2
+# at the largest width, where the matmuls dominate.
 
 # %%
 def make_mlp(width: int, depth: int = TIMED_MLP_DEPTH) -> nn.Sequential:

@@ -1,6 +1,6 @@
 """Custom nn.Modules: composing networks, initialising them, and looking inside while they run.
 
-Lesson 4 of the course. Run `python custom_nn_module.py` (add `--quick` for a smoke run).
+Run `python custom_nn_module.py` (add `--quick` for a smoke run).
 It builds a configurable MLP, residual and attention blocks and a dynamic network; counts
 parameters by formula; compares initialisation schemes; writes custom activation and dropout
 layers; collects activations and gradients with hooks; shows vanishing gradients and their
@@ -801,7 +801,8 @@ if __name__ == "__main__":
 # and so do CPUs with AVX-512 BF16 or AMX. A CPU that offers torch only AVX2
 # (`torch.backends.cpu.get_cpu_capability()` says which vector instructions torch's kernels use)
 # has no bfloat16 matmul instructions: torch then does bfloat16 matmuls without hardware help, and
-# autocast can make the step many times slower (it did on the README's machine). Measure it on yours.
+# autocast can make the step many times slower. The table under this section shows the ratio on
+# the machine that ran it; measure it on yours.
 
 # %%
 def autocast_dtype(device: torch.device) -> torch.dtype:

@@ -293,7 +293,7 @@ def augmented_epoch_checksums(dataset: Dataset, batch_size: int, num_workers: in
 if __name__ == "__main__":
     facts = batching_facts(raw, BATCH_SIZE, ctx.seed)
     seeded, again, other = (first_batch_labels(raw, ORDER_BATCH, s) for s in (ctx.seed, ctx.seed, ctx.seed + 1))
-    print_pairs("DataLoader basics", {
+    print_pairs("DataLoader: batches and seeded shuffling", {
         f"batch {BATCH_SIZE}": f"x {facts['x shape']}, y {facts['y shape']}",
         "batches per epoch": f"{facts['batches']} (last one {facts['last batch']} rows); drop_last=True gives "
                              f"{facts['batches with drop_last']}",

@@ -103,8 +103,8 @@ if __name__ == "__main__":
 # `random_split` with a seeded generator cuts the 1,797 images into about 70/15/15 % once: the
 # same seed gives the same split, another seed another. One mean and one standard deviation
 # (the images have one channel) come from the training images only and are applied to all
-# three splits. The data is 1,797 × 64 floats already in memory, so batches come from the fast
-# path above (one index operation per batch with a seeded `randperm`) instead of a DataLoader
+# three splits. The data is 1,797 × 64 floats already in memory, so batches come from lesson 5's
+# fast path, `FastBatchLoader` (one index operation per batch with a seeded `randperm`), not a DataLoader
 # calling `__getitem__` once per image and collating. With CUDA each batch is copied into pinned
 # (page-locked) memory, so `.to(device, non_blocking=True)` returns before the copy ends; on
 # other devices pinning would only add a copy, and `pin_memory` warns without an accelerator.
@@ -471,6 +471,10 @@ def clipping_summary(grad_norms: Sequence[float], max_norm: float) -> dict[str, 
 # tensors, numbers, strings, lists and dicts, so it loads with `torch.load(..., weights_only=True)`,
 # which refuses to run code stored in the file. It is written to a temporary file and renamed, so
 # a crash during the write leaves the previous checkpoint intact.
+#
+# The first cell below trains both models and prints one row per epoch; the second stops a run
+# halfway, saves a checkpoint, resumes from it in fresh objects and compares with a run that
+# never stopped.
 
 # %%
 @contextmanager
@@ -694,10 +698,11 @@ if __name__ == "__main__":
 # cost per call (Python, dispatch, allocating the output), not arithmetic, sets the time. The
 # default AdamW on the CPU updates one parameter tensor at a time with a dozen or more operators
 # each, and `clip_grad_norm_` adds more: the optimizer step launches about as many aten
-# operators as forward and backward together and spends most of its time outside them. On the
-# 2-core test machine it was the largest of the four phases, about a third of the epoch;
-# `torch.optim.AdamW(..., foreach=True)` or `fused=True` batch those calls. Data loading, one
-# index operation per batch, was about 5 %.
+# operators as forward and backward together and spends most of its time outside them: look
+# for it among the largest phases in the table below, and for data loading, one index operation
+# per batch, among the smallest. `torch.optim.AdamW(..., foreach=True)` or `fused=True` batch the
+# optimizer's calls. The row "other" holds what runs outside the four labels (zeroing the
+# gradients before the first step, summing the epoch's loss).
 #
 # Threads: each operator here works on a few thousand numbers, so a second intra-op thread has
 # little to do and costs a synchronisation per operator; when other programs share the cores, a

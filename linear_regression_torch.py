@@ -1,6 +1,6 @@
 """Linear regression four ways (NumPy, manual autograd, nn.Module + optim, closed form), then with DDP.
 
-Lesson 3 of the course. Run `python linear_regression_torch.py` (add `--quick` for a smoke run).
+Run `python linear_regression_torch.py` (add `--quick` for a smoke run).
 One synthetic regression problem is solved with hand-derived NumPy gradients, with PyTorch
 autograd by hand, with nn.Module + torch.optim (five optimizers), and exactly with
 torch.linalg.lstsq; the same loop then runs data-parallel on several CPU processes with
@@ -342,6 +342,12 @@ if __name__ == "__main__":
 # SGD for Adam is one string. The initial weights are drawn from a generator seeded with `seed`,
 # with nn.Linear's own default distribution (uniform in ±1/sqrt(n_features)), so every optimizer
 # starts from the same point and the global random state is neither used nor changed.
+#
+# The cell below trains five optimizers this way, each with a learning rate chosen for it
+# (`OPTIMIZER_LRS`; the next section shows why they must differ). It is full-batch gradient
+# descent on a convex quadratic: the table compares update rules, not how they rank on
+# mini-batches of a deep net, where noise and non-convexity change the picture. "sgd" here is
+# plain gradient descent, since every step sees all the rows.
 
 # %%
 class LinearRegression(nn.Module):
@@ -650,8 +656,12 @@ if __name__ == "__main__":
 # %% [markdown]
 # ### Scaling with the data
 #
-# As the data grows the arithmetic dominates and the overhead stops mattering; this sweep
-# times one gradient step at each size and finds where that happens on this machine.
+# Each torch operation costs a fixed overhead on top of its arithmetic, so at small sizes the
+# overhead sets the time. This sweep times one gradient step at each size, NumPy against torch.
+# Look for the ratio moving as the rows grow and the arithmetic takes over; whether torch ever
+# catches up depends on the CPU and its libraries: autograd also keeps intermediates (the
+# residual, its square, their gradients) that a hand-derived gradient skips, and a problem this
+# simple is limited by memory traffic, which pays for every extra pass.
 
 # %%
 def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: int = 0) -> list[dict[str, object]]:
@@ -718,8 +728,8 @@ if __name__ == "__main__":
 # ## The loss landscape
 #
 # With one feature the loss is a function of two numbers, (w, b), and can be drawn. MSE is a
-# convex bowl with a single bottom, and every optimizer here gets there given enough steps (all
-# five end within 0.01 of it after 1000 steps), by very different paths. The figure draws fewer
+# convex bowl with a single bottom, and every optimizer here gets there given enough steps (the
+# tests check that all five end within 0.01 of it after 1000 steps), by very different paths. The figure draws fewer
 # steps (150 in a full run), and there they have not all arrived: SGD and momentum follow the
 # slope, which is steep here, and reach the bottom; AdaGrad, Adam and RMSprop take steps of a
 # set length per coordinate however steep the slope (AdaGrad lr/sqrt(t), Adam about lr, RMSprop
@@ -827,7 +837,7 @@ def _free_port() -> int:
 
 def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
                    seed: int, init_method: str, timeout_s: float = DDP_TIMEOUT_S) -> FitResult | None:
-    """One rank's training loop (torchrun would run it with init_method "env://"); rank 0 returns the fit."""
+    """One rank's training loop, joining the group at `init_method`; rank 0 returns the fit."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DistributedSampler

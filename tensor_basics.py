@@ -1,6 +1,6 @@
 """Tensor basics: creating, reshaping, sharing, broadcasting, reducing and multiplying tensors.
 
-Lesson 1 of the course. Run `python tensor_basics.py` (add `--quick` for a smoke run).
+Run `python tensor_basics.py` (add `--quick` for a smoke run).
 It prints what each operation does next to its NumPy equivalent (reductions, type promotion,
 Python numbers, in-place updates and why autograd cares), checks linear-algebra decompositions
 in float64 and float32 by reconstructing the input, compares dtypes, benchmarks matrix
@@ -84,7 +84,7 @@ if __name__ == "__main__":
 # A tensor is an n-dimensional array with a dtype and a device. You can build one from
 # Python data, from NumPy, or with a factory (`zeros`, `rand`, `arange`, ...). Every factory
 # takes `dtype=` and `device=` so the tensor is born where it will be used: creating on the
-# CPU and then calling `.to("cuda")` costs an extra copy. Two tensors below are made on the
+# CPU and then calling `.to("cuda")` costs an extra copy. Three tensors below are made on the
 # CPU on purpose. `from_numpy` can only wrap a CPU array, so its `.to(device)` is the one copy
 # there has to be. The random ones are drawn from the lesson's seeded CPU `torch.Generator`
 # and then moved, because a CUDA generator produces a different stream for the same seed:

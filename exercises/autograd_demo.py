@@ -87,7 +87,7 @@ def jacobian_vector_product(f: Callable[[torch.Tensor], torch.Tensor], x: torch.
     """Task: compute J v, where J is the Jacobian of f at x, with two reverse passes and without building J
     (no torch.func.jvp/jacrev/jacfwd and no torch.autograd.functional).
 
-    Section: "Jacobians, three ways" in autograd_demo.py (lesson 2).
+    Section: "Jacobians, four ways" in autograd_demo.py (lesson 2).
     Signature: jacobian_vector_product(f, x, v) -> Tensor
     Shapes: x (n,), v (n,) -> (m,) for f: R^n -> R^m. Entry k is Σ_i ∂f_k/∂x_i v_i. Return it detached.
     Hint: the double-backward trick. For a dummy u of f(x)'s shape with requires_grad=True,

@@ -1,6 +1,6 @@
 """Which implementation the exercise checks run against, and failures a learner can read.
 
-EXERCISES unset (or empty): your answers in exercises/lessonN_*.py.
+EXERCISES unset (or empty): your answers in exercises/<lesson>.py.
 EXERCISES=solutions: the reference solutions in exercises/solutions/.
 EXERCISES=wrong (for maintainers): every plausible wrong answer in exercises/wrong_answers.py,
 one test per wrong answer; each must fail (tests/test_exercises.py checks that it does).

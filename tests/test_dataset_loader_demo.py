@@ -1,6 +1,6 @@
 """dataset_loader_demo: every Dataset against direct slicing, samplers against their definitions.
 
-The quick end-to-end run of main() (figures, exact repeat with one seed) is in test_reliability.py.
+The quick end-to-end run of the script (figures, exact repeat with one seed) is in test_reliability.py.
 """
 
 from __future__ import annotations

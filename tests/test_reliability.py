@@ -32,8 +32,8 @@ def test_every_demo_cell_is_guarded_and_the_set_up_cell_comes_first(script):
             assert ast.unparse(statement.test) == "__name__ == '__main__'", ast.unparse(statement.test)
             guards.append(statement)
         else:
-            assert isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign,
-                                          ast.AnnAssign, ast.Expr)), ast.unparse(statement)[:80]
+            definition = ast.Import | ast.ImportFrom | ast.FunctionDef | ast.ClassDef | ast.Assign | ast.AnnAssign
+            assert isinstance(statement, definition | ast.Expr), ast.unparse(statement)[:80]
             if isinstance(statement, ast.Expr):  # the module docstring, nothing else
                 assert isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str)
     assert len(guards) >= 5, "each section shows its own result"
