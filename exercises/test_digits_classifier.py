@@ -14,18 +14,22 @@ SCHEDULES = ((3, 12, 0.01), (1, 5, 2.0), (10, 100, 1e-3))  # (warmup_steps, tota
 
 
 def _torch_schedule(warmup_steps: int, total_steps: int, peak_lr: float, steps: int) -> list[float]:
-    """The same schedule from torch.optim: LinearLR for the warm-up, then CosineAnnealingLR, one step at a time."""
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0,
+    """The same schedule from torch.optim, one step at a time: LinearLR over the warm-up steps, then
+    CosineAnnealingLR from peak_lr over the rest (two optimizers: SequentialLR warns on torch 2.5)."""
+    def rates(optimizer, scheduler, count):
+        out = []
+        for _ in range(count):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    warm = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
+    warmup = torch.optim.lr_scheduler.LinearLR(warm, start_factor=1 / warmup_steps, end_factor=1.0,
                                                total_iters=max(warmup_steps - 1, 1))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
-    schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
-    rates = []
-    for _ in range(steps):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    return rates
+    decay = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak_lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(decay, T_max=total_steps - warmup_steps)
+    return (rates(warm, warmup, warmup_steps) + rates(decay, cosine, total_steps - warmup_steps))[:steps]
 
 
 def test_label_smoothing_cross_entropy(answer):
