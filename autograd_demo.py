@@ -3,16 +3,19 @@
 Run `python autograd_demo.py` (add `--quick` for a smoke run).
 It walks the dynamic graph, computes gradients, higher derivatives, Jacobians and Hessians,
 checks every one against an independent reference (closed forms, finite differences,
-torch.func), writes custom autograd Functions, debugs a NaN gradient, and times no_grad vs
-inference_mode and forward vs backward. Figures: plots/autograd_graph.png,
+torch.func), writes custom autograd Functions, debugs a NaN gradient with detect_anomaly and
+finds the layer that breaks a gradient with hooks, and times no_grad vs inference_mode and
+forward vs backward (one thread, median and IQR). Figures: plots/autograd_graph.png,
 plots/finite_difference_error.png, plots/gradient_flow_analysis.png.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,13 +24,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesson_harness import (
+    NOISY_MARK,
+    TIMING_HEADERS,
+    Timing,
+    benchmark,
     fmt_seconds,
     new_figure,
     print_pairs,
     print_table,
     save_figure,
     start_lesson,
-    time_median,
+    timing_cells,
+    timing_note,
 )
 
 
@@ -37,12 +45,14 @@ class Config:
     mlp_hidden_sizes: tuple[int, ...] = (64, 256, 1024)  # widths for the forward-vs-backward timing
     mlp_batch: int = 256  # rows per forward pass in the timing
     train_steps: int = 60  # optimisation steps for the loss-curve panel
-    min_run_time: float = 0.075  # seconds per timing point (12 points in a full run, 10 in --quick)
+    # Seconds per timing point (12 in a full run, 10 in --quick). Timer sizes its blocks so that its own
+    # overhead is negligible, often tens of ms each, and an IQR needs several blocks: less is a spread of one.
+    min_run_time: float = 0.15
     fd_step_count: int = 23  # finite-difference step sizes h, log-spaced from FD_STEP_LARGEST to FD_STEP_SMALLEST
 
 
 FULL = Config()
-QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_steps=10, min_run_time=0.007,
+QUICK = Config(jacobian_size=16, mlp_hidden_sizes=(32, 64), mlp_batch=32, train_steps=10, min_run_time=0.05,
                fd_step_count=12)
 
 FD_STEP_LARGEST = 1e-1  # largest finite-difference step h in the sweep
@@ -60,6 +70,12 @@ OPS_PER_STEP = 4  # view, transpose, reshape (a copy), in-place multiply
 TANH_MLP_SIZES = (1, 32, 32, 1)  # the small tanh MLP whose gradients and loss are plotted
 TIMED_MLP_DEPTH = 3  # hidden layers of the ReLU MLP in the forward-vs-backward timing
 ADAM_LR = 1e-2  # learning rate of the loss-curve run
+HOOK_FEATURES, HOOK_WIDTH = 4, 8  # input and hidden width of the network whose gradients the hooks record
+HOOK_BATCH_ROWS = 16  # rows of its batch
+PADDING_ROW = 3  # the batch row set to zeros, as a padding row would be
+RMSNORM_EPS = 1e-5  # the small constant its RMSNorm adds to mean(h²), so that an all-zero row stays finite
+HUGE_WEIGHT_SCALE = 1e6  # the exploding fault multiplies one Linear's weight by this
+EXPLODE_RATIO = 1e3  # hooks flag a layer whose ‖∂L/∂input‖ exceeds this many times its ‖∂L/∂output‖
 
 
 def _rounded(t: torch.Tensor) -> list[float]:
@@ -99,6 +115,10 @@ if __name__ == "__main__":
 # grad, not of non-leaves unless they call `retain_grad()`. The graph's saved tensors are freed
 # after one backward pass unless `retain_graph=True`. The graph is built anew on every forward
 # pass, which is why ordinary Python control flow just works.
+#
+# A tensor used twice by one op is two edges: `(w * w).grad_fn.next_functions` lists w's node
+# twice, and backward adds the gradient arriving along each, d(w·w)/dw = w + w = 2w. The figure's
+# loss is a square written as a product, `r * r`, so it has such a pair of edges (drawn ×2).
 
 # %%
 def graph_facts() -> dict[str, object]:
@@ -133,14 +153,22 @@ def graph_facts() -> dict[str, object]:
     with torch.no_grad():
         under_no_grad = x * 2
     facts["x * 2 under no_grad: is_leaf, requires_grad"] = (under_no_grad.is_leaf, under_no_grad.requires_grad)
+
+    v = torch.tensor(3.0, requires_grad=True)
+    square = v * v  # one MulBackward0 whose two inputs are the same leaf: two edges to one node
+    facts["(v * v).grad_fn.next_functions"] = [type(fn).__name__ for fn, _ in square.grad_fn.next_functions]
+    square.backward()
+    facts["v.grad for v * v, v = 3 (v + v: one term per edge)"] = v.grad.item()
     return facts
 
 
 def autograd_graph(output: torch.Tensor, names: dict[int, str] | None = None) -> tuple[list[dict], list[tuple]]:
-    """Nodes (id, label, depth) and edges (child -> parent) reachable from `output.grad_fn`.
+    """Nodes (id, label, depth) and edges (child, parent, count) reachable from `output.grad_fn`.
 
-    A node's depth is its longest path from the output, so a node shared by two parents sits
-    below both. `names` maps `id(leaf tensor)` to a label for its AccumulateGrad node.
+    `count` is how many times the parent's `next_functions` lists the child: 2 for `h * h`, whose
+    gradient arrives along both edges and is summed. A node's depth is its longest path from the
+    output, so a node shared by two parents sits below both. `names` maps `id(leaf tensor)` to a
+    label for its AccumulateGrad node.
     """
     if output.grad_fn is None:
         raise ValueError("output has no grad_fn: it is a leaf or was computed without autograd")
@@ -148,13 +176,13 @@ def autograd_graph(output: torch.Tensor, names: dict[int, str] | None = None) ->
     # Keyed on the node objects themselves: that keeps every Python wrapper alive, so the same
     # graph node always comes back as the same object. (torch 2.5 frees a wrapper as soon as no
     # Python reference holds it and may reuse its id() for the next node: never key on id().)
-    children: dict[object, list[object]] = {}
+    children: dict[object, Counter] = {}  # node -> {child: edges to it}, in next_functions order
     stack = [output.grad_fn]
     while stack:
         fn = stack.pop()
         if fn in children:
             continue
-        children[fn] = list(dict.fromkeys(c for c, _ in fn.next_functions if c is not None))
+        children[fn] = Counter(c for c, _ in fn.next_functions if c is not None)
         stack.extend(children[fn])
     # Longest path from the output: visit a node only after all of its parents (Kahn's algorithm).
     waiting_parents = dict.fromkeys(children, 0)
@@ -178,18 +206,22 @@ def autograd_graph(output: torch.Tensor, names: dict[int, str] | None = None) ->
         if variable is not None:
             label = f"{names.get(id(variable), 'leaf')}\n(AccumulateGrad)"
         nodes.append({"id": i, "label": label, "depth": depth[fn]})
-    edges = [(index[child], index[fn]) for fn, kids in children.items() for child in kids]
+    edges = [(index[child], index[fn], count) for fn, kids in children.items() for child, count in kids.items()]
     return nodes, edges
 
 
 def example_graph() -> tuple[list[dict], list[tuple], str]:
-    """The graph of loss = (sigmoid(w·x + b) − target)², with readable leaf names."""
+    """The graph of loss = r·r with r = sigmoid(w·x + b) − 0.8, with readable leaf names.
+
+    The square is written as a product so that r's node is an input of the last op twice.
+    """
     x = torch.tensor(2.0)
     w = torch.tensor(0.5, requires_grad=True)
     b = torch.tensor(-1.0, requires_grad=True)
-    loss = (torch.sigmoid(w * x + b) - 0.8) ** 2
+    r = torch.sigmoid(w * x + b) - 0.8
+    loss = r * r
     nodes, edges = autograd_graph(loss, {id(w): "w", id(b): "b"})
-    return nodes, edges, "loss = (sigmoid(w·x + b) − 0.8)²"
+    return nodes, edges, "loss = r · r, with r = sigmoid(w·x + b) − 0.8"
 
 
 def plot_autograd_graph(nodes: list[dict], edges: list[tuple], title: str):
@@ -213,14 +245,23 @@ def plot_autograd_graph(nodes: list[dict], edges: list[tuple], title: str):
             *position[node["id"]], node["label"], ha="center", va="center", fontsize=10,
             bbox={"boxstyle": "round", "facecolor": "#cde8c4" if leaf else "#c9daf8", "edgecolor": "black"})
     fig.draw_without_rendering()  # lay the boxes out so arrows can end at their edges
-    for child, parent in edges:
-        ax.annotate("", xy=position[parent], xytext=position[child],
-                    arrowprops={"arrowstyle": "-|>", "color": "dimgrey", "mutation_scale": 18,
-                                "patchA": boxes[child].get_bbox_patch(), "patchB": boxes[parent].get_bbox_patch()})
+    for child, parent, count in edges:
+        # One arrow per edge: a node used twice by one op gets two arcs, bent apart, and a "×count" label.
+        for bend in ([0.0] if count == 1 else [0.35 * (k / (count - 1) - 0.5) * 2 for k in range(count)]):
+            ax.annotate("", xy=position[parent], xytext=position[child],
+                        arrowprops={"arrowstyle": "-|>", "color": "dimgrey", "mutation_scale": 18,
+                                    "connectionstyle": f"arc3,rad={bend}",
+                                    "patchA": boxes[child].get_bbox_patch(),
+                                    "patchB": boxes[parent].get_bbox_patch()})
+        if count > 1:
+            middle = [(a + b) / 2 for a, b in zip(position[child], position[parent])]
+            ax.text(*middle, f"×{count}", ha="center", va="center", fontsize=11, fontweight="bold",
+                    color="tab:red", bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "none"})
     ax.set_title(title, fontsize=12)
     ax.text(0.5, 0.02, "green: leaves whose .grad backward fills "
             "(x has requires_grad=False, so it is not in the graph)\n"
-            "blue: backward nodes (grad_fn); arrows point the way the forward pass ran, backward runs right to left",
+            "blue: backward nodes (grad_fn); arrows point the way the forward pass ran, backward runs right to left\n"
+            "×2: r · r uses r twice, so next_functions lists r's node twice; backward adds both: d(r·r)/dr = r + r",
             transform=ax.transAxes, ha="center", va="bottom", fontsize=10, color="dimgrey")
     return fig
 
@@ -237,15 +278,24 @@ if __name__ == "__main__":
 # Both stop recording the graph. `inference_mode` also drops two pieces of bookkeeping that
 # every op on an ordinary tensor pays for: the *version counter* (bumped by every in-place op,
 # so autograd can tell whether a tensor it saved was changed) and *view tracking* (a view
-# remembers its base tensor). Tensors made under it are *inference tensors*: cheaper, but they
-# can never enter autograd later (they cannot be saved for backward, nor changed in place outside
-# inference mode). Use `inference_mode` for pure inference and serving; use `no_grad` when the
-# results may meet autograd again (evaluation inside a training loop, updating weights by hand).
-# The saving is per op, so it shows on chains of small ops, timed below.
+# remembers its base tensor). Tensors made under it are *inference tensors*. Having no version
+# counter, an inference tensor cannot be *saved for backward* (autograd could not tell whether it
+# changed before backward reads it) and cannot be changed in place outside inference mode. It can
+# still be an input to a recorded op that saves nothing of it: `(w + t).sum().backward()` works
+# (add's backward needs neither input), `(w * t)` fails at once (mul keeps t to compute w's
+# gradient). `t.clone()` outside inference mode gives an ordinary tensor. Use `inference_mode` for
+# pure inference and serving; use `no_grad` when the results may meet autograd again (evaluation
+# inside a training loop, updating weights by hand).
+#
+# The saving is per op, so the timing below runs a chain of tiny ops, where the bookkeeping is a
+# visible share of each op's cost, on one thread. Read the last column, a ratio of the two medians:
+# below 1 is time `inference_mode` saved on this machine. A mark (!) on either row means Timer
+# found a large spread (an IQR of at least 10 % of the median): run it again before reading
+# anything into the ratio.
 
 # %%
 def inference_mode_facts() -> dict[str, object]:
-    """What inference_mode drops compared with no_grad, and what it forbids afterwards.
+    """What inference_mode drops compared with no_grad, what it forbids afterwards, and what it still allows.
 
     `_version` and `_base` are internals, read here only to show what is tracked.
     """
@@ -265,17 +315,22 @@ def inference_mode_facts() -> dict[str, object]:
         "inference_mode: is_inference()": inference.is_inference(),
         "inference_mode: view knows its base": inference_view._base is inference,
     }
+    w = torch.zeros(3, requires_grad=True)
     attempts = {
         "inference_mode: read the version counter": lambda: inference._version,
-        "inference tensor saved for backward": lambda: (inference * x).sum().backward(),
-        "inference tensor changed in place later": lambda: inference.add_(1),
+        "(w + t).sum().backward(), t an inference tensor (add saves no input)":
+            lambda: (w + inference).sum().backward(),
+        "(w * t).sum().backward() (mul saves t for w's gradient)": lambda: (w * inference).sum().backward(),
+        "t.add_(1) outside inference_mode": lambda: inference.add_(1),
     }
     for name, attempt in attempts.items():
         try:
             attempt()
             facts[name] = "allowed"
-        except RuntimeError:
-            facts[name] = "RuntimeError"
+        except RuntimeError as err:
+            facts[name] = "RuntimeError: " + str(err).split(".")[0]
+    facts["w.grad after the allowed (w + t) backward"] = w.grad.tolist()
+    facts["t.clone() outside inference_mode: is_inference()"] = inference.clone().is_inference()
     return facts
 
 
@@ -287,8 +342,8 @@ def small_op_chain(t: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def time_no_grad_vs_inference_mode(steps: int, min_run_time: float,
-                                   device: torch.device | str = "cpu") -> dict[str, float]:
-    """Median seconds of the small-op chain under each mode, per op, and inference_mode / no_grad."""
+                                   device: torch.device | str = "cpu") -> dict[str, object]:
+    """Timings of the small-op chain under each mode (one thread), its op count, and the ratio of the medians."""
     t = torch.ones(16, device=device)
 
     def under(mode: Callable[[], object]) -> Callable[[], torch.Tensor]:
@@ -297,17 +352,25 @@ def time_no_grad_vs_inference_mode(steps: int, min_run_time: float,
                 return small_op_chain(t, steps)
         return chain
 
-    no_grad = time_median(under(torch.no_grad), device, min_run_time)
-    inference = time_median(under(torch.inference_mode), device, min_run_time)
-    ops = steps * OPS_PER_STEP
-    return {"ops": ops, "no_grad per op": no_grad / ops, "inference_mode per op": inference / ops,
-            "inference_mode / no_grad": inference / no_grad}
+    no_grad = benchmark(under(torch.no_grad), device, min_run_time)
+    inference = benchmark(under(torch.inference_mode), device, min_run_time)
+    return {"ops": steps * OPS_PER_STEP, "no_grad": no_grad, "inference_mode": inference,
+            "inference_mode / no_grad": inference.median / no_grad.median}
 
 
-def print_mode_timings(modes: dict[str, float], device: torch.device) -> None:
-    print(f"{modes['ops']} small ops on {device.type}: no_grad {fmt_seconds(modes['no_grad per op'])}/op, "
-          f"inference_mode {fmt_seconds(modes['inference_mode per op'])}/op "
-          f"({modes['inference_mode / no_grad']:.2f}× the time)")
+def ratio_cell(ratio: float, *timings: Timing) -> str:
+    """A ratio of medians as a table cell, marked when any timing it divides is noisy."""
+    return f"{ratio:.2f}×" + (f" {NOISY_MARK}" if any(t.noisy for t in timings) else "")
+
+
+def print_mode_timings(modes: dict[str, object], device: torch.device) -> None:
+    no_grad, inference = modes["no_grad"], modes["inference_mode"]
+    rows = [["no_grad", *timing_cells(no_grad), fmt_seconds(no_grad.median / modes["ops"]), ratio_cell(1.0, no_grad)],
+            ["inference_mode", *timing_cells(inference), fmt_seconds(inference.median / modes["ops"]),
+             ratio_cell(modes["inference_mode / no_grad"], inference, no_grad)]]
+    print_table(f"A chain of {modes['ops']} small ops on {device.type}, timed under each mode",
+                ["mode", *TIMING_HEADERS, "median / op", "time / no_grad"], rows)
+    print(timing_note(no_grad.threads))
 
 
 # %%
@@ -398,6 +461,11 @@ if __name__ == "__main__":
 # when inputs are fewer than outputs. `torch.autograd.functional.jacobian` is the older API.
 # Every method is compared with the Jacobian derived by hand,
 # J = diag(tanh(Wx) + cos x) + diag(x ⊙ (1 − tanh²(Wx))) W.
+#
+# Each method is also timed, on one thread. `jacrev` and `jacfwd` do the loop's separate passes as
+# one batched (vmapped) pass: no Python loop, and each op works on a whole batch. Read the last
+# column, each median divided by the loop's median from the same run: below 1 is what batching
+# saved on this machine at this size; a row marked ! is too noisy to rank.
 
 # %%
 def jacobian_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -453,19 +521,27 @@ def jacobian_methods(f: Callable, x: torch.Tensor) -> dict[str, Callable[[], tor
 
 
 def compare_jacobians(n: int, min_run_time: float, generator: torch.Generator | None = None) -> list[dict]:
-    """Each method's max |difference| from the hand-derived Jacobian, and its median time."""
+    """Each method's max |difference| from the hand-derived Jacobian, its Timing (one thread), and its
+    median over the first method's (the loop of backward passes), all from this run."""
     f, W = make_vector_function(n, generator)
     x = torch.randn(n, dtype=torch.float64, generator=generator)
     reference = vector_function_jacobian(W, x)
-    return [{"method": name, "max |diff|": (method() - reference).abs().max().item(),
-             "seconds": time_median(method, "cpu", min_run_time)}
+    rows = [{"method": name, "max |diff|": (method() - reference).abs().max().item(),
+             "timing": benchmark(method, "cpu", min_run_time)}
             for name, method in jacobian_methods(f, x).items()]
+    loop = rows[0]["timing"]
+    for row in rows:
+        row["time / loop"] = row["timing"].median / loop.median
+    return rows
 
 
 def print_jacobians(rows: list[dict], n: int) -> None:
+    loop = rows[0]["timing"]
     print_table(f"Jacobian of a R^{n} → R^{n} map (max diff vs the hand-derived Jacobian, time)",
-                ["method", "max |diff|", "median"],
-                [[r["method"], _sci(r["max |diff|"]), fmt_seconds(r["seconds"])] for r in rows])
+                ["method", "max |diff|", *TIMING_HEADERS, "time / loop"],
+                [[r["method"], _sci(r["max |diff|"]), *timing_cells(r["timing"]),
+                  ratio_cell(r["time / loop"], r["timing"], loop)] for r in rows])
+    print(timing_note(loop.threads))
 
 
 # %%
@@ -838,7 +914,8 @@ if __name__ == "__main__":
 # branches: at x = 0 the sqrt branch's gradient is inf, multiplied by the 0 that `where` sends
 # it, and inf·0 = NaN. `torch.autograd.detect_anomaly()` raises at the first backward node that
 # returns NaN and reports the forward line that created it. The fix: make the unused branch
-# safe (`x.clamp_min(tiny).sqrt()`).
+# safe (`x.clamp_min(tiny).sqrt()`). The next section finds the broken layer of a network with
+# hooks instead.
 
 # %%
 def nan_gradient_demo() -> dict[str, object]:
@@ -871,13 +948,228 @@ if __name__ == "__main__":
 
 
 # %% [markdown]
+# ## Finding the layer that breaks a gradient, with hooks
+#
+# `detect_anomaly` stops at the first backward node that returns NaN, and it looks for NaN only:
+# an exploding but finite gradient, or an inf, passes it. It also checks every backward output and
+# keeps a traceback of every forward op, and torch warns that it "will increase the runtime": it
+# is for a debugging run. Hooks do only the checks you write, let backward finish, and see every layer:
+#
+# - a forward hook (`Module.register_forward_hook`) checks each layer's output with `torch.isfinite`;
+# - `Tensor.register_hook` on that output records ‖∂L/∂output‖, the gradient reaching the layer,
+#   and on each parameter ‖∂L/∂p‖;
+# - `Module.register_full_backward_hook` records ‖∂L/∂input‖, the gradient the layer passes down
+#   (not on the first layer: its input is the data, which needs no gradient).
+#
+# The layer to suspect is the first one, in the order backward reaches them, that receives a
+# finite gradient and passes on a non-finite one (to its input or a parameter), or one more than
+# `EXPLODE_RATIO` times larger. How much growth is too much is a judgement call: a normalisation
+# layer rightly scales gradients by roughly one over the size of its input. Each `register_*`
+# returns a handle, and `handle.remove()` in a `finally` takes the hook off even when the pass
+# fails, so no forgotten hook keeps running in later steps.
+#
+# The network is Linear → RMSNorm → Linear → ReLU → Linear, on a batch with one all-zero row, as a
+# padding row would be. The first Linear has no bias (common before a normalisation layer), so
+# that row reaches the norm as all zeros and mean(h²) = 0. Written `h / (sqrt(mean(h²)) + eps)`,
+# with eps outside the square root, the norm's forward stays finite (0 / eps = 0), but the
+# derivative of sqrt at 0 is infinite and its backward returns NaN; through that one row, the
+# whole weight gradient of the first Linear becomes NaN. `h / sqrt(mean(h²) + eps)` is the fix.
+# A second fault multiplies one Linear's weight by `HUGE_WEIGHT_SCALE`: every number stays
+# finite, the gradient explodes.
+
+# %%
+class RMSNorm(nn.Module):
+    """h / RMS(h) over the last dim. eps_inside_sqrt=False is the bug: finite forward, NaN backward at a zero row."""
+
+    def __init__(self, eps: float = RMSNORM_EPS, eps_inside_sqrt: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.eps_inside_sqrt = eps_inside_sqrt
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mean_square = (h * h).mean(dim=-1, keepdim=True)  # (batch, 1)
+        if self.eps_inside_sqrt:
+            return h / torch.sqrt(mean_square + self.eps)
+        return h / (torch.sqrt(mean_square) + self.eps)  # sqrt'(0) = ∞: NaN gradient for an all-zero row
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps:g}, eps_inside_sqrt={self.eps_inside_sqrt}"
+
+
+HOOK_FAULTS = {  # each fault of the hooked network, and the layer it breaks (None: the healthy network)
+    "eps outside the sqrt": 1,
+    f"layer 2 weight × {HUGE_WEIGHT_SCALE:g}": 2,
+    "none (eps inside the sqrt)": None,
+}
+
+
+def make_hooked_net() -> nn.Sequential:
+    """The healthy network: Linear (no bias) → RMSNorm → Linear → ReLU → Linear."""
+    return nn.Sequential(nn.Linear(HOOK_FEATURES, HOOK_WIDTH, bias=False), RMSNorm(),
+                         nn.Linear(HOOK_WIDTH, HOOK_WIDTH), nn.ReLU(), nn.Linear(HOOK_WIDTH, 1))
+
+
+def with_fault(model: nn.Sequential, fault: str) -> nn.Sequential:
+    """A copy of `model` with one of HOOK_FAULTS put in (the same weights otherwise)."""
+    if fault not in HOOK_FAULTS:
+        raise ValueError(f"fault={fault!r} is not one of {list(HOOK_FAULTS)}")
+    broken = copy.deepcopy(model)
+    if fault == "eps outside the sqrt":
+        broken[1].eps_inside_sqrt = False
+    elif HOOK_FAULTS[fault] is not None:
+        with torch.no_grad():
+            broken[HOOK_FAULTS[fault]].weight.mul_(HUGE_WEIGHT_SCALE)
+    return broken
+
+
+def padded_batch(generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (HOOK_BATCH_ROWS, HOOK_FEATURES) with row PADDING_ROW all zeros, and targets (HOOK_BATCH_ROWS, 1)."""
+    X = torch.randn(HOOK_BATCH_ROWS, HOOK_FEATURES, generator=generator)
+    X[PADDING_ROW] = 0.0
+    return X, torch.randn(HOOK_BATCH_ROWS, 1, generator=generator)
+
+
+def _norm(t: torch.Tensor) -> float:
+    return torch.linalg.vector_norm(t).item()
+
+
+def record_layer_gradients(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """One forward and backward of the MSE loss with hooks on every layer, removed afterwards.
+
+    One row per layer, in the order backward reached them (last layer first): whether its output
+    was finite, ‖∂L/∂output‖, ‖∂L/∂input‖ (None for the first layer, whose input is the data) and
+    ‖∂L/∂p‖ of each of its parameters.
+    """
+    rows = [{"index": i, "layer": f"{i} {type(layer).__name__}", "output finite": None, "‖∂L/∂output‖": None,
+             "‖∂L/∂input‖": None, "‖∂L/∂params‖": {}} for i, layer in enumerate(model)]
+    reached: list[int] = []  # layer indices, in the order backward reached their outputs
+    handles = []
+
+    def on_output(i: int) -> Callable:
+        def forward_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            rows[i]["output finite"] = torch.isfinite(output).all().item()
+
+            def output_grad_hook(grad: torch.Tensor) -> None:  # returning None leaves the gradient as it is
+                rows[i]["‖∂L/∂output‖"] = _norm(grad)
+                reached.append(i)
+
+            handles.append(output.register_hook(output_grad_hook))
+        return forward_hook
+
+    def on_input_grad(i: int) -> Callable:
+        def backward_hook(module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
+            rows[i]["‖∂L/∂input‖"] = _norm(grad_input[0])
+        return backward_hook
+
+    def on_param_grad(i: int, name: str) -> Callable:
+        def param_grad_hook(grad: torch.Tensor) -> None:
+            rows[i]["‖∂L/∂params‖"][name] = _norm(grad)
+        return param_grad_hook
+
+    try:
+        for i, layer in enumerate(model):
+            handles.append(layer.register_forward_hook(on_output(i)))
+            if i > 0:  # the first layer's input is the data: no gradient to report (and torch warns)
+                handles.append(layer.register_full_backward_hook(on_input_grad(i)))
+            for name, parameter in layer.named_parameters():
+                handles.append(parameter.register_hook(on_param_grad(i, f"{i}.{name}")))
+        F.mse_loss(model(X), y).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [rows[i] for i in reached]
+
+
+def flag_broken_layer(rows: list[dict], explode_ratio: float = EXPLODE_RATIO) -> tuple[str, str] | None:
+    """The first layer, in backward order, that turns a finite gradient into a bad one, and why; None if none does.
+
+    Bad: non-finite (to its input or a parameter), or ‖∂L/∂input‖ over `explode_ratio` × ‖∂L/∂output‖.
+    A non-finite activation is reported first: then the forward pass broke, and every gradient with it.
+    """
+    for row in sorted(rows, key=lambda r: r["index"]):
+        if not row["output finite"]:
+            return row["layer"], "non-finite output in the forward pass"
+    for row in rows:
+        incoming = row["‖∂L/∂output‖"]
+        if not math.isfinite(incoming):
+            continue  # it arrived bad: a layer above did the damage
+        outgoing = [n for n in (row["‖∂L/∂input‖"], *row["‖∂L/∂params‖"].values()) if n is not None]
+        if not all(math.isfinite(n) for n in outgoing):
+            return row["layer"], "finite gradient in, NaN or inf out"
+        if row["‖∂L/∂input‖"] is not None and row["‖∂L/∂input‖"] > explode_ratio * incoming:
+            return row["layer"], f"‖∂L/∂input‖ = {row['‖∂L/∂input‖'] / incoming:.1e} × ‖∂L/∂output‖"
+    return None
+
+
+def anomaly_verdict(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> str:
+    """What detect_anomaly says about one backward of the MSE loss: its error's first line, or "no error"."""
+    with warnings.catch_warnings(record=True):  # its "enabled" notice and its forward traceback
+        warnings.simplefilter("always")
+        try:
+            with torch.autograd.detect_anomaly():
+                F.mse_loss(model(X), y).backward()
+        except RuntimeError as err:
+            return "RuntimeError: " + str(err).splitlines()[0]
+    return "no error"
+
+
+def gradient_hook_report(generator: torch.Generator | None = None) -> dict[str, dict]:
+    """Per fault in HOOK_FAULTS: the hooks' rows, the layer they flag, and detect_anomaly's verdict.
+
+    The weights come from torch's global RNG (seeded once per run); every fault is put into copies
+    of the same network, so the rows differ only by the fault.
+    """
+    X, y = padded_batch(generator)
+    healthy = make_hooked_net()
+    report = {}
+    for fault in HOOK_FAULTS:
+        rows = record_layer_gradients(with_fault(healthy, fault), X, y)
+        report[fault] = {"rows": rows, "flagged": flag_broken_layer(rows),
+                         "detect_anomaly": anomaly_verdict(with_fault(healthy, fault), X, y)}
+    return report
+
+
+def _params_norm(norms: dict[str, float]) -> float | None:
+    """‖all of a layer's parameter gradients‖ from the norm of each: √Σ‖g‖²."""
+    return math.sqrt(sum(n * n for n in norms.values())) if norms else None
+
+
+def print_gradient_hooks(report: dict[str, dict], fault: str) -> None:
+    def cell(value: float | None) -> str:
+        return "-" if value is None else _sci(value)
+
+    rows = []
+    for r in report[fault]["rows"]:
+        growth = None if r["‖∂L/∂input‖"] is None else r["‖∂L/∂input‖"] / r["‖∂L/∂output‖"]
+        rows.append([r["layer"], r["output finite"], cell(r["‖∂L/∂output‖"]), cell(r["‖∂L/∂input‖"]),
+                     cell(growth), cell(_params_norm(r["‖∂L/∂params‖"]))])
+    print_table(f"Gradient hooks, fault: {fault} (rows in the order backward reached the layers)",
+                ["layer", "output finite", "‖∂L/∂output‖", "‖∂L/∂input‖", "input / output", "‖∂L/∂params‖"], rows)
+    flags = {}
+    for name, result in report.items():
+        flagged = result["flagged"]
+        flags[f"{name}: hooks flag"] = "no layer" if flagged is None else f"layer {flagged[0]}: {flagged[1]}"
+        flags[f"{name}: detect_anomaly"] = result["detect_anomaly"]
+    print_pairs("Which layer the hooks flag, and what detect_anomaly says", flags, fmt=str)
+
+
+# %%
+if __name__ == "__main__":
+    hook_report = gradient_hook_report(ctx.generator)
+    print_gradient_hooks(hook_report, "eps outside the sqrt")
+
+
+# %% [markdown]
 # ## Where the time goes: forward vs backward
 #
-# A backward pass costs roughly twice a forward pass: for every matmul in forward, backward
-# does two (one for the input gradient, one for the weight gradient; the first layer skips the
-# input gradient, since the data needs none). At small widths fixed per-operation costs weigh
-# in on both sides, so the ratio there can land anywhere near 2; look for it settling close to 2
-# at the largest width, where the matmuls dominate.
+# A backward pass does about twice a forward pass's arithmetic: for every matmul in forward,
+# backward does two (one for the input gradient, one for the weight gradient; the first layer
+# skips the input gradient, since the data needs none). That counts arithmetic; it does not
+# predict time. At small widths fixed per-operation costs (dispatch, allocation, adding into
+# `.grad`) weigh on both passes and can push the ratio either way. Both passes are timed on one
+# thread in the same run, and the ratio is their medians'. What to look for: compare the ratio
+# column with 2 in the widest row, where the matmuls do most of the work, and read a row only
+# when it carries no mark (!), which flags an IQR of at least 10 % of the median.
 
 # %%
 def make_mlp(width: int, depth: int = TIMED_MLP_DEPTH) -> nn.Sequential:
@@ -889,24 +1181,28 @@ def make_mlp(width: int, depth: int = TIMED_MLP_DEPTH) -> nn.Sequential:
 
 def time_forward_backward(widths: tuple[int, ...], batch: int, min_run_time: float,
                           device: torch.device | str = "cpu",
-                          generator: torch.Generator | None = None) -> list[dict[str, float]]:
-    """Median forward and backward seconds, and their ratio, for a ReLU MLP at each hidden width."""
+                          generator: torch.Generator | None = None) -> list[dict[str, object]]:
+    """Forward and backward Timings (one thread) of a ReLU MLP at each hidden width, and the ratio of their medians."""
     rows = []
     for width in widths:
         model = make_mlp(width).to(device)
         x = torch.randn(batch, width, generator=generator).to(device)  # (batch, width)
-        forward = time_median(lambda: model(x), device, min_run_time)  # noqa: B023 (timed immediately)
+        forward = benchmark(lambda: model(x), device, min_run_time)  # noqa: B023 (timed immediately)
         loss = model(x).sum()
-        backward = time_median(lambda: loss.backward(retain_graph=True), device, min_run_time)  # noqa: B023
-        rows.append({"width": width, "forward": forward, "backward": backward, "backward/forward": backward / forward})
+        backward = benchmark(lambda: loss.backward(retain_graph=True), device, min_run_time)  # noqa: B023
+        rows.append({"width": width, "forward": forward, "backward": backward,
+                     "backward/forward": backward.median / forward.median})
     return rows
 
 
-def print_forward_backward(rows: list[dict[str, float]], batch: int, device: torch.device) -> None:
+def print_forward_backward(rows: list[dict[str, object]], batch: int, device: torch.device) -> None:
+    headers = ["width", *(f"{part} {h}" for part in ("forward", "backward") for h in TIMING_HEADERS),
+               "backward/forward"]
     print_table(f"Forward vs backward, ReLU MLP with {TIMED_MLP_DEPTH} hidden layers, batch {batch}, on {device.type}",
-                ["width", "forward", "backward", "backward/forward"],
-                [[r["width"], fmt_seconds(r["forward"]), fmt_seconds(r["backward"]), f"{r['backward/forward']:.2f}×"]
-                 for r in rows])
+                headers,
+                [[r["width"], *timing_cells(r["forward"]), *timing_cells(r["backward"]),
+                  ratio_cell(r["backward/forward"], r["forward"], r["backward"])] for r in rows])
+    print(timing_note(rows[0]["forward"].threads))
 
 
 # %%
@@ -921,8 +1217,8 @@ if __name__ == "__main__":
 # A small tanh MLP fits a noisy sine with Adam. After its first backward pass the figure shows
 # the norm of each parameter's gradient and the spread of all gradient values; then the loss at
 # every step; and, in its last panel, the backward/forward time ratios measured in the section
-# above. The plot function draws what the sections returned and computes nothing, so the figure
-# cannot disagree with the printed tables.
+# above (a ratio marked ! is noisy, as in the table). The plot function draws what the sections
+# returned and computes nothing, so the figure cannot disagree with the printed tables.
 
 # %%
 def make_tanh_mlp(sizes: tuple[int, ...] = TANH_MLP_SIZES) -> nn.Sequential:
@@ -958,7 +1254,7 @@ def print_training(losses: list[float]) -> None:
     print(f"\nTraining loss: {losses[0]:.4f} → {losses[-1]:.4f} in {len(losses)} Adam steps")
 
 
-def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timings: list[dict[str, float]],
+def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timings: list[dict[str, object]],
                        batch: int):
     sizes = " → ".join(str(s) for s in TANH_MLP_SIZES)
     fig, axes = new_figure(2, 2, f"Gradients and training of a {sizes} tanh MLP; the cost of backward in ReLU MLPs")
@@ -978,15 +1274,19 @@ def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timi
     widths = [r["width"] for r in timings]
     ax_time.plot(range(len(widths)), [r["backward/forward"] for r in timings], "o", color="tab:red", markersize=8)
     for i, r in enumerate(timings):
-        ax_time.annotate(f"forward {fmt_seconds(r['forward'])}", (i, r["backward/forward"]),
-                         textcoords="offset points", xytext=(9, 0), va="center", fontsize=9)
+        noisy = r["forward"].noisy or r["backward"].noisy
+        ax_time.annotate(f"forward {fmt_seconds(r['forward'].median)}" + (f" {NOISY_MARK} noisy" if noisy else ""),
+                         (i, r["backward/forward"]), textcoords="offset points", xytext=(9, 0), va="center",
+                         fontsize=9)
     ax_time.axhline(2, color="grey", linestyle="--", linewidth=1)
     ax_time.text(-0.45, 2, "2×: two matmuls per forward matmul", va="bottom", fontsize=9, color="dimgrey")
     ax_time.set_xticks(range(len(widths)), [str(w) for w in widths])
     ax_time.set_xlim(-0.5, len(widths) - 0.2)
     ax_time.set_ylim(0, max(3.0, max(r["backward/forward"] for r in timings) * 1.25))
-    ax_time.set(title=f"ReLU MLP, {TIMED_MLP_DEPTH} hidden layers, batch {batch}: time ratio",
-                xlabel="hidden width (units per layer)", ylabel="backward time / forward time (×)")
+    threads = timings[0]["forward"].threads
+    ax_time.set(title=f"ReLU MLP, {TIMED_MLP_DEPTH} hidden layers, batch {batch}, {threads} thread"
+                      + ("s" if threads != 1 else ""),
+                xlabel="hidden width (units per layer)", ylabel="median backward / median forward (×)")
     for ax in axes.flat:
         ax.grid(True, axis="y", alpha=0.3)
     return fig

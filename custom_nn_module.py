@@ -2,11 +2,12 @@
 
 Run `python custom_nn_module.py` (add `--quick` for a smoke run).
 It builds a configurable MLP, residual and attention blocks and a dynamic network; counts
-parameters by formula; compares initialisation schemes; writes custom activation and dropout
-layers; collects activations and gradients with hooks; shows vanishing gradients and their
-cures; measures what autograd saves and what checkpointing buys; trains under mixed
-precision; and saves, reloads and exports a model. Figures: plots/custom_modules_analysis.png,
-plots/memory_checkpointing.png.
+parameters by formula; shows the two boolean attention-mask conventions; compares
+initialisation schemes, torch's default among them; writes custom activation and dropout
+layers; collects activations and gradients with hooks; shows vanishing and exploding
+gradients, their cures and gradient clipping; measures what autograd saves and what
+checkpointing buys; trains under mixed precision; and saves, reloads and exports a model.
+Figures: plots/custom_modules_analysis.png, plots/memory_checkpointing.png.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesson_harness import (
+    NOISY_MARK,
+    TIMING_HEADERS,
+    Timing,
     as_device,
+    benchmark,
     fmt_seconds,
     new_figure,
     print_pairs,
@@ -31,7 +36,8 @@ from lesson_harness import (
     print_table,
     save_figure,
     start_lesson,
-    time_median,
+    timing_cells,
+    timing_note,
 )
 
 
@@ -53,15 +59,18 @@ class Config:
 FULL = Config()
 QUICK = Config(batch=32, flow_depth=8, flow_width=32, init_width=128, variance_depth=8, checkpoint_layers=4,
                checkpoint_width=64, checkpoint_batch=32, amp_width=64, amp_batch=32, min_run_time=0.01)
-INIT_SCHEMES = ("xavier", "kaiming", "normal", "zeros")  # what init_weights accepts
+INIT_SCHEMES = ("xavier", "kaiming", "torch default", "normal", "zeros")  # what init_weights accepts
 NORMAL_INIT_STD = 0.01  # the "small fixed std" scheme
+TORCH_DEFAULT_A = math.sqrt(5)  # the `a` nn.Linear.reset_parameters passes to kaiming_uniform_
+EXPLODING_INIT_STD = 1.0  # N(0, 1) weights: far too large for a layer of 32 or more inputs
+CLIP_MAX_NORM = 1.0  # max_norm given to clip_grad_norm_ in the exploding-gradients section
 VARIANCE_WIDTH = 256  # width of the activation-variance stack (and its batch)
 ZERO_INIT_STEPS = 20  # SGD steps the zero-initialised MLP gets
 CHECKPOINT_SEGMENTS = (2, 4, 8, 16)  # segment counts tried (those dividing the depth), besides none
 DROPOUT_P = 0.3  # drop probability in the CustomDropout check
 DROPOUT_SAMPLES = 100_000  # elements it drops from
 DYNAMIC_SCALES = (0.5, 2.0, 5.0)  # input scales fed to the dynamic-depth network
-ATTENTION_SHAPE = (2, 5, 16)  # (batch, seq, d_model) of the attention check
+ATTENTION_SHAPE = (2, 5, 16)  # (batch, seq, d_model) of the attention check and of the mask conventions
 TABULAR_FEATURES, CLASSES = 32, 10  # input and output sizes of the MLPs in the architecture table
 SEQ_LEN, D_MODEL = 16, 64  # the attention architecture's sequence length and width
 ACTIVATION_GRID = torch.linspace(-4, 4, 401)  # inputs at which the figure draws each activation
@@ -79,6 +88,20 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _sci(value: float) -> str:
     """A difference that may be anything from round-off to large: two significant digits and the exponent."""
     return f"{value:.1e}"
+
+
+def median_ratio(numerator: Timing, denominator: Timing) -> tuple[float, bool]:
+    """numerator.median / denominator.median, both from the same run, and whether either timing was noisy."""
+    return numerator.median / denominator.median, numerator.noisy or denominator.noisy
+
+
+def _threads_label(timing: Timing) -> str:
+    return f"{timing.threads} thread" + ("s" if timing.threads != 1 else "")
+
+
+def _ratio_cell(ratio: float, noisy: bool) -> str:
+    """A ratio of medians as a table cell, marked when one of its timings was noisy."""
+    return f"{ratio:.2f}×" + (f" {NOISY_MARK}" if noisy else "")
 
 
 # %% [markdown]
@@ -310,9 +333,10 @@ if __name__ == "__main__":
 #
 # Each position builds a query, a key and a value. Scores q·k/√d say how much each position
 # attends to each other; scaling by √d keeps the scores' variance near 1 (for q and k with
-# unit-variance components) so the softmax does not saturate. A boolean mask (True = may
-# attend) removes positions, e.g. the future in a causal model. The result must match PyTorch's
-# fused `F.scaled_dot_product_attention`.
+# unit-variance components) so the softmax does not saturate. A mask removes positions, e.g.
+# the future in a causal model. This layer takes a boolean mask in the convention of
+# `F.scaled_dot_product_attention`, True = may attend, and its result must match that fused
+# function.
 
 # %%
 class AttentionLayer(nn.Module):
@@ -347,7 +371,7 @@ def attention_parameter_count(d_model: int) -> int:
 
 
 def causal_mask(seq_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(seq, seq) bool: position i may attend to positions ≤ i."""
+    """(seq, seq) bool, True = may attend (F.scaled_dot_product_attention's convention): i attends to j ≤ i."""
     return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
 
 
@@ -367,6 +391,102 @@ if __name__ == "__main__":
     diffs = attention_vs_sdpa(AttentionLayer(ATTENTION_SHAPE[-1]), attention_x)
     print_pairs("Self-attention vs F.scaled_dot_product_attention",
                 {f"{label}: max |diff|": diff for label, diff in diffs.items()}, fmt=_sci)
+
+
+# %% [markdown]
+# ### Two boolean mask conventions
+#
+# PyTorch gives a boolean attention mask two opposite meanings:
+#
+# - `F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`: True = **may** attend.
+# - `nn.MultiheadAttention`'s `attn_mask` and `key_padding_mask`, and the masks of `nn.Transformer`
+#   and its layers: True = may **not** attend.
+# - A float mask means the same to both: it is added to the scores, so 0 allows and −inf blocks.
+#
+# So `causal_mask` above (True on and below the diagonal) is causal for SDPA, but handed to
+# `nn.MultiheadAttention` it blocks the past and the present and allows only the future:
+# anti-causal attention, and no error. The last position has no future, so its whole row is
+# masked: every score is −inf and the softmax is 0/0. `nn.MultiheadAttention`'s default call
+# (`need_weights=True`) returns NaN for that row; `F.scaled_dot_product_attention` (in recent
+# torch releases) returns zeros for a fully masked row instead. Neither is attention: a fully masked row is a bug in the
+# mask. Two fixes: invert the mask for `nn.MultiheadAttention` (`~mask`), or pass a float mask,
+# 0 where attending is allowed and −inf where it is not, which both APIs add to the scores and so
+# read the same way (`nn.Transformer.generate_square_subsequent_mask(seq)` builds the causal one).
+#
+# The check below copies this lesson's `AttentionLayer` into a one-head `nn.MultiheadAttention`
+# (identity output projection, so both compute the same thing), then gives it each mask. Two
+# measurements per call: which rows are NaN, and whether changing the *last* input changes any
+# *earlier* output, which causal attention never allows.
+
+# %%
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """The float mask both APIs read the same way: 0 where `allowed` is True, −inf where it is False."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
+def multihead_from_attention_layer(layer: AttentionLayer) -> nn.MultiheadAttention:
+    """A one-head nn.MultiheadAttention computing what `layer` computes: its q, k, v weights and an identity
+    output projection."""
+    d, weight = layer.d_model, layer.query.weight
+    mha = nn.MultiheadAttention(d, num_heads=1, batch_first=True, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([layer.query.weight, layer.key.weight, layer.value.weight]))  # (3d, d)
+        mha.in_proj_bias.copy_(torch.cat([layer.query.bias, layer.key.bias, layer.value.bias]))  # (3d,)
+        mha.out_proj.weight.copy_(torch.eye(d))
+        mha.out_proj.bias.zero_()
+    return mha
+
+
+def nan_rows(out: torch.Tensor) -> list[int]:
+    """Query positions whose output has a NaN in any batch element; out is (batch, seq, d)."""
+    return torch.nonzero(out.isnan().any(dim=-1).any(dim=0)).flatten().tolist()
+
+
+def sees_later_inputs(call: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> bool:
+    """Does changing the last position's input change any earlier position's output? Never, if attention is
+    causal. NaN outputs compare equal to NaN."""
+    changed = x.clone()
+    changed[:, -1] += 1.0  # (batch, seq, d_model): only the last position differs
+    before, after = call(x)[:, :-1], call(changed)[:, :-1]
+    return not torch.allclose(before, after, rtol=0, atol=1e-5, equal_nan=True)
+
+
+def mask_conventions(layer: AttentionLayer, x: torch.Tensor) -> list[dict[str, object]]:
+    """The causal bool mask (True = may attend) given to SDPA and to nn.MultiheadAttention, and the two fixes:
+    per call, its NaN rows, max |diff| from causal attention on the other rows, and whether it sees the future."""
+    allowed = causal_mask(x.shape[1], x.device)  # True = may attend
+    mha = multihead_from_attention_layer(layer)
+    calls = {
+        "F.scaled_dot_product_attention, bool mask": lambda t: F.scaled_dot_product_attention(
+            layer.query(t), layer.key(t), layer.value(t), attn_mask=allowed),
+        "nn.MultiheadAttention, the same bool mask": lambda t: mha(t, t, t, attn_mask=allowed)[0],
+        "nn.MultiheadAttention, ~mask": lambda t: mha(t, t, t, attn_mask=~allowed)[0],
+        "nn.MultiheadAttention, float mask (0 / −inf)": lambda t: mha(t, t, t, attn_mask=additive_mask(allowed))[0],
+        "F.scaled_dot_product_attention, float mask": lambda t: F.scaled_dot_product_attention(
+            layer.query(t), layer.key(t), layer.value(t), attn_mask=additive_mask(allowed)),
+    }
+    rows = []
+    with torch.no_grad():
+        reference = layer(x, allowed)  # (batch, seq, d_model): causal attention
+        for label, call in calls.items():
+            out = call(x)
+            finite = ~out.isnan().any(dim=-1, keepdim=True)  # (batch, seq, 1)
+            rows.append({"call": label, "nan rows": nan_rows(out),
+                         "max |diff|": ((out - reference).abs() * finite).nan_to_num().max().item(),
+                         "sees later inputs": sees_later_inputs(call, x)})
+    return rows
+
+
+def print_mask_conventions(rows: list[dict[str, object]], seq: int) -> None:
+    print_table(f"One causal bool mask (True = may attend), seq {seq}, given to both APIs",
+                ["call", "NaN rows", "max |diff| from causal (other rows)", "later inputs change earlier outputs"],
+                [[r["call"], ", ".join(map(str, r["nan rows"])) or "none", _sci(r["max |diff|"]),
+                  "yes" if r["sees later inputs"] else "no"] for r in rows])
+
+
+# %%
+if __name__ == "__main__":
+    print_mask_conventions(mask_conventions(AttentionLayer(ATTENTION_SHAPE[-1]), attention_x), ATTENTION_SHAPE[1])
 
 
 # %% [markdown]
@@ -434,6 +554,16 @@ if __name__ == "__main__":
 # errors compound over many layers. All-zero weights make every hidden unit identical and, with
 # ReLU, give every hidden weight a zero gradient: the symmetry never breaks and only the output
 # bias learns.
+#
+# PyTorch's own default for `nn.Linear` is neither Xavier nor He. `reset_parameters` calls
+# `kaiming_uniform_(weight, a=√5)`: with a = √5 the leaky-ReLU gain √(2 / (1 + a²)) is √(1/3),
+# and the bound √3·gain/√fan_in is 1/√fan_in. So the weight is U(−1/√fan_in, 1/√fan_in), and
+# the bias too (drawn separately, with the same bound). The std of U(−a, a) is a/√3, so the
+# default std is 1/√(3·fan_in): on a square layer 1/√3 of Xavier's and 1/√6 of He's. It is the
+# rule Lua Torch used; PyTorch kept it for backward compatibility (a model built the same way
+# starts from the same distribution), and rewriting it as `kaiming_uniform_` with a = √5 kept
+# the distribution unchanged. Through Linear+ReLU layers it multiplies the second moment by 1/6
+# per layer: in a deep ReLU stack, re-initialise.
 
 # %%
 def init_weights(model: nn.Module, scheme: str, generator: torch.Generator | None = None) -> nn.Module:
@@ -441,6 +571,7 @@ def init_weights(model: nn.Module, scheme: str, generator: torch.Generator | Non
     initialisers = {
         "xavier": lambda w: nn.init.xavier_uniform_(w, generator=generator),
         "kaiming": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu", generator=generator),
+        "torch default": lambda w: nn.init.kaiming_uniform_(w, a=TORCH_DEFAULT_A, generator=generator),
         "normal": lambda w: nn.init.normal_(w, mean=0.0, std=NORMAL_INIT_STD, generator=generator),
         "zeros": nn.init.zeros_,
     }
@@ -466,8 +597,9 @@ def reset_linear_layers(model: nn.Module, generator: torch.Generator) -> nn.Modu
 
 
 def theoretical_std(scheme: str, fan_in: int, fan_out: int) -> float:
+    """The weight std each scheme aims at; torch's default is U(±1/√fan_in), whose std is (1/√fan_in)/√3."""
     return {"xavier": math.sqrt(2.0 / (fan_in + fan_out)), "kaiming": math.sqrt(2.0 / fan_in),
-            "normal": NORMAL_INIT_STD, "zeros": 0.0}[scheme]
+            "torch default": 1.0 / math.sqrt(3.0 * fan_in), "normal": NORMAL_INIT_STD, "zeros": 0.0}[scheme]
 
 
 def init_statistics(width: int, seed: int) -> dict[str, dict[str, object]]:
@@ -482,9 +614,14 @@ def init_statistics(width: int, seed: int) -> dict[str, dict[str, object]]:
     return stats
 
 
+def std_ratio(stats: dict[str, dict[str, object]], scheme: str, other: str) -> dict[str, float]:
+    """One scheme's weight std divided by another's, measured and in theory."""
+    return {key: stats[scheme][key] / stats[other][key] for key in ("measured", "theory")}
+
+
 def kaiming_over_xavier(stats: dict[str, dict[str, object]]) -> dict[str, float]:
     """Kaiming's std divided by Xavier's, measured and in theory (√2 for a square layer)."""
-    return {key: stats["kaiming"][key] / stats["xavier"][key] for key in ("measured", "theory")}
+    return std_ratio(stats, "kaiming", "xavier")
 
 
 def activation_std_by_depth(scheme: str, depth: int, width: int, seed: int, batch: int = VARIANCE_WIDTH) -> list[float]:
@@ -535,6 +672,10 @@ def print_initialisation(width: int, init_stats, ratio, depth_stds, theory, zero
                  for s, v in init_stats.items()])
     print(f"Kaiming std / Xavier std: measured {ratio['measured']:.4f}, theory √2 = {ratio['theory']:.4f} "
           "(twice the variance)")
+    for other, closed_form in (("xavier", "1/√3"), ("kaiming", "1/√6")):
+        default = std_ratio(init_stats, "torch default", other)
+        print(f"torch default std / {other.capitalize()} std: measured {default['measured']:.4f}, theory "
+              f"{closed_form} = {default['theory']:.4f}")
     mid = depth // 2
     print_table(f"Activation std through {depth} Linear+ReLU layers (width {VARIANCE_WIDTH}, input std 1)",
                 ["scheme", "after layer 1", f"after layer {mid + 1}", f"after layer {depth}", f"theory at {depth}"],
@@ -639,9 +780,14 @@ def gradient_flow(depth: int, width: int, seed: int, batch: int = 128) -> dict[s
         if isinstance(net, ResidualNet):
             keys = [f"blocks.{i}.f.0.weight" for i in range(depth)]
         else:
-            keys = [f"net.{i}.weight" for i, m in enumerate(net.net) if isinstance(m, nn.Linear)][:depth]
+            keys = hidden_weight_names(net, depth)
         flows[name] = [norms[k] for k in keys]
     return flows
+
+
+def hidden_weight_names(mlp: MyMLP, depth: int) -> list[str]:
+    """Parameter names of an MLP's first `depth` Linear weights, input side first."""
+    return [f"net.{i}.weight" for i, m in enumerate(mlp.net) if isinstance(m, nn.Linear)][:depth]
 
 
 def first_over_last(flows: dict[str, list[float]]) -> dict[str, float]:
@@ -663,12 +809,74 @@ if __name__ == "__main__":
 
 
 # %% [markdown]
+# ## Exploding gradients, and what clipping does
+#
+# Too large an init fails the other way. Take a plain tanh MLP with N(0, 1) weights and no
+# normalisation. Forward, nothing looks wrong: tanh keeps every activation inside (−1, 1).
+# Backward, each layer multiplies the gradient by tanh′(z) and by Wᵀ. A Wᵀ with N(0, 1) entries
+# multiplies a vector's squared norm by fan_in on average (each of its fan_in outputs is a sum of
+# the vector's entries times independent N(0, 1) weights, so its variance is the vector's squared
+# norm), and tanh′(z) ≤ 1 takes back only part of that: the gradient grows layer by layer towards
+# the input, and the input-side weights get the largest gradients.
+#
+# `torch.nn.utils.clip_grad_norm_(parameters, max_norm)` treats all gradients as one vector:
+# it computes their total norm √(Σ ‖g‖²), returns it, and if it exceeds max_norm multiplies
+# *every* gradient by the same factor max_norm / (total + 1e-6). The update's size is bounded and
+# its direction kept, so the ratio between layers does not change: clipping is a guard rail
+# against one huge step, and the cure for the imbalance is the init (or normalisation).
+
+# %%
+def exploding_gradients(depth: int, width: int, seed: int, max_norm: float = CLIP_MAX_NORM,
+                        batch: int = 128) -> dict[str, object]:
+    """A tanh MLP with N(0, 1) weights: each hidden weight's gradient norm (input side first) before and after
+    clip_grad_norm_, the total norm it returned, the total measured after, and the factor it applied."""
+    generator = seeded(seed)
+    x, y = torch.randn(batch, width, generator=generator), torch.randn(batch, 1, generator=generator)
+    net = MyMLP(width, [width] * depth, 1, activation="tanh")
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=EXPLODING_INIT_STD, generator=generator)
+            nn.init.zeros_(module.bias)
+    before = gradient_norms(net, x, y, F.mse_loss)  # leaves the gradients in .grad for the clipping below
+    total = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm).item()  # the norm *before* clipping
+    after = {name: p.grad.norm().item() for name, p in net.named_parameters()}
+    names = hidden_weight_names(net, depth)
+    return {"before": [before[n] for n in names], "after": [after[n] for n in names], "total before": total,
+            "total after": math.sqrt(sum(norm**2 for norm in after.values())),
+            "factor": min(1.0, max_norm / (total + 1e-6)), "max_norm": max_norm}
+
+
+def print_exploding(result: dict[str, object]) -> None:
+    before, after = result["before"], result["after"]
+    depth, mid = len(before), len(before) // 2
+    print_table(f"Exploding gradients: tanh MLP, {depth} layers, N(0, {EXPLODING_INIT_STD:g}) weights; "
+                "‖∂L/∂W‖ per layer", ["gradients", "layer 1 (input side)", f"layer {mid + 1}", f"layer {depth}",
+                                      "ratio first/last", "total norm (all parameters)"],
+                [[label, f"{norms[0]:.2e}", f"{norms[mid]:.2e}", f"{norms[-1]:.2e}", f"{norms[0] / norms[-1]:.1e}",
+                  f"{total:.2e}"]
+                 for label, norms, total in (("before clipping", before, result["total before"]),
+                                             ("after clipping", after, result["total after"]))])
+    scales = [a / b for a, b in zip(after, before)]
+    print_pairs(f"clip_grad_norm_(parameters, max_norm={result['max_norm']:g})", {
+        "returned": f"{result['total before']:.4e} (the total norm before clipping)",
+        "factor max_norm / (total + 1e-6)": f"{result['factor']:.4e}",
+        "after / before, per layer": f"{min(scales):.4e} to {max(scales):.4e} (every layer: the same factor)",
+    })
+
+
+# %%
+if __name__ == "__main__":
+    exploding = exploding_gradients(cfg.flow_depth, cfg.flow_width, ctx.seed)
+    print_exploding(exploding)
+
+
+# %% [markdown]
 # ## Memory: what autograd saves, and checkpointing
 #
 # Backward needs intermediate results of forward (a Linear's input, a ReLU's output ...), so
 # autograd keeps them until backward runs: for deep nets and big batches this, not the weights,
 # fills memory. `saved_tensors_hooks` lets us see every tensor saved. Checkpointing keeps only
-# segment inputs and recomputes the rest during backward: less memory, more compute (the
+# segment inputs and recomputes the rest during backward: less memory, more arithmetic (the
 # checkpointed segments' forward runs twice).
 #
 # `checkpoint_sequential(model, k, x)` checkpoints only the first k − 1 segments; the last one
@@ -678,6 +886,15 @@ if __name__ == "__main__":
 # store (k − 1) segment inputs + the last segment's input + its L/k ReLU outputs = k + L/k.
 # That is smallest at k = √L, and 2 segments save much less than half: the second half of the
 # network is not checkpointed at all.
+#
+# The arithmetic it adds can be counted too. A Linear's backward is two matmuls the size of its
+# forward (the gradients of its input and of its weight), so a plain forward+backward is 3 units
+# per layer; the first k − 1 segments run their forward again, so k segments cost 1 + (k − 1)/(3k)
+# times the plain step's matmul FLOPs. The memory and FLOP columns below are counts and repeat
+# exactly; the time columns are measurements (one thread, median and IQR). What to look for:
+# each measured "fwd+bwd vs none" next to the FLOP ratio. Where they differ, something other than
+# arithmetic decides the time (memory traffic, overheads), or noise does: check the IQR column and
+# the mark before reading anything into a difference.
 
 # %%
 def saved_tensor_bytes(fn: Callable, *args, exclude: Iterable[torch.Tensor] = ()) -> int:
@@ -725,10 +942,15 @@ def checkpoint_saved_activations(layers: int, segments: int) -> int:
     return (segments - 1) + 1 + layers // segments
 
 
+def checkpoint_flop_ratio(segments: int) -> float:
+    """Matmul FLOPs of a checkpointed forward+backward over a plain one: 1 + (k − 1)/(3k), 1 without segments."""
+    return 1.0 if segments == 0 else 1.0 + (segments - 1) / (3 * segments)
+
+
 def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: Sequence[int], min_run_time: float,
-                           device: torch.device | str, seed: int) -> list[dict[str, float]]:
-    """Per segment count: saved bytes (measured and hand count) and median forward+backward time, both
-    also relative to the first entry."""
+                           device: torch.device | str, seed: int) -> list[dict[str, object]]:
+    """Per segment count: saved bytes (measured and hand count) and the forward+backward Timing, both also
+    relative to the first entry (the time as a ratio of medians, marked noisy when either timing was)."""
     device = as_device(device)
     generator = seeded(seed)
     model = reset_linear_layers(deep_mlp(layers, width), generator).to(device)
@@ -745,19 +967,22 @@ def checkpointing_tradeoff(layers: int, width: int, batch: int, segment_counts: 
                      "saved_bytes": saved_tensor_bytes(checkpointed_forward, model, x, segments,
                                                        exclude=model.parameters()),
                      "hand_count_bytes": checkpoint_saved_activations(layers, segments) * activation_bytes,
-                     "seconds": time_median(step, device, min_run_time)})
+                     "timing": benchmark(step, device, min_run_time)})
     for row in rows:
         row["saved_ratio"] = row["saved_bytes"] / rows[0]["saved_bytes"]
-        row["time_ratio"] = row["seconds"] / rows[0]["seconds"]
+        row["flop_ratio"] = checkpoint_flop_ratio(row["segments"]) / checkpoint_flop_ratio(rows[0]["segments"])
+        row["time_ratio"], row["time_ratio_noisy"] = median_ratio(row["timing"], rows[0]["timing"])
     return rows
 
 
 def print_checkpointing(rows, layers: int, width: int, batch: int) -> None:
     print_table(f"Checkpointing a {layers}-layer MLP (width {width}, batch {batch}); saved = activations, "
-                "weights excluded", ["segments", "saved for backward", "hand count", "vs none", "fwd+bwd", "vs none"],
+                "weights excluded", ["segments", "saved for backward", "hand count", "vs none", "matmul FLOPs vs none",
+                                     *(f"fwd+bwd {header}" for header in TIMING_HEADERS), "fwd+bwd vs none"],
                 [[r["segments"] or "none", f"{r['saved_bytes'] / 2**20:.2f} MiB",
-                  f"{r['hand_count_bytes'] / 2**20:.2f} MiB", f"{r['saved_ratio']:.2f}×", fmt_seconds(r["seconds"]),
-                  f"{r['time_ratio']:.2f}×"] for r in rows])
+                  f"{r['hand_count_bytes'] / 2**20:.2f} MiB", f"{r['saved_ratio']:.2f}×", f"{r['flop_ratio']:.2f}×",
+                  *timing_cells(r["timing"]), _ratio_cell(r["time_ratio"], r["time_ratio_noisy"])] for r in rows])
+    print(timing_note(rows[0]["timing"].threads))
 
 
 def plot_checkpointing(rows, layers: int):
@@ -772,9 +997,10 @@ def plot_checkpointing(rows, layers: int):
                ylabel="saved (MiB)")
     ax_mem.set_ylim(0, 1.4 * max(r["saved_bytes"] for r in rows) / 2**20)  # room for the legend
     ax_mem.legend(fontsize=8, loc="upper center")
-    bars = ax_time.bar(labels, [r["seconds"] * 1e3 for r in rows], color="tab:orange")
-    ax_time.bar_label(bars, fmt="%.1f ms", fontsize=8)
-    ax_time.set(title="Forward + backward time (median)", xlabel="checkpoint segments k", ylabel="time (ms)")
+    bars = ax_time.bar(labels, [r["timing"].median * 1e3 for r in rows], color="tab:orange")
+    ax_time.bar_label(bars, labels=[fmt_seconds(r["timing"].median) for r in rows], fontsize=8)
+    ax_time.set(title=f"Forward + backward time (median, {_threads_label(rows[0]['timing'])})",
+                xlabel="checkpoint segments k", ylabel="time (ms)")
     ax_time.margins(y=0.12)
     for ax in axes.flat:
         ax.grid(True, axis="y", alpha=0.3)
@@ -797,12 +1023,22 @@ if __name__ == "__main__":
 # (losses such as cross-entropy; on CUDA also softmax, exp, log and sums); the weights, and so
 # their gradients, stay float32. On CPUs the default type is bfloat16 (same range as float32, no
 # scaler needed); on CUDA float16 needs `torch.amp.GradScaler("cuda")` so small gradients do not
-# underflow. The speed-up depends on the hardware having fast 16-bit matmul units: recent GPUs do,
-# and so do CPUs with AVX-512 BF16 or AMX. A CPU that offers torch only AVX2
-# (`torch.backends.cpu.get_cpu_capability()` says which vector instructions torch's kernels use)
-# has no bfloat16 matmul instructions: torch then does bfloat16 matmuls without hardware help, and
-# autocast can make the step many times slower. The table under this section shows the ratio on
-# the machine that ran it; measure it on yours.
+# underflow. Whether autocast is faster depends on the hardware computing in the 16-bit type:
+# recent GPUs do. On a CPU, look for instructions that compute in bfloat16: Linux lists them as
+# the flags `avx512_bf16` (AVX-512 BF16) and `amx_bf16` (AMX) in /proc/cpuinfo. Without them, no
+# instruction multiplies bfloat16 directly: a bfloat16 matmul converts its inputs to float32 to
+# compute, autocast moves half the bytes but pays for converting, and how well torch's kernels
+# handle that path varies, so either step can be the faster one.
+#
+# `torch.backends.cpu.get_cpu_capability()` does not answer this question: it names the family of
+# vector instructions torch's kernels dispatch to ("AVX2", "AVX512", ...), and it says "AVX512"
+# whether or not the CPU has the bfloat16 ones. The cell prints what is known (that string, and
+# on Linux whether the two flags are listed; "unknown" elsewhere) and times both steps on one
+# thread, so that a second thread competing with the machine's other work does not decide the
+# result. What to look for: the speed-up and its mark. A marked ratio is as much noise as signal:
+# run it again before concluding anything. An unmarked ratio measures this step at this size on
+# this machine; to see which operations take the time, profile both steps (`torch.profiler`)
+# rather than blame an instruction set.
 
 # %%
 def autocast_dtype(device: torch.device) -> torch.dtype:
@@ -846,38 +1082,79 @@ def mixed_precision_step(width: int, batch: int, device: torch.device | str, min
         step = make_train_step(model, x, target, mode == "autocast", dtypes)
         first_loss = step().item()
         results[mode] = {"dtypes": dtypes, "loss": first_loss, "weight dtype": _dtype_name(model.net[0].weight.dtype),
-                         "seconds": time_median(step, device, min_run_time)}
+                         "timing": benchmark(step, device, min_run_time)}
     return results
 
 
-def cpu_vector_instructions() -> str:
-    """The vector instruction set torch's CPU kernels were dispatched to: "AVX2", "AVX512", ..."""
-    return torch.backends.cpu.get_cpu_capability()
+CPUINFO = Path("/proc/cpuinfo")  # Linux's description of the CPU; absent on macOS and Windows
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of instructions that compute in bfloat16
 
 
-def amp_speedup(results: dict[str, dict[str, object]]) -> float:
-    """float32 step time / autocast step time (> 1: autocast is faster)."""
-    return results["float32"]["seconds"] / results["autocast"]["seconds"]
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The x86 feature flags Linux lists in `cpuinfo`; None where they cannot be read (no such file, or no
+    `flags` line, as on other operating systems and on ARM)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [line.partition(":")[2] for line in text.splitlines() if line.partition(":")[0].strip() == "flags"]
+    return {flag for line in lines for flag in line.split()} if lines else None
 
 
-def print_mixed_precision(amp, speedup: float, width: int, batch: int, device: torch.device,
-                          cpu_capability: str) -> None:
-    """The table of both steps, the speed-up, and on the CPU which vector instructions torch's kernels use."""
+def cpu_bf16_report(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """What is known about bfloat16 on this CPU: torch's capability string, and each bfloat16 flag's presence
+    ("yes", "no", or "unknown" where the flags cannot be read)."""
+    flags = cpu_flags(cpuinfo)
+    report = {"torch CPU capability": torch.backends.cpu.get_cpu_capability()}
+    for flag in BF16_CPU_FLAGS:
+        report[f"{flag} flag"] = "unknown" if flags is None else ("yes" if flag in flags else "no")
+    return report
+
+
+def bf16_advice(report: dict[str, str]) -> str:
+    """What the flags in `report` let one expect, and what to look at instead of guessing."""
+    found = [report[f"{flag} flag"] for flag in BF16_CPU_FLAGS]
+    if "yes" in found:
+        known = "this CPU lists instructions that compute in bfloat16, which autocast's matmuls can use"
+    elif "unknown" in found:
+        known = "the flags cannot be read here: the CPU's documentation says whether it computes in bfloat16"
+    else:
+        known = ("this CPU lists no instructions that compute in bfloat16: its bfloat16 matmuls convert to float32 "
+                 "to compute, and either step can be the faster one")
+    return (f"{known}. Read the speed-up with its mark (a marked one is noise as much as signal); to see where the "
+            "time goes, profile both steps with torch.profiler")
+
+
+def amp_speedup(results: dict[str, dict[str, object]]) -> tuple[float, bool]:
+    """float32 median / autocast median, from the same run (> 1: autocast is faster), and whether either was
+    noisy."""
+    return median_ratio(results["float32"]["timing"], results["autocast"]["timing"])
+
+
+def print_mixed_precision(amp, width: int, batch: int, device: torch.device, bf16: dict[str, str]) -> None:
+    """The table of both steps, the speed-up of medians, and on the CPU what is known about its bfloat16."""
     print_table(f"Mixed precision: one SGD step of a {width}-wide MLP, batch {batch}, on "
                 f"{device.type} (autocast dtype {_dtype_name(autocast_dtype(device))})",
-                ["mode", "linear output", "loss", "weights", "weight grad", "first loss", "step time"],
+                ["mode", "linear output", "loss", "weights", "weight grad", "first loss",
+                 *(f"step {header}" for header in TIMING_HEADERS)],
                 [[mode, r["dtypes"]["linear output"], r["dtypes"]["loss"], r["weight dtype"],
-                  r["dtypes"]["weight grad"], f"{r['loss']:.4f}", fmt_seconds(r["seconds"])]
+                  r["dtypes"]["weight grad"], f"{r['loss']:.4f}", *timing_cells(r["timing"])]
                  for mode, r in amp.items()])
-    print(f"autocast speed-up: {speedup:.2f}×")
+    print(timing_note(amp["float32"]["timing"].threads))
+    print(f"autocast speed-up (float32 median / autocast median): {_ratio_cell(*amp_speedup(amp))}")
     if device.type == "cpu":
-        print(f"torch's CPU kernels use {cpu_capability} (bfloat16 is fast with AVX-512 BF16 or AMX)")
+        print_pairs("bfloat16 on this CPU", {
+            "torch CPU capability": f"{bf16['torch CPU capability']} (the vector instructions torch's kernels use; "
+                                    "it does not say whether the CPU computes in bfloat16)",
+            **{f"{flag} flag": bf16[f"{flag} flag"] for flag in BF16_CPU_FLAGS},
+            "what to look for": bf16_advice(bf16),
+        })
 
 
 # %%
 if __name__ == "__main__":
     amp = mixed_precision_step(cfg.amp_width, cfg.amp_batch, ctx.device, cfg.min_run_time, ctx.seed)
-    print_mixed_precision(amp, amp_speedup(amp), cfg.amp_width, cfg.amp_batch, ctx.device, cpu_vector_instructions())
+    print_mixed_precision(amp, cfg.amp_width, cfg.amp_batch, ctx.device, cpu_bf16_report())
 
 
 # %% [markdown]
@@ -933,8 +1210,13 @@ if __name__ == "__main__":
 # %% [markdown]
 # ## Architectures compared
 #
-# Parameter counts from the modules and from the layer shapes, and the median forward time of
-# one batch in eval mode.
+# Parameter counts from the modules and from the layer shapes, and the forward time of one
+# batch in eval mode: median and IQR of Timer's runs on one thread. What to look for: parameters
+# are not the only cost. Compare "deep MLP" with "deep MLP + BN" (almost the same parameters;
+# BatchNorm adds passes over the activations) and the attention row (few parameters, but a
+# score matrix per sequence that grows with its length squared). Read a row's IQR before
+# comparing it with another: two rows whose difference is within their spread, or a marked
+# row, do not show which is faster.
 
 # %%
 @dataclass(frozen=True)
@@ -981,16 +1263,18 @@ def architecture_table(batch: int, min_run_time: float, device: torch.device | s
         model = arch.model.to(device).eval()
         x = arch.make_input(batch, generator).to(device)
         with torch.no_grad():
-            seconds = time_median(lambda model=model, x=x: model(x), device, min_run_time)
+            timing = benchmark(lambda model=model, x=x: model(x), device, min_run_time)
         rows.append({"name": name, "layout": arch.layout, "parameters": count_parameters(model),
-                     "formula": arch.formula, "seconds": seconds})
+                     "formula": arch.formula, "timing": timing})
     return rows
 
 
 def print_architectures(rows, batch: int, device: torch.device) -> None:
     print_table(f"Architectures (forward time: batch {batch}, eval mode, on {device.type})",
-                ["architecture", "layout", "parameters", "from layer shapes", "forward"],
-                [[r["name"], r["layout"], r["parameters"], r["formula"], fmt_seconds(r["seconds"])] for r in rows])
+                ["architecture", "layout", "parameters", "from layer shapes",
+                 *(f"forward {header}" for header in TIMING_HEADERS)],
+                [[r["name"], r["layout"], r["parameters"], r["formula"], *timing_cells(r["timing"])] for r in rows])
+    print(timing_note(rows[0]["timing"].threads))
 
 
 # %%
@@ -1002,10 +1286,10 @@ if __name__ == "__main__":
 # %% [markdown]
 # ## Summary figure
 #
-# One picture of the sections above: the parameter counts and forward times of the
+# One picture of the sections above: the parameter counts and forward times (medians) of the
 # architectures, the activations of the custom-layers section with their derivatives, the
 # initial weights of each scheme, and the gradient norm of every layer from the gradient-flow
-# section. `activation_curves` computes the curves (derivatives by autograd); `plot_analysis`
+# and exploding-gradients sections. `activation_curves` computes the curves (derivatives by autograd); `plot_analysis`
 # draws what the sections kept and computes nothing.
 
 # %%
@@ -1035,7 +1319,7 @@ def plot_analysis(arch_rows, curves, init_stats, flows):
                ylim=(-1.2, 2.5))
     ax_act.legend(fontsize=8)
 
-    for scheme in ("xavier", "kaiming", "normal"):
+    for scheme in ("xavier", "kaiming", "torch default", "normal"):
         stats = init_stats[scheme]
         ax_init.hist(stats["weights"].numpy(), bins=80, histtype="step", linewidth=1.5, density=True,
                      label=f"{scheme}: std {stats['measured']:.4f} (theory {stats['theory']:.4f})")
@@ -1044,11 +1328,12 @@ def plot_analysis(arch_rows, curves, init_stats, flows):
     ax_init.set_ylim(top=ax_init.get_ylim()[1] * 100)  # room for the legend above the histograms
     ax_init.legend(fontsize=7, loc="upper right")
 
-    times_ms = [r["seconds"] * 1e3 for r in arch_rows]
+    times_ms = [r["timing"].median * 1e3 for r in arch_rows]
     bars = ax_time.bar(range(len(names)), times_ms, color=colors)
     ax_time.bar_label(bars, fmt="%.2f ms", fontsize=8)
     ax_time.set_xticks(range(len(names)), short, fontsize=7)
-    ax_time.set(title="Forward time per architecture (median)", ylabel="time (ms)")
+    ax_time.set(title=f"Forward time per architecture (median, {_threads_label(arch_rows[0]['timing'])})",
+                ylabel="time (ms)")
     ax_time.margins(y=0.12)
 
     for name, norms in flows.items():
@@ -1058,7 +1343,7 @@ def plot_analysis(arch_rows, curves, init_stats, flows):
     ax_flow.legend(fontsize=8)
 
     for i, row in enumerate(arch_rows):
-        ax_cost.scatter(row["parameters"], row["seconds"] * 1e3, color=colors[i], s=40, label=row["name"])
+        ax_cost.scatter(row["parameters"], row["timing"].median * 1e3, color=colors[i], s=40, label=row["name"])
     ax_cost.set(xscale="log", yscale="log", title="Parameters vs forward time (points)", xlabel="parameters (log)",
                 ylabel="forward time (ms, log)", xlim=_whole_decades([r["parameters"] for r in arch_rows]),
                 ylim=_whole_decades(times_ms))
@@ -1073,4 +1358,5 @@ def plot_analysis(arch_rows, curves, init_stats, flows):
 # %%
 if __name__ == "__main__":
     curves = {"x": ACTIVATION_GRID, "outputs": activation_curves(ACTIVATION_GRID)}
-    save_figure(plot_analysis(arch_rows, curves, init_stats, flows), "custom_modules_analysis.png", ctx.plots_dir)
+    all_flows = {**flows, f"plain tanh, N(0, {EXPLODING_INIT_STD:g}) init (exploding)": exploding["before"]}
+    save_figure(plot_analysis(arch_rows, curves, init_stats, all_flows), "custom_modules_analysis.png", ctx.plots_dir)

@@ -1,9 +1,9 @@
-"""Datasets and DataLoaders: five kinds of data, batching, sampling, collation and throughput.
+"""Datasets and DataLoaders: five kinds of data, streams, batching, sampling, collation and throughput.
 
 Run `python dataset_loader_demo.py` (add `--quick` for a smoke run). It builds Datasets for
-tabular, image, time-series, text and memory-mapped data; shows the DataLoader's batching,
-seeded shuffling, workers, padding collation, weighted and distributed sampling; and measures
-where loading time goes and how a batched fast path removes it. Lesson 6
+tabular, image, time-series, text and memory-mapped data, and a stream split across workers;
+shows the DataLoader's batching, seeded shuffling, workers, padding collation, weighted and
+distributed sampling; and measures where loading time goes and what a batched fast path changes. Lesson 6
 (`digits_classifier.py`) trains on the digits with the Dataset and fast loader built here.
 Figures: plots/digits_samples.png, plots/dataset_loader_analysis.png.
 """
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,21 +27,28 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
+    IterableDataset,
     RandomSampler,
     TensorDataset,
     WeightedRandomSampler,
     default_collate,
+    get_worker_info,
 )
 
 from lesson_harness import (
-    fmt_seconds,
+    BENCHMARK_THREADS,
+    NOISY_MARK,
+    TIMING_HEADERS,
+    Timing,
+    benchmark,
     new_figure,
     print_pairs,
     print_table,
     save_figure,
     share_notebook_with_workers,
     start_lesson,
-    time_median,
+    timing_cells,
+    timing_note,
 )
 
 
@@ -56,14 +63,17 @@ class Config:
     augment_workers: int = 2  # workers in the seeded-augmentation demo
     memmap_workers: int = 2  # workers reading the memory-mapped file
     memmap_rows: int = 20_000  # rows written to the memory-mapped file read by workers
+    stream_worker_counts: tuple[int, ...] = (0, 2)  # num_workers for the naive and the sharded stream
+    init_fn_workers: int = 2  # workers of the stream configured by worker_init_fn (and prefetching ahead)
     min_run_time: float = 0.1  # seconds per throughput measurement
 
 
 FULL = Config()
-# Quick mode starts a single worker (augmentation's; seeding from the loader needs one): under spawn each
-# worker imports torch afresh, which takes seconds.
+# Quick mode starts few workers: under spawn each worker imports torch afresh, which takes seconds. Seeding
+# from the loader needs one (augmentation's), and the stream section starts one (worker_init_fn's); the
+# naive stream's duplicates need two or more workers, so only the full run shows them.
 QUICK = Config(n_samples=400, throughput_samples=1_000, batch_sizes=(32, 128), worker_counts=(0,), augment_workers=1,
-               memmap_workers=0, memmap_rows=2_000, min_run_time=0.01)
+               memmap_workers=0, memmap_rows=2_000, stream_worker_counts=(0,), init_fn_workers=1, min_run_time=0.01)
 LOADER_TIMEOUT_S = 60  # a worker that produces no batch for this long has hung: fail instead of waiting
 VAL_FRACTION = 0.2  # share of the tabular rows held out for validation
 IMBALANCED_CLASS_WEIGHTS = (0.7, 0.2, 0.07, 0.03)  # class shares of the imbalanced dataset (one per class)
@@ -77,6 +87,9 @@ SERIES_HORIZON = 4  # future steps it predicts
 TEXT_SEQ_LEN = 32  # characters per text item
 SHARD_INDICES, SHARD_REPLICAS = 12, 3  # a dataset size and rank count small enough to print the shards
 MEMMAP_FEATURES = 16  # float32 columns of the memory-mapped file
+STREAM_ROWS, STREAM_FEATURES = 12, 3  # the stream: row i holds 3i, 3i + 1, 3i + 2 (small enough to print)
+STREAM_BATCH = 2  # batch size when reading the stream
+STREAM_PREFETCH = 4  # prefetch_factor of the worker_init_fn loader: batches each worker loads ahead
 FOOTPRINT_MIB = 40  # file in the memory measurement: > 32 MiB, so glibc's malloc maps fresh pages for the copy
 FOOTPRINT_FEATURES = 4096  # its float32 columns: rows of 16 KiB
 BREAKDOWN_BATCH = 128  # batch size of the per-step time breakdown
@@ -734,13 +747,134 @@ if __name__ == "__main__":
 
 
 # %% [markdown]
+# ## Streams: an IterableDataset read once across workers
+#
+# Some data has no index: records arriving on a socket, a log that keeps growing, lines decoded
+# from a compressed archive. An `IterableDataset` defines `__iter__` instead of `__len__` and
+# `__getitem__`, and the DataLoader batches whatever it yields. There is no sampler to split the
+# work: with `num_workers=k` every worker gets its own copy of the dataset and iterates it, so a
+# naive stream is read k times and every row arrives k times. Each worker must read only its share.
+# `torch.utils.data.get_worker_info()` returns `None` in the main process and, in a worker, its `id`,
+# `num_workers`, `seed` and `dataset` (that worker's copy): taking rows `id::num_workers` (or one
+# contiguous block per worker) gives every row to exactly one worker, whatever k is. With two or more
+# workers the rows then arrive once each but not in stream order, since each batch holds one worker's
+# rows and the loader takes batches from the workers in turn.
+#
+# `worker_init_fn` is called once in each new worker with the worker's id, after DataLoader has seeded
+# it and before the worker loads anything: the place to seed a library DataLoader does not seed, open
+# a file or connection per worker, or, as below, configure the worker's copy of a dataset whose class
+# you cannot change. `prefetch_factor` is how many batches each worker loads ahead (2 unless set), so up
+# to `num_workers × prefetch_factor` batches are requested before the first is used; it exists only
+# with workers, and DataLoader rejects it with `num_workers=0`. `--quick` starts a single worker here:
+# the duplicates need two or more, so the full run shows them with two.
+
+# %%
+class StreamDataset(IterableDataset):
+    """The rows of a tensor as a stream, in order: rows[start::step], which is every row unless configured."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows  # (n, features)
+        self.start, self.step = 0, 1  # a worker_init_fn may set these in a worker's copy
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield from self.rows[self.start::self.step]  # every worker that iterates a copy reads all of it
+
+
+class ShardedStreamDataset(StreamDataset):
+    """The same stream, split by the reading process: rows[id::num_workers] in worker `id`, all rows without workers."""
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()  # None in the main process
+        shard = self.rows if info is None else self.rows[info.id::info.num_workers]
+        yield from shard[self.start::self.step]
+
+
+def shard_stream_in_worker(worker_id: int) -> None:
+    """A worker_init_fn: DataLoader calls it with the worker's id; it sets this worker's copy to rows[id::workers]."""
+    info = get_worker_info()  # inside worker_init_fn too: id, num_workers, seed and this worker's dataset copy
+    info.dataset.start, info.dataset.step = worker_id, info.num_workers
+
+
+def arrival_order(delivered: torch.Tensor, rows: torch.Tensor) -> list[int]:
+    """The index in `rows` of each delivered row, in delivery order (the rows must be distinct)."""
+    if len(torch.unique(rows, dim=0)) < len(rows):
+        raise ValueError("the stream's rows must be distinct to tell which one arrived")
+    matches = (delivered.unsqueeze(1) == rows.unsqueeze(0)).all(dim=-1)  # (delivered, rows)
+    if not matches.any(dim=1).all():
+        raise ValueError("a delivered row is not a row of the stream")
+    return matches.int().argmax(dim=1).tolist()
+
+
+def read_stream(dataset: StreamDataset, batch_size: int, num_workers: int, **loader_kwargs) -> dict[str, object]:
+    """One epoch of `dataset` through a DataLoader: which row arrived in what order, and how often each did."""
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, **loader_kwargs)
+    delivered = torch.cat(list(loader))  # (rows delivered, features)
+    del loader  # shuts the persistent workers down
+    order = arrival_order(delivered, dataset.rows)
+    return {"order": order, "arrivals": torch.bincount(torch.tensor(order), minlength=len(dataset.rows)).tolist()}
+
+
+def stream_reads(rows: torch.Tensor, batch_size: int, worker_counts: Sequence[int], init_fn_workers: int,
+                 prefetch_factor: int) -> list[dict[str, object]]:
+    """The naive and the sharded stream at each worker count, then the naive class sharded by worker_init_fn."""
+    reads = [{"dataset": cls.__name__, "workers": workers, **read_stream(cls(rows), batch_size, workers)}
+             for cls in (StreamDataset, ShardedStreamDataset) for workers in worker_counts]
+    configured = read_stream(StreamDataset(rows), batch_size, init_fn_workers, worker_init_fn=shard_stream_in_worker,
+                             prefetch_factor=prefetch_factor)
+    return reads + [{"dataset": "StreamDataset + worker_init_fn", "workers": init_fn_workers, **configured}]
+
+
+def prefetch_without_workers_error() -> str:
+    """The first sentence of the error DataLoader raises for prefetch_factor with num_workers=0."""
+    try:
+        DataLoader(range(4), num_workers=0, prefetch_factor=2)
+    except ValueError as err:
+        return str(err).split(".")[0] + "."
+    return ""
+
+
+def print_stream_reads(reads: list[dict[str, object]], n_rows: int) -> None:
+    def times(arrivals: list[int]) -> str:
+        low, high = min(arrivals), max(arrivals)
+        return f"{low} (every row)" if low == high else f"{low} to {high}"
+
+    print_table(f"A stream of {n_rows} rows read through DataLoader workers",
+                ["dataset", "workers", "rows delivered", "times each row arrived"],
+                [[r["dataset"], r["workers"], sum(r["arrivals"]), times(r["arrivals"])] for r in reads])
+
+# %%
+if __name__ == "__main__":
+    stream = torch.arange(STREAM_ROWS * STREAM_FEATURES).reshape(STREAM_ROWS, STREAM_FEATURES)  # (rows, features)
+    share_notebook_with_workers("dataset_loader_demo")  # in a notebook, spawned workers must find the stream classes
+    reads = stream_reads(stream, STREAM_BATCH, cfg.stream_worker_counts, cfg.init_fn_workers, STREAM_PREFETCH)
+    print_stream_reads(reads, STREAM_ROWS)
+    sharded = [r for r in reads if r["dataset"] == "ShardedStreamDataset"][-1]
+    print_pairs("Sharding, worker_init_fn and prefetch_factor", {
+        f"ShardedStreamDataset, {_workers(sharded['workers'])}, arrival order (row index)": sharded["order"],
+        "worker_init_fn": "called once in each new worker with its id; here it set that worker's copy to read "
+                          "rows[id::num_workers]",
+        f"prefetch_factor={STREAM_PREFETCH}": f"each worker loads up to {STREAM_PREFETCH} batches ahead, "
+                                              f"{cfg.init_fn_workers * STREAM_PREFETCH} in all with "
+                                              f"{_workers(cfg.init_fn_workers)}",
+        "prefetch_factor with num_workers=0": f"ValueError: {prefetch_without_workers_error()}",
+    })
+
+
+# %% [markdown]
 # ## Throughput: where loading time goes, and the fast path
 #
-# The default DataLoader calls `__getitem__` once per sample and then `default_collate` stacks
-# the samples: Python overhead per sample, not copying bytes, dominates. When the data is
-# already a tensor in memory, index the whole batch at once: one `X[idx]` gather per batch.
-# Workers help when `__getitem__` is expensive (decoding, augmentation); for cheap in-memory
-# samples they add inter-process copying.
+# The default DataLoader calls `__getitem__` once per sample and then `default_collate` stacks the
+# samples: Python work paid for every sample, whatever the batch size. When the data is already a
+# tensor in memory, one `X[idx]` gather per batch does that work in a single call per batch. The
+# first table times those steps at one batch size, per sample; compare the per-sample cost of the
+# two default steps with that of the gather. The second table measures whole epochs. Read each
+# loader's rate across the batch sizes together with its IQR (a change smaller than the spread is
+# noise, and `!` marks a row that is as much noise as signal): the default loader still calls
+# `__getitem__` once for every sample at any batch size, while the fast path shares one gather among
+# more samples, and "vs default" shows how far apart they are at each size. Workers help when `__getitem__` is expensive
+# (decoding, augmentation); for cheap in-memory samples, look at whether they earn back the
+# inter-process copying they add. Every benchmark runs on one thread, and DataLoader gives each worker
+# process one thread of its own.
 
 # %%
 class FastBatchLoader:
@@ -771,76 +905,97 @@ def batch_sampler_loader(dataset: TensorDataset, batch_size: int, generator: tor
     return DataLoader(dataset, sampler=sampler, batch_size=None)
 
 
-def loader_throughput(loader, min_run_time: float = 0.1) -> float:
-    """Samples (not batches) per second over full epochs (median of Timer runs)."""
+def loader_throughput(loader, min_run_time: float = 0.1, threads: int = BENCHMARK_THREADS) -> tuple[int, Timing]:
+    """Samples per epoch, and the Timing of a full epoch: samples/s is samples / timing.median."""
     samples = sum(len(batch[0]) for batch in loader)  # one warm-up epoch that also counts the samples
 
     def epoch() -> None:
         for _ in loader:
             pass
 
-    return samples / time_median(epoch, "cpu", min_run_time)
+    return samples, benchmark(epoch, "cpu", min_run_time, threads=threads)
 
 
 DEFAULT_LOADER = "default, 0 workers"  # the reference every other loader is compared with
 
 
 def throughput_table(n_samples: int, n_features: int, batch_sizes, worker_counts, min_run_time: float,
-                     seed: int = 0) -> list[dict[str, object]]:
-    """Samples/s of each loader at each batch size, and its ratio to the default loader at that batch size."""
+                     seed: int = 0, threads: int = BENCHMARK_THREADS) -> list[dict[str, object]]:
+    """Each loader at each batch size: its epoch Timing, samples/s from the median, and "vs default"."""
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(n_samples, n_features, generator=gen)
     y = torch.randint(0, 4, (n_samples,), generator=gen)
     dataset = TensorDataset(X, y)
     rows = []
-    factories = [(f"default, {w} workers", partial(make_loader, dataset, num_workers=w, generator=gen))
+    factories = [(f"default, {w} workers", w, partial(make_loader, dataset, num_workers=w, generator=gen))
                  for w in worker_counts]
-    factories += [("BatchSampler, batch_size=None", partial(batch_sampler_loader, dataset, generator=gen)),
-                  ("fast path (X[idx])", partial(FastBatchLoader, X, y, generator=gen))]
+    factories += [("BatchSampler, batch_size=None", 0, partial(batch_sampler_loader, dataset, generator=gen)),
+                  ("fast path (X[idx])", 0, partial(FastBatchLoader, X, y, generator=gen))]
     for batch_size in batch_sizes:
-        for name, factory in factories:
+        for name, workers, factory in factories:
             loader = factory(batch_size=batch_size)
-            rows.append({"batch_size": batch_size, "loader": name,
-                         "samples_per_s": loader_throughput(loader, min_run_time)})
+            samples, epoch = loader_throughput(loader, min_run_time, threads)
+            rows.append({"batch_size": batch_size, "loader": name, "workers": workers, "samples": samples,
+                         "epoch": epoch, "samples_per_s": samples / epoch.median})
             del loader  # shuts persistent workers down before anything else is measured
     return add_speedups(rows)
 
 
 def add_speedups(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Each row with "vs default": its samples/s over the default loader's at the same batch size."""
-    default = {r["batch_size"]: r["samples_per_s"] for r in rows if r["loader"] == DEFAULT_LOADER}
-    return [{**r, "vs default": r["samples_per_s"] / default[r["batch_size"]]} for r in rows]
+    """Each row with "vs default": its samples/s over the default loader's at the same batch size, from the two
+    median epoch times of this run; "vs default noisy" where either of the two timings is."""
+    default = {r["batch_size"]: r for r in rows if r["loader"] == DEFAULT_LOADER}
+    return [{**r, "vs default": r["samples_per_s"] / default[r["batch_size"]]["samples_per_s"],
+             "vs default noisy": r["epoch"].noisy or default[r["batch_size"]]["epoch"].noisy} for r in rows]
+
+
+def per_sample(timing: Timing, batch_size: int) -> Timing:
+    """A batch's Timing as a per-sample one: median and IQR divided by the batch size (the IQR's share is kept)."""
+    return replace(timing, median=timing.median / batch_size, iqr=timing.iqr / batch_size)
 
 
 def time_breakdown(n_samples: int, n_features: int, batch_size: int, min_run_time: float,
-                   generator: torch.Generator | None = None) -> dict[str, float]:
-    """Seconds per sample spent in __getitem__ and in default_collate, vs one batched index."""
+                   generator: torch.Generator | None = None, threads: int = BENCHMARK_THREADS) -> dict[str, Timing]:
+    """Per-sample Timings of __getitem__ and of default_collate, vs one batched index, at `batch_size`."""
     X = torch.randn(n_samples, n_features, generator=generator)  # (n, f)
     y = torch.randint(0, 4, (n_samples,), generator=generator)  # (n,)
     dataset = TensorDataset(X, y)
     samples = [dataset[i] for i in range(batch_size)]
     idx = torch.arange(batch_size)
-    return {
-        "__getitem__ per sample": time_median(lambda: [dataset[i] for i in range(batch_size)], "cpu",
-                                              min_run_time) / batch_size,
-        "default_collate per sample": time_median(lambda: default_collate(samples), "cpu", min_run_time) / batch_size,
-        "X[idx], y[idx] per sample": time_median(lambda: (X[idx], y[idx]), "cpu", min_run_time) / batch_size,
+    steps = {
+        "__getitem__ per sample": lambda: [dataset[i] for i in range(batch_size)],
+        "default_collate per sample": lambda: default_collate(samples),
+        "X[idx], y[idx] per sample": lambda: (X[idx], y[idx]),
     }
+    return {name: per_sample(benchmark(step, "cpu", min_run_time, threads=threads), batch_size)
+            for name, step in steps.items()}
 
 
-def print_throughput(breakdown: dict[str, float], rows: list[dict[str, object]], n_samples: int) -> None:
-    print_table(f"Where the time goes at batch {BREAKDOWN_BATCH} ({torch.get_num_threads()} threads)",
-                ["step", "per sample"], [[name, fmt_seconds(seconds)] for name, seconds in breakdown.items()])
-    print_table(f"{n_samples:,} in-memory samples per epoch (median of Timer runs)",
-                ["batch", "loader", "samples/s", "vs default"],
-                [[r["batch_size"], r["loader"], f"{r['samples_per_s']:,.0f}", f"{r['vs default']:.1f}×"] for r in rows])
+def print_breakdown(breakdown: dict[str, Timing], batch_size: int) -> None:
+    print_table(f"Where the time goes at batch {batch_size}, per sample", ["step", *TIMING_HEADERS],
+                [[name, *timing_cells(timing)] for name, timing in breakdown.items()])
+    print(timing_note(next(iter(breakdown.values())).threads))
+
+
+def print_throughput(rows: list[dict[str, object]], n_samples: int) -> None:
+    def ratio(r: dict[str, object]) -> str:
+        return f"{r['vs default']:.1f}×" + (f" {NOISY_MARK}" if r["vs default noisy"] else "")
+
+    print_table(f"{n_samples:,} in-memory samples per epoch: samples/s from the median epoch time",
+                ["batch", "loader", "samples/s", f"epoch {TIMING_HEADERS[1]}", "vs default"],
+                [[r["batch_size"], r["loader"], f"{r['samples_per_s']:,.0f}", timing_cells(r["epoch"])[1], ratio(r)]
+                 for r in rows])
+    print(timing_note(rows[0]["epoch"].threads))
+    if any(r["workers"] for r in rows):
+        print("A loader with workers reads in worker processes, each on one thread (DataLoader sets it).")
 
 # %%
 if __name__ == "__main__":
     breakdown = time_breakdown(cfg.throughput_samples, cfg.n_features, BREAKDOWN_BATCH, cfg.min_run_time, ctx.generator)
+    print_breakdown(breakdown, BREAKDOWN_BATCH)
     throughput = throughput_table(cfg.throughput_samples, cfg.n_features, cfg.batch_sizes, cfg.worker_counts,
                                   cfg.min_run_time, ctx.seed)
-    print_throughput(breakdown, throughput, cfg.throughput_samples)
+    print_throughput(throughput, cfg.throughput_samples)
 
 
 # %% [markdown]
@@ -896,7 +1051,7 @@ def plot_analysis(counts, stats, series, class_balance, throughput, footprint, f
         mine = [r for r in throughput if r["loader"] == loader]
         ax_speed.plot([r["batch_size"] for r in mine], [r["samples_per_s"] for r in mine], "o-", label=loader)
     ax_speed.set(xscale="log", yscale="log", title="Loader throughput (in-memory tensors)", xlabel="batch size",
-                 ylabel="samples per second (log)")
+                 ylabel="samples per second (from the median; log)")
     batch_sizes = sorted({r["batch_size"] for r in throughput})
     ax_speed.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
     ax_speed.xaxis.set_minor_locator(NullLocator())

@@ -3,9 +3,11 @@
 Run `python digits_classifier.py` (add `--quick` for a smoke run). Two small networks, an MLP
 and a CNN, learn scikit-learn's 8×8 digits with everything a real training run needs: a seeded
 split scaled with training statistics only, a numerically stable loss with label smoothing,
-AdamW with parameter groups, a warm-up and cosine schedule, gradient clipping, `train()` and
-`eval()` modes, early stopping, a checkpoint that resumes bit for bit, a profile of where an
-epoch's time goes, and one final measurement on a test split. Figure: plots/digits_training.png.
+AdamW with parameter groups, a warm-up and cosine schedule, gradient clipping (and how it meets
+a mixed-precision gradient scaler), `train()` and `eval()` modes, early stopping and how it
+meets the schedule, a checkpoint that resumes bit for bit on the CPU, a profile of where an
+epoch's time goes, and one final measurement on a test split with its uncertainty.
+Figure: plots/digits_training.png.
 
 The one import between lessons: the digits Dataset, the fast batch loader and the image mosaic
 come from lesson 5 (`dataset_loader_demo.py`), where they are taught.
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -37,6 +40,7 @@ from lesson_harness import (
     as_device,
     fmt_seconds,
     new_figure,
+    print_pairs,
     print_table,
     profile_events,
     save_figure,
@@ -65,10 +69,18 @@ DIGITS_WEIGHT_DECAY = 0.05  # AdamW decoupled weight decay, on Linear and Conv w
 DIGITS_LABEL_SMOOTHING = 0.1  # training target: 0.9 · one-hot + 0.1 · uniform
 DIGITS_MAX_GRAD_NORM = 1.0  # clip_grad_norm_ threshold on the global gradient norm
 DIGITS_PATIENCE = 3  # epochs without a lower validation loss before early stopping
+DIGITS_SCHEDULES = ("cosine", "constant")  # after the warm-up: cosine decay to 0, or the peak rate held
+STOPPING_LR = 0.1  # ten times DIGITS_PEAK_LR, held constant: too large to settle, so early stopping fires
+STOPPING_EPOCHS = 30  # that run's cap, in --quick too: its epochs do not depend on it, and it stops sooner
 DIGITS_THREADS = 1  # threads (torch intra-op, BLAS) for these tiny computations; see "Where the time goes"
 RESUME_EPOCHS = 2  # the resume check trains this many epochs, checkpointing halfway
 LOGREG_MAX_ITER = 1_000  # L-BFGS iteration cap for the logistic-regression baseline (it converges well before)
 SMOOTHING_CHECKS = (0.0, 0.1, 0.3)  # label-smoothing strengths compared with F.cross_entropy
+AMP_MAX_GRAD_NORM = 0.5  # clipping threshold of the mixed-precision demo: below its batch's gradient norm
+AMP_LR = 1e-2  # SGD learning rate of that one step
+AMP_INIT_SCALE = 2.0**16  # GradScaler's first scale (its default)
+CONFIDENCE = 0.95  # coverage of the interval around each test accuracy
+BASELINE = "logistic regression (scikit-learn)"  # the baseline's name in the results tables
 SHOWN_MISTAKES = 8  # most confident test mistakes printed and drawn
 
 
@@ -93,21 +105,30 @@ if __name__ == "__main__":
 # Two small networks, an MLP and a CNN, learn the 8×8 digits with the complete loop a real
 # project needs: a seeded split scaled with training statistics only, a numerically stable
 # loss, AdamW with parameter groups, a warm-up and cosine learning-rate schedule, gradient
-# clipping, `train()` and `eval()` modes, early stopping on the validation loss, a checkpoint
-# that resumes bit for bit, a profile of where an epoch's time goes, and one final measurement
-# on a test split that no decision has seen. scikit-learn's logistic regression on the same
-# split is the baseline to beat.
+# clipping (and where it goes when a gradient scaler is used for mixed precision), `train()`
+# and `eval()` modes, early stopping on the validation loss (and how it meets the schedule), a
+# checkpoint that resumes bit for bit on the CPU, a profile of where an epoch's time goes, and
+# one final measurement on a test split that no decision has seen. scikit-learn's logistic
+# regression on the same split is the baseline to compare with; with a few hundred test
+# images, the comparison comes with its uncertainty.
 
 # %% [markdown]
 # ## Data: one seeded split, scaled with training statistics
 # `random_split` with a seeded generator cuts the 1,797 images into about 70/15/15 % once: the
 # same seed gives the same split, another seed another. One mean and one standard deviation
 # (the images have one channel) come from the training images only and are applied to all
-# three splits. The data is 1,797 × 64 floats already in memory, so batches come from lesson 5's
-# fast path, `FastBatchLoader` (one index operation per batch with a seeded `randperm`), not a DataLoader
-# calling `__getitem__` once per image and collating. With CUDA each batch is copied into pinned
-# (page-locked) memory, so `.to(device, non_blocking=True)` returns before the copy ends; on
-# other devices pinning would only add a copy, and `pin_memory` warns without an accelerator.
+# three splits. The data is 1,797 × 64 float32 values (about 460 KB) already in memory, so
+# batches come from lesson 5's fast path, `FastBatchLoader` (one index operation per batch with a
+# seeded `randperm`), not a DataLoader calling `__getitem__` once per image and collating.
+# A dataset this small fits on any accelerator many times over: on CUDA (and MPS) each split is
+# copied to the device once, when its loader is made, and `DeviceBatchLoader` gathers every batch
+# there. Per epoch only the shuffled order (1,258 int64 indices for the training split, about
+# 10 KB) crosses to the device, not every batch, and no pinned memory is needed. The order comes
+# from the same seeded CPU generator on every device, so a seed gives the same batches
+# everywhere. Pinned memory and `.to(device, non_blocking=True)` are for data that cannot live on
+# the device: batches decoded or augmented on the CPU by DataLoader workers
+# (`DataLoader(..., pin_memory=True)`), copied while the device computes. On the CPU nothing
+# moves and the loader is lesson 5's `FastBatchLoader`.
 
 # %%
 @cache
@@ -145,19 +166,35 @@ def split_summary(splits: Sequence[Subset]) -> list[dict[str, object]]:
     return rows
 
 
-class PinnedBatchLoader(FastBatchLoader):
-    """FastBatchLoader whose batches sit in pinned memory, so a non_blocking copy to CUDA is asynchronous."""
+class DeviceBatchLoader(FastBatchLoader):
+    """FastBatchLoader over tensors that already live on an accelerator: batches are gathered there.
+
+    The order is drawn on the CPU, from the same seeded generator as FastBatchLoader's (so the batches
+    are the same on every device), and copied to the device once per epoch.
+    """
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in super().__iter__():
-            yield images.pin_memory(), labels.pin_memory()
+        n = len(self.X)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.X.device)  # one small copy per epoch (n indices), not one per batch
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.X[idx], self.y[idx]  # (batch, 1, 8, 8), (batch,), gathered on the device
+
+
+def split_device(device: torch.device) -> torch.device:
+    """Where a split's tensors live when training on `device`: on an accelerator itself, else on the CPU."""
+    return device if device.type in ("cuda", "mps") else torch.device("cpu")
 
 
 def make_digits_loader(subset: Subset, batch_size: int, device: torch.device, shuffle: bool = False,
                        generator: torch.Generator | None = None) -> FastBatchLoader:
+    """Batches of `subset` for training on `device`: on an accelerator the split is moved there once."""
     images, labels = subset_tensors(subset)
-    loader_class = PinnedBatchLoader if device.type == "cuda" else FastBatchLoader
-    return loader_class(images, labels, batch_size, shuffle=shuffle, generator=generator)
+    home = split_device(device)
+    if home.type == "cpu":
+        return FastBatchLoader(images, labels, batch_size, shuffle=shuffle, generator=generator)
+    return DeviceBatchLoader(images.to(home), labels.to(home), batch_size, shuffle=shuffle, generator=generator)
 
 
 
@@ -352,6 +389,18 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class WarmupConstant:
+    """Learning-rate factor at optimizer step t: WarmupCosine's linear warm-up, then 1 for as long as training runs."""
+
+    def __init__(self, warmup_steps: int):
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps} must be non-negative")
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+
+
 
 def print_param_groups(rows: list[dict[str, object]]) -> None:
     print_table("The CNN's parameter groups, as AdamW holds them",
@@ -376,7 +425,7 @@ if __name__ == "__main__":
 # (and update its running averages); `model.eval()` turns dropout off and uses the running
 # averages. Evaluation runs under `torch.no_grad()`: no graph is recorded, so it is faster and
 # uses less memory. The `record_function` labels name the four phases of a step for the
-# profiler below; without a profiler running each costs a few microseconds. Early
+# profiler below; without a profiler running, each does next to nothing. Early
 # stopping ends training when the validation loss has not improved on its best for `patience`
 # epochs in a row, and the model returned is the one from the best epoch.
 
@@ -472,6 +521,31 @@ def clipping_summary(grad_norms: Sequence[float], max_norm: float) -> dict[str, 
 # which refuses to run code stored in the file. It is written to a temporary file and renamed, so
 # a crash during the write leaves the previous checkpoint intact.
 #
+# "Bit for bit" is a claim about this set-up: the CPU, the same number of threads
+# (`DIGITS_THREADS`, set inside `fit_digits`), the same torch build and machine. A sum split
+# over another number of threads adds in another order and rounds differently, and another
+# build or processor may run other kernels, which round differently too. On a GPU three more
+# things vary between runs of the same code, and each has a switch:
+# cuDNN's autotuner (`torch.backends.cudnn.benchmark = True`) times several convolution
+# algorithms and keeps the fastest, which can differ from run to run, so leave it `False` (the
+# default); some CUDA kernels add with atomic operations in whatever order threads arrive
+# (`index_add_`, `scatter_add_`, the backward of several pooling and interpolation layers), and
+# `torch.use_deterministic_algorithms(True)` swaps in deterministic versions, raising an error
+# where an operator has none; and cuBLAS needs a fixed workspace, `CUBLAS_WORKSPACE_CONFIG=:4096:8`
+# in the environment before CUDA initialises (in the shell, or in the script's first lines
+# before any CUDA call), or deterministic mode raises at the first matrix multiply:
+#
+# ```python
+# import os
+# os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA initialises
+# import torch
+# torch.use_deterministic_algorithms(True)
+# torch.backends.cudnn.benchmark = False
+# ```
+#
+# This lesson runs on the CPU in its tests and leaves these switches as they are; the resume
+# check prints what they are in this run.
+#
 # The first cell below trains both models and prints one row per epoch; the second stops a run
 # halfway, saves a checkpoint, resumes from it in fresh objects and compares with a run that
 # never stopped.
@@ -536,18 +610,21 @@ class DigitsTraining:
 
 
 def build_digits_training(arch: str, epochs: int, seed: int, device: torch.device,
-                          peak_lr: float = DIGITS_PEAK_LR) -> DigitsTraining:
+                          peak_lr: float = DIGITS_PEAK_LR, schedule: str = "cosine") -> DigitsTraining:
     """Model, loss, AdamW, schedule and loaders; call inside seeded_global_rng so initialisation is seeded."""
+    if schedule not in DIGITS_SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not one of {', '.join(map(repr, DIGITS_SCHEDULES))}")
     train, val, test = make_digits_splits(seed)
     model = make_digits_model(arch).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, DIGITS_WEIGHT_DECAY), lr=peak_lr)
     steps_per_epoch = math.ceil(len(train) / DIGITS_BATCH_SIZE)
-    schedule = WarmupCosine(min(DIGITS_WARMUP_EPOCHS * steps_per_epoch, epochs * steps_per_epoch - 1),
-                            epochs * steps_per_epoch)
+    warmup_steps = min(DIGITS_WARMUP_EPOCHS * steps_per_epoch, epochs * steps_per_epoch - 1)
+    lr_factor = (WarmupCosine(warmup_steps, epochs * steps_per_epoch) if schedule == "cosine"
+                 else WarmupConstant(warmup_steps))
     batch_order = torch.Generator().manual_seed(seed + 1)  # not `seed`: a different stream from the split's
     return DigitsTraining(
         model=model, loss_fn=LabelSmoothingCrossEntropy(DIGITS_LABEL_SMOOTHING), optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), batch_order=batch_order,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor), batch_order=batch_order,
         train_loader=make_digits_loader(train, DIGITS_BATCH_SIZE, device, shuffle=True, generator=batch_order),
         val_loader=make_digits_loader(val, DIGITS_EVAL_BATCH_SIZE, device),
         test_loader=make_digits_loader(test, DIGITS_EVAL_BATCH_SIZE, device))
@@ -564,7 +641,7 @@ class DigitsRun:
     best_epoch: int
     step_lrs: list[float]  # learning rate of every optimizer step
     grad_norms: list[float]  # gradient norm of every step, before clipping
-    seconds: float  # wall-clock time of this call
+    seconds: float  # wall-clock time of this call: one run on DIGITS_THREADS threads
 
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -581,18 +658,22 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
 def fit_digits(arch: str, epochs: int = FULL.epochs, seed: int = 0, device: torch.device | str = "cpu",
                checkpoint_path: str | os.PathLike | None = None, stop_after: int | None = None,
                resume_from: str | os.PathLike | None = None, *, peak_lr: float = DIGITS_PEAK_LR,
-               patience: int = DIGITS_PATIENCE) -> DigitsRun:
-    """Train `arch` on the digits with early stopping; checkpoint after `stop_after` epochs or resume from one."""
+               patience: int = DIGITS_PATIENCE, schedule: str = "cosine") -> DigitsRun:
+    """Train `arch` on the digits with early stopping; checkpoint after `stop_after` epochs or resume from one.
+
+    `schedule`: "cosine" (warm-up, then down to 0 at the last epoch) or "constant" (warm-up, then `peak_lr`).
+    """
     device = as_device(device)
     if epochs < 1:
         raise ValueError(f"epochs={epochs} must be at least 1")
     if stop_after is not None and (checkpoint_path is None or not 1 <= stop_after < epochs):
         raise ValueError(f"stop_after={stop_after} needs a checkpoint_path (got {checkpoint_path!r}) and must be "
                          f"between 1 and epochs - 1 = {epochs - 1}")
-    settings = {"arch": arch, "seed": seed, "epochs": epochs, "peak_lr": peak_lr, "patience": patience}
+    settings = {"arch": arch, "seed": seed, "epochs": epochs, "peak_lr": peak_lr, "patience": patience,
+                "schedule": schedule}
     # seed + 2: a different stream from the split's and the batch order's
     with stopwatch(device) as clock, seeded_global_rng(seed + 2, device), intra_op_threads(DIGITS_THREADS):
-        parts = build_digits_training(arch, epochs, seed, device, peak_lr)
+        parts = build_digits_training(arch, epochs, seed, device, peak_lr, schedule)
         stopper = EarlyStopping(patience)
         log = {"history": [], "step_lrs": [], "grad_norms": [], "best_model": _state_copy(parts.model)}
         first_epoch, checkpointed = 1, False
@@ -659,9 +740,17 @@ def resume_check(arch: str, epochs: int, stop_after: int, seed: int, device: tor
             "bit_identical": all(torch.equal(a, b) for a, b in pairs) and resumed.history == uninterrupted.history}
 
 
+def reproducibility_settings(device: torch.device) -> dict[str, object]:
+    """What a bit-for-bit result rests on in this process: the device, threads, and the GPU determinism switches."""
+    return {"device": device.type, "intra-op threads in fit_digits": DIGITS_THREADS, "torch": torch.__version__,
+            "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
+            "torch.backends.cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "not set")}
 
-def print_history(run: DigitsRun, epochs: int) -> None:
-    print_table(f"{run.arch}: one row per epoch (losses are label-smoothed cross-entropy)",
+
+
+def print_history(run: DigitsRun, epochs: int, title: str | None = None) -> None:
+    print_table(f"{title or run.arch}: one row per epoch (losses are label-smoothed cross-entropy)",
                 ["epoch", "train loss", "val loss", "val accuracy", "last lr", "max grad norm"],
                 [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}", f"{100 * h['val_accuracy']:.1f} %",
                   f"{h['lr']:.2e}", f"{h['max_grad_norm']:.2f}"] for h in run.history])
@@ -687,6 +776,167 @@ if __name__ == "__main__":
           f"({resumed['checkpoint_bytes'] / 1024:.0f} KiB), load it with weights_only=True into fresh objects, train "
           f"the rest: {resumed['tensors']} state tensors and the history bit-identical to the uninterrupted run: "
           f"{resumed['bit_identical']}")
+    print_pairs("What that result rests on (the last three matter on a GPU; see the prose above)",
+                reproducibility_settings(ctx.device))
+
+# %% [markdown]
+# ## When early stopping fires, and what it does to the schedule
+# In the runs above the validation loss seldom fails to improve for `patience` epochs in a row,
+# so early stopping has little to do: compare each run's best epoch with its number of epochs,
+# in its last line. The schedule is part of the reason: the cosine reaches 0 at the last epoch,
+# so the late epochs take ever smaller steps, which seldom make the validation loss worse. Here
+# is a run where early stopping does fire: the MLP with a rate ten times the peak
+# (`STOPPING_LR`), held constant after the warm-up (`schedule="constant"`), for at most
+# `STOPPING_EPOCHS` epochs. Steps that large keep the weights moving around a minimum instead of
+# settling in it, so the validation loss stops improving; after `patience` epochs without a new
+# best, training stops and the weights of the best epoch come back. What to look for: the last
+# epoch run against the cap, and the best epoch, `patience` epochs before the stop.
+#
+# Early stopping and a schedule of fixed length pull in different directions. A schedule that
+# decays to 0 at its last epoch plans the whole run: its late epochs are the tiny steps in which
+# the loss settles. Stop early and the schedule is left unfinished: the model never gets those
+# steps, and its best epoch was taken at a large rate. Two common answers: fix the number of
+# epochs, let the schedule finish and keep the checkpoint with the lowest validation loss
+# (`fit_digits` returns the best epoch's weights in any case, so a patience of at least the
+# number of epochs does exactly that); or let the validation loss drive the schedule as well, as
+# `torch.optim.lr_scheduler.ReduceLROnPlateau` does: it lowers the rate when the validation loss
+# stalls, and training stops once the rate has been lowered a few times or a longer patience
+# runs out.
+
+# %%
+def stopping_summary(run: DigitsRun, max_epochs: int, patience: int) -> dict[str, object]:
+    """Did `run` stop early; its last and best epoch, and how many epochs it ran past its best."""
+    last = len(run.history)
+    return {"stopped early": last < max_epochs, "last epoch": last, "best epoch": run.best_epoch,
+            "epochs after the best": last - run.best_epoch, "patience": patience, "max epochs": max_epochs}
+
+
+def print_stopping(summary: dict[str, object]) -> None:
+    if summary["stopped early"]:
+        print(f"stopped after epoch {summary['last epoch']} of at most {summary['max epochs']}: the best validation "
+              f"loss was at epoch {summary['best epoch']}, {summary['epochs after the best']} epochs (the patience) "
+              f"before the stop; the model returned holds epoch {summary['best epoch']}'s weights")
+    else:
+        print(f"ran all {summary['max epochs']} epochs: never {summary['patience']} epochs in a row without a new "
+              f"best validation loss (best at epoch {summary['best epoch']}); with this seed, try a larger cap")
+
+
+# %%
+if __name__ == "__main__":
+    stopping = fit_digits("mlp", STOPPING_EPOCHS, ctx.seed, ctx.device, peak_lr=STOPPING_LR, schedule="constant")
+    print_history(stopping, STOPPING_EPOCHS,
+                  title=f"mlp, learning rate {STOPPING_LR:g} held constant after the warm-up, patience "
+                        f"{DIGITS_PATIENCE}")
+    print_stopping(stopping_summary(stopping, STOPPING_EPOCHS, DIGITS_PATIENCE))
+
+# %% [markdown]
+# ## Mixed precision: a gradient scaler, and clipping after `unscale_`
+# `torch.autocast(device_type, dtype=torch.float16)` runs matrix multiplies and convolutions in
+# float16 while the weights and the optimizer stay in float32: on GPUs with tensor cores that is
+# faster, and activations kept for the backward pass take half the memory. Compute the loss in
+# float32 (here `.float()` on the logits: on the CPU, autocast leaves `log_softmax` in float16).
+# float16 spans only about 6e-8 to 65504, so small gradients round to 0. `torch.amp.GradScaler`
+# multiplies the loss by a scale S before `backward()`, so every gradient comes out S times
+# larger, clear of that floor; `scaler.step(optimizer)` divides them by S before the optimizer
+# uses them, and skips the step if any is inf or nan, halving S (after 2,000 steps without one
+# it doubles S again). bfloat16 has float32's exponent range and needs no scaler; it is what CPU
+# autocast uses by default.
+#
+# Between `backward()` and `scaler.step` the gradients are still S times too large, and anything
+# that reads them there sees S·g: `clip_grad_norm_` would compare S·‖g‖ with its threshold,
+# clip nearly every step, and after the scaler's division the step would have norm
+# lr · max_norm / S, S times smaller than a clipped step. `scaler.unscale_(optimizer)` divides
+# them in place first, and records that it did, so `scaler.step` does not divide again:
+#
+# ```python
+# scaler.scale(loss).backward()
+# scaler.unscale_(optimizer)  # the gradients are now g, not S·g
+# torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+# scaler.step(optimizer)  # skipped if a gradient is inf or nan
+# scaler.update()
+# ```
+#
+# `GradScaler(enabled=False)` turns each of these calls into a pass-through, so one loop serves
+# both. Below: one SGD step of the MLP on its first training batch, under float16 autocast on the
+# CPU (`torch.amp.GradScaler("cpu")`; on a GPU, `"cuda"`), clipped at a threshold below that
+# batch's gradient norm. On the CPU float16 shows the mechanics; it is not there for speed. What
+# to look for: the update of "unscale_, then clip" against the step without a scaler (they agree
+# up to float16 rounding), the norm that "clip, then step" hands to `clip_grad_norm_` (S times
+# the true one) and the size of its update; and the "step skipped" column, true where the scaled
+# float16 gradients overflowed: the scaler then skips the step and halves S, and a real run goes
+# on at the smaller scale.
+
+# %%
+AMP_ORDERS = ("no scaler", "unscale_, then clip", "clip, then step")  # the calls between backward and step
+
+
+def scaled_clipped_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: str, *, seed: int,
+                        max_norm: float = AMP_MAX_GRAD_NORM, lr: float = AMP_LR, init_scale: float = AMP_INIT_SCALE,
+                        autocast_dtype: torch.dtype | None = torch.float16) -> dict[str, object]:
+    """One clipped SGD step of a copy of `model` on the CPU, with the scaler calls in `order`.
+
+    Returns the scale S, the norm clip_grad_norm_ saw, whether the scaler skipped the step, and the update SGD
+    made: −lr × the gradient it applied (flattened; zeros when skipped), read from the gradients because
+    float32 would round `after − before` for steps this small. Dropout draws from a generator seeded with `seed`,
+    so every order sees the same mask; autocast_dtype=None runs in float32.
+    """
+    if order not in AMP_ORDERS:
+        raise ValueError(f"order={order!r} is not one of {', '.join(map(repr, AMP_ORDERS))}")
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(probe.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, enabled=order != "no scaler")
+    loss_fn = LabelSmoothingCrossEntropy(DIGITS_LABEL_SMOOTHING)
+    with seeded_global_rng(seed, torch.device("cpu")), intra_op_threads(DIGITS_THREADS):
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.float16, enabled=autocast_dtype is not None):
+            logits = probe(images)  # (batch, 10), float16 under autocast
+        loss = loss_fn(logits.float(), labels)  # in float32: CPU autocast would leave its log_softmax in float16
+        scaler.scale(loss).backward()  # gradients S·g (S = 1 when the scaler is disabled)
+        if order != "clip, then step":
+            scaler.unscale_(optimizer)  # a pass-through when disabled
+        norm = torch.nn.utils.clip_grad_norm_(probe.parameters(), max_norm)
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # unscales first if unscale_ was not called; skips on inf or nan
+        scaler.update()
+    skipped = scaler.get_scale() < scale  # update() halves S after a skipped step
+    applied = torch.cat([p.grad.flatten() for p in probe.parameters()])  # what SGD used: unscaled and clipped
+    update = torch.zeros_like(applied) if skipped else -lr * applied
+    return {"scale": scale, "norm seen": norm.item(), "skipped": skipped, "update": update}
+
+
+def amp_clipping_comparison(seed: int, autocast_dtype: torch.dtype | None = torch.float16) -> list[dict[str, object]]:
+    """Each order of AMP_ORDERS, one step each from the same start, on the MLP's first training batch.
+
+    Each row also holds the update's norm and its distance from the no-scaler update, relative to that update's norm.
+    """
+    train = make_digits_splits(seed)[0]
+    images, labels = (t[:DIGITS_BATCH_SIZE] for t in subset_tensors(train))
+    with seeded_global_rng(seed + 2, torch.device("cpu")):  # fit_digits' initialisation stream
+        model = make_digits_model("mlp")
+    rows = [{"order": order, **scaled_clipped_step(model, images, labels, order, seed=seed,
+                                                   autocast_dtype=autocast_dtype)} for order in AMP_ORDERS]
+    reference = rows[0]["update"]
+    for row in rows:
+        row["update norm"] = torch.linalg.vector_norm(row["update"]).item()
+        row["relative difference"] = (torch.linalg.vector_norm(row["update"] - reference)
+                                      / torch.linalg.vector_norm(reference)).item()
+    return rows
+
+
+def print_amp_clipping(rows: list[dict[str, object]]) -> None:
+    print_table(f"One SGD step (lr {AMP_LR}) of the MLP on {DIGITS_BATCH_SIZE} training images, float16 autocast on "
+                f"the CPU, clip_grad_norm_ at {AMP_MAX_GRAD_NORM}",
+                ["calls between backward and step", "scale S", "norm clip_grad_norm_ saw", "update norm",
+                 "distance from the no-scaler update", "step skipped"],
+                [[r["order"], f"{r['scale']:g}", f"{r['norm seen']:.4g}", f"{r['update norm']:.3e}",
+                  f"{100 * r['relative difference']:.3g} %", r["skipped"]] for r in rows])
+    print(f"clipped after unscale_, an update has norm lr · min(‖g‖, {AMP_MAX_GRAD_NORM}); clipped before it, "
+          f"lr · {AMP_MAX_GRAD_NORM} / S (= {AMP_LR * AMP_MAX_GRAD_NORM / AMP_INIT_SCALE:.3e} at S = "
+          f"{AMP_INIT_SCALE:g}) once S·‖g‖ exceeds the threshold")
+
+
+# %%
+if __name__ == "__main__":
+    print_amp_clipping(amp_clipping_comparison(ctx.seed))
 
 # %% [markdown]
 # ## Where the time goes
@@ -698,22 +948,31 @@ if __name__ == "__main__":
 # cost per call (Python, dispatch, allocating the output), not arithmetic, sets the time. The
 # default AdamW on the CPU updates one parameter tensor at a time with a dozen or more operators
 # each, and `clip_grad_norm_` adds more: the optimizer step launches about as many aten
-# operators as forward and backward together and spends most of its time outside them: look
-# for it among the largest phases in the table below, and for data loading, one index operation
-# per batch, among the smallest. `torch.optim.AdamW(..., foreach=True)` or `fused=True` batch the
-# optimizer's calls. The row "other" holds what runs outside the four labels (zeroing the
-# gradients before the first step, summing the epoch's loss).
+# operators as forward and backward together (the "aten calls" column). The row "other" holds
+# what runs outside the four labels (zeroing the gradients before the first step, summing the
+# epoch's loss). What to look for: each phase's share of the epoch, and in each row how much of
+# its self CPU time lies outside aten operators: that part is Python and framework overhead,
+# which a faster kernel does not shorten; only fewer calls do, such as
+# `torch.optim.AdamW(..., foreach=True)` or `fused=True`, which batch the optimizer's work over
+# all parameters. The profile is one epoch, one run: its times have no spread to report, and the
+# profiler's own bookkeeping adds to every operator, so read the shares, not the microseconds.
 #
 # Threads: each operator here works on a few thousand numbers, so a second intra-op thread has
-# little to do and costs a synchronisation per operator; when other programs share the cores, a
-# thread can also wait a whole time slice for its partner. On the 2-core test machine, two
-# threads trained the CNN about a quarter faster than one while the machine was otherwise
-# quiet (the MLP gained nothing), and several times slower while other programs were running.
-# One thread is the predictable choice for models this small, so this lesson's training,
-# profiling and baseline run with `DIGITS_THREADS = 1` (restored afterwards). Models whose
-# operators take milliseconds do gain from more threads.
+# little to split and costs a hand-off per operator; when other programs share the cores, a
+# thread can also wait a whole time slice for its partner. Whether two threads beat one for
+# models this small depends on the machine and on what else runs on it; one thread is the
+# predictable choice, so this lesson's training, profiling and baseline run with
+# `DIGITS_THREADS = 1` (restored afterwards), and every time it prints says so. To see the
+# effect on your machine, set `DIGITS_THREADS = 2` and compare the `fit_digits` times, which
+# are single runs: repeat them before drawing a conclusion. Models whose operators take
+# milliseconds do gain from more threads.
 
 # %%
+def threads_label(threads: int) -> str:
+    """'1 thread (DIGITS_THREADS)', '2 threads (DIGITS_THREADS)': the thread count every printed time states."""
+    return f"{threads} thread{'s' if threads != 1 else ''} (DIGITS_THREADS)"
+
+
 PROFILE_PHASES = ("data loading", "forward", "backward", "optimizer step")  # record_function labels of a step
 
 
@@ -775,8 +1034,8 @@ def profile_training_epoch(arch: str, seed: int, device: torch.device) -> list[d
 
 # %%
 if __name__ == "__main__":
-    print_table("mlp: one training epoch under torch.profiler, self time grouped by phase",
-                *profile_table(profile_training_epoch("mlp", ctx.seed, ctx.device), ctx.device))
+    print_table(f"mlp: one training epoch under torch.profiler (one run, {threads_label(DIGITS_THREADS)}), self time "
+                "grouped by phase", *profile_table(profile_training_epoch("mlp", ctx.seed, ctx.device), ctx.device))
 
 # %% [markdown]
 # ## What forgetting `model.eval()` does
@@ -824,11 +1083,31 @@ if __name__ == "__main__":
 # The test split is used once per model, after training, and never for a choice: the model
 # whose figure panels show its errors is the one with the lower validation loss. Logistic
 # regression (one linear layer, fitted to convergence by L-BFGS) on the same standardised
-# pixels is the independent baseline.
+# pixels is the independent baseline. The `fit_digits` times are one wall-clock run each, on
+# `DIGITS_THREADS` threads: a single run has no spread to show, so treat them as rough costs.
+#
+# The test split holds 269 images, so one image moves an accuracy by 0.37 percentage points and
+# a gap of a few images between two models can be chance: which images happened to land in the
+# test split. Before calling a winner, each accuracy gets a 95 % Wilson score interval,
+# (p̂ + z²/2n ± z·√(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n) with z ≈ 1.96. Unlike the simpler
+# p̂ ± z·√(p̂(1 − p̂)/n), it stays inside [0, 1] and keeps close to 95 % coverage for accuracies
+# near 100 %, where the simpler one falls short. Overlapping intervals do not settle a comparison
+# either, because every model sees the same images: the paired test looks only at the images on
+# which two models disagree. If both were equally accurate, each such image would be equally
+# likely to favour either one, so the count that favours one model is binomial with p = ½ (the
+# exact McNemar test). What to look for: the p-value of each model against the baseline. Below
+# 0.05, a split of the disagreements at least this lopsided would come up less than one time in
+# twenty between equally accurate models; above it, this test set cannot tell the two apart, and
+# no winner should be called. Both measure only that one source of chance: the seed also changes
+# the split, the initialisation and the batch order, and running with other `--seed` values shows
+# how far that moves them.
 
 # %%
-def logistic_regression_baseline(splits: Sequence[Subset]) -> dict[str, float]:
-    """scikit-learn's LogisticRegression on the flattened, standardised pixels of the same split."""
+def logistic_regression_baseline(splits: Sequence[Subset]) -> dict[str, object]:
+    """scikit-learn's LogisticRegression on the flattened, standardised pixels of the same split.
+
+    Accuracies, parameter and iteration counts, and "test_correct": (n_test,) bool, right or wrong per test image.
+    """
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
@@ -837,7 +1116,50 @@ def logistic_regression_baseline(splits: Sequence[Subset]) -> dict[str, float]:
     with threadpool_limits(DIGITS_THREADS):  # BLAS threads: tiny matrices again (see "Where the time goes")
         classifier = LogisticRegression(max_iter=LOGREG_MAX_ITER).fit(X_train, y_train)
     return {"val_accuracy": classifier.score(X_val, y_val), "test_accuracy": classifier.score(X_test, y_test),
-            "parameters": classifier.coef_.size + classifier.intercept_.size, "iterations": int(classifier.n_iter_[0])}
+            "parameters": classifier.coef_.size + classifier.intercept_.size, "iterations": int(classifier.n_iter_[0]),
+            "test_correct": torch.from_numpy(classifier.predict(X_test) == y_test)}
+
+
+WILSON_Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # 1.95996...: the standard normal's two-sided 95 % quantile
+
+
+def wilson_interval(correct: int, total: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval for a proportion `correct / total` (95 % for the default z)."""
+    if total < 1 or not 0 <= correct <= total:
+        raise ValueError(f"need 0 ≤ correct ≤ total and total ≥ 1, got correct={correct}, total={total}")
+    p, n = correct / total, total
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half_width = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    low = 0.0 if correct == 0 else centre - half_width  # at the ends the bound is exactly 0 (or 1); the formula
+    high = 1.0 if correct == total else centre + half_width  # would leave a rounding error there
+    return low, high
+
+
+def mcnemar_exact_p(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value from the images only the first model, or only the second, got right."""
+    if min(only_first, only_second) < 0:
+        raise ValueError(f"counts must be non-negative, got {only_first} and {only_second}")
+    n, k = only_first + only_second, min(only_first, only_second)
+    if n == 0:
+        return 1.0  # the two models agree on every image: nothing to test
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n  # P(X ≤ k), X ~ Binomial(n, 1/2), exactly
+    return min(1.0, 2 * tail)
+
+
+def accuracy_comparison(test_correct: dict[str, torch.Tensor], reference: str) -> list[dict[str, object]]:
+    """Per model: test images right, accuracy and its Wilson interval; against `reference`, on the same images:
+    how many only this model got right, how many only the reference did, and the exact McNemar p-value."""
+    base = test_correct[reference]
+    rows = []
+    for name, correct in test_correct.items():
+        k, n = int(correct.sum()), len(correct)
+        row = {"model": name, "right": k, "images": n, "accuracy": k / n, "interval": wilson_interval(k, n)}
+        if name != reference:
+            only_this, only_reference = int((correct & ~base).sum()), int((base & ~correct).sum())
+            row |= {"only this right": only_this, "only reference right": only_reference,
+                    "p": mcnemar_exact_p(only_this, only_reference)}
+        rows.append(row)
+    return rows
 
 
 def choose_by_validation(runs: dict[str, DigitsRun]) -> str:
@@ -866,22 +1188,48 @@ def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, k: int) -
              "confidence": confidence[i].item()} for i in wrong[order]]
 
 
-def results_rows(runs: dict[str, DigitsRun], baseline: dict[str, float], counts: dict[str, int]) -> list[list]:
+def results_rows(runs: dict[str, DigitsRun], baseline: dict[str, object], counts: dict[str, int]) -> list[list]:
     rows = [[arch, counts[arch], len(run.history), run.best_epoch,
              f"{100 * run.history[run.best_epoch - 1]['val_accuracy']:.1f} %", f"{100 * run.test_accuracy:.1f} %",
              fmt_seconds(run.seconds)] for arch, run in runs.items()]
-    rows.append(["logistic regression (scikit-learn)", baseline["parameters"], "-", "-",
+    rows.append([BASELINE, baseline["parameters"], "-", "-",
                  f"{100 * baseline['val_accuracy']:.1f} %", f"{100 * baseline['test_accuracy']:.1f} %", "-"])
     return rows
 
 
-def print_results(rows: list[list], baseline: dict[str, float]) -> None:
+def print_results(rows: list[list], baseline: dict[str, object]) -> None:
     print_table("Test accuracy, measured once after training (validation accuracy at the epoch kept)",
-                ["model", "parameters", "epochs", "kept", "val accuracy", "test accuracy", "fit_digits time"], rows)
+                ["model", "parameters", "epochs", "kept", "val accuracy", "test accuracy", "fit_digits time (one run)"],
+                rows)
+    print(f"fit_digits time: wall clock of one training run per model on {threads_label(DIGITS_THREADS)}; one run has "
+          "no spread, so read it as a rough cost")
     print(f"logistic regression: L-BFGS converged in {baseline['iterations']} iterations")
 
 
-def plot_digits_training(runs: dict[str, DigitsRun], baseline: dict[str, float], loss_floor: float,
+def comparison_verdict(row: dict[str, object], reference: str) -> str:
+    """One line on `row`'s model against `reference`, worded by its p-value: a winner only below 0.05."""
+    where = (f"{row['model']} vs {reference}: right on {row['only this right']} test images the other got wrong, "
+             f"wrong on {row['only reference right']} it got right, p = {row['p']:.2g}")
+    if row["p"] >= 0.05:
+        return f"{where}: this test set cannot tell them apart; no winner"
+    ahead = row["model"] if row["only this right"] > row["only reference right"] else reference
+    return f"{where}: {ahead} ahead, a gap the choice of test images alone would rarely give (one seed, one split)"
+
+
+def print_accuracy_comparison(rows: list[dict[str, object]], reference: str) -> None:
+    print_table(f"Test accuracy with its uncertainty: {100 * CONFIDENCE:.0f} % Wilson intervals, and each model "
+                f"against {reference} on the same images (exact McNemar test)",
+                ["model", "right", "test accuracy", f"{100 * CONFIDENCE:.0f} % interval", "only this right",
+                 "only baseline right", "p"],
+                [[r["model"], f"{r['right']} of {r['images']}", f"{100 * r['accuracy']:.1f} %",
+                  f"{100 * r['interval'][0]:.1f} - {100 * r['interval'][1]:.1f} %", r.get("only this right", "-"),
+                  r.get("only reference right", "-"), f"{r['p']:.2g}" if "p" in r else "-"] for r in rows])
+    for row in rows:
+        if row["model"] != reference:
+            print(comparison_verdict(row, reference))
+
+
+def plot_digits_training(runs: dict[str, DigitsRun], baseline: dict[str, object], loss_floor: float,
                          max_grad_norm: float, shown: str, confusion: torch.Tensor, mistakes: list[dict[str, object]],
                          mistake_images: list[torch.Tensor]):
     from matplotlib.ticker import MaxNLocator
@@ -953,9 +1301,13 @@ def plot_digits_training(runs: dict[str, DigitsRun], baseline: dict[str, float],
 if __name__ == "__main__":
     baseline = logistic_regression_baseline(splits)
     print_results(results_rows(runs, baseline, counts), baseline)
-    shown = choose_by_validation(runs)
     _, test_labels = subset_tensors(splits[2])
-    probs = predict_proba(runs[shown].model, splits[2], ctx.device)  # (n_test, 10)
+    test_probs = {arch: predict_proba(run.model, splits[2], ctx.device) for arch, run in runs.items()}  # (n_test, 10)
+    test_correct = {arch: p.argmax(dim=1) == test_labels for arch, p in test_probs.items()}  # (n_test,) bool each
+    test_correct[BASELINE] = baseline["test_correct"]
+    print_accuracy_comparison(accuracy_comparison(test_correct, reference=BASELINE), BASELINE)
+    shown = choose_by_validation(runs)
+    probs = test_probs[shown]
     confusion = confusion_matrix(test_labels, probs.argmax(dim=1))
     mistakes = most_confident_mistakes(probs, test_labels, SHOWN_MISTAKES)
     print(f"\n{shown} (lower validation loss): {int(confusion.trace())} of {len(test_labels)} test images right; "

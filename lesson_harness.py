@@ -150,14 +150,33 @@ def _import_benchmark():
     return benchmark
 
 
-def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", min_run_time: float = 0.2) -> float:
-    """Median seconds per call of `fn`, measured with `torch.utils.benchmark.Timer`.
+BENCHMARK_THREADS = 1  # threads a benchmark runs on unless its point is thread scaling: stable on a shared machine
+NOISY_MARK = "!"  # marks a timing whose IQR is at least 10 % of its median (Timer's warning), or that has too few runs
+MIN_RUNS = 4  # fewer of Timer's blocks than this and the IQR says nothing: one block has an IQR of 0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One benchmark: the median seconds per call, the spread around it, and the threads it ran on."""
+
+    median: float  # seconds per call
+    iqr: float  # interquartile range of the per-call times of Timer's blocks, in seconds
+    threads: int  # torch intra-op threads, and BLAS threads, while it ran
+    noisy: bool  # Timer warned (IQR ≥ 10 % of the median) or measured under MIN_RUNS blocks: not to be trusted alone
+
+
+def benchmark(fn: Callable[[], object], device: torch.device | str = "cpu", min_run_time: float = 0.2,
+              threads: int = BENCHMARK_THREADS) -> Timing:
+    """Time `fn` with `torch.utils.benchmark.Timer` on `threads` threads: median, IQR and Timer's warning.
 
     Timer warms up (its block-size search makes the first calls, which pay lazy initialisation, outside
     the measured blocks), picks a block size and (for CUDA) synchronizes; MPS is synchronized here
-    because older torch releases only sync CUDA. Runs with the threads user code gets.
+    because older torch releases only sync CUDA. `threads` limits torch (Timer's `num_threads`) and the
+    BLAS libraries NumPy and scikit-learn call (threadpoolctl), so a NumPy comparison is like for like.
     """
-    benchmark = _import_benchmark()
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    benchmark_module = _import_benchmark()
     device = as_device(device)
     if device.type == "mps":
         def stmt() -> None:
@@ -165,8 +184,27 @@ def time_median(fn: Callable[[], object], device: torch.device | str = "cpu", mi
             synchronize(device)
     else:
         stmt = fn
-    timer = benchmark.Timer(stmt="stmt()", globals={"stmt": stmt}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    timer = benchmark_module.Timer(stmt="stmt()", globals={"stmt": stmt}, num_threads=threads)
+    with threadpool_limits(threads):
+        measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    noisy = measurement.has_warnings or len(measurement.times) < MIN_RUNS
+    return Timing(measurement.median, measurement.iqr, threads, noisy)
+
+
+def timing_cells(timing: Timing) -> list[str]:
+    """A table's two cells for a timing: the median, and the IQR as a share of it (marked where Timer warned)."""
+    spread = f"{100 * timing.iqr / timing.median:.0f} %" if timing.median > 0 else "-"
+    return [fmt_seconds(timing.median), spread + (f" {NOISY_MARK}" if timing.noisy else "")]
+
+
+TIMING_HEADERS = ("median", "IQR")  # the headers of timing_cells' two columns
+
+
+def timing_note(threads: int) -> str:
+    """The line under a timing table: what its numbers are, and how to read the marks."""
+    return (f"Median of Timer's runs on {threads} thread{'s' if threads != 1 else ''}; IQR: the spread of the middle "
+            f"half of the runs, as a share of the median; {NOISY_MARK}: at least 10 %, or fewer than {MIN_RUNS} runs: "
+            "as much noise as signal (run it again on a quieter machine). Ratios compare medians measured in this run.")
 
 
 @dataclass

@@ -4,8 +4,8 @@ Run `python linear_regression_torch.py` (add `--quick` for a smoke run).
 One synthetic regression problem is solved with hand-derived NumPy gradients, with PyTorch
 autograd by hand, with nn.Module + torch.optim (five optimizers), and exactly with
 torch.linalg.lstsq; the same loop then runs data-parallel on several CPU processes with
-DistributedDataParallel. Figures: plots/numpy_vs_torch_scaling.png,
-plots/linear_regression_comparison.png.
+DistributedDataParallel, accumulating micro-batches under no_sync(). Figures:
+plots/numpy_vs_torch_scaling.png, plots/linear_regression_comparison.png.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import socket
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -26,7 +27,11 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from lesson_harness import (
+    NOISY_MARK,
+    TIMING_HEADERS,
+    Timing,
     as_device,
+    benchmark,
     fmt_seconds,
     new_figure,
     print_pairs,
@@ -34,7 +39,8 @@ from lesson_harness import (
     save_figure,
     share_notebook_with_workers,
     start_lesson,
-    time_median,
+    timing_cells,
+    timing_note,
 )
 
 
@@ -50,13 +56,16 @@ class Config:
     landscape_epochs: int = 150  # steps drawn on the loss landscape
     ddp_world_size: int = 2  # CPU processes in the data-parallel run
     ddp_epochs: int = 100  # steps in the data-parallel run
-    min_run_time: float = 0.15  # seconds each timing is measured for (a fit of `epochs` epochs is one call)
+    ddp_accumulation_steps: int = 2  # micro-batches each rank splits its shard into, one all-reduce per step
+    timed_epochs: int = 100  # epochs per timed fit: short, so in a full run Timer repeats it in several blocks
+    min_run_time: float = 0.15  # seconds each timing is measured for, at least
 
 
 FULL = Config()
 QUICK = Config(n_samples=200, epochs=100, optimizer_epochs=100, scaling_sizes=(100, 1_000, 10_000),
-               landscape_epochs=40, ddp_epochs=10, min_run_time=0.02)
+               landscape_epochs=40, ddp_epochs=10, timed_epochs=10, min_run_time=0.02)
 DDP_TIMEOUT_S = 120.0  # a data-parallel run that takes longer than this is stuck: kill it and fail
+FINITE_CHECK_EVERY = 100  # epochs between divergence checks in the torch loops: one host-device sync per check
 FLOAT32_LOSS_RESOLUTION = 1e-7  # relative: float32 losses cannot resolve differences smaller than this
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adagrad", "rmsprop")
 MOMENTUM = 0.9  # β of the "momentum" optimizer (torch.optim.SGD's momentum)
@@ -228,6 +237,14 @@ def validation_noise(X_val, y_val, w_true: torch.Tensor, b_true: float, noise: f
 # Every solver below returns the same `FitResult`: final weights and bias, and the loss per
 # epoch. That is what lets the tables and figures compare NumPy, manual PyTorch and `nn.Module`
 # line by line. A loss that stops being finite raises `FloatingPointError` with the fix to try.
+#
+# The torch loops keep each epoch's loss on the device as a tensor and copy them to Python once,
+# at the end. Reading one with `.item()` every epoch would make the CPU wait for the GPU every
+# step (a host-device sync), so it could not queue the next step's kernels while the GPU works.
+# The divergence check therefore looks at the losses every `FINITE_CHECK_EVERY` epochs, with
+# one sync for all of them, and names the first epoch whose loss was not finite: the same
+# epoch a check after every step would name. The steps in between compute with inf or NaN and
+# are thrown away.
 
 # %%
 @dataclass
@@ -244,6 +261,25 @@ def _check_finite(loss: float, epoch: int, lr: float) -> None:
         raise FloatingPointError(
             f"training diverged: loss became {loss} at epoch {epoch} with learning rate {lr}; lower the learning rate"
         )
+
+
+def _host_list(tensors: list[torch.Tensor]) -> list:
+    """Same-shaped device tensors as (nested) Python floats, in one copy to the host instead of one per tensor."""
+    return torch.stack(tensors).tolist() if tensors else []
+
+
+def _check_finite_losses(losses: list[torch.Tensor], epochs: int, lr: float) -> None:
+    """Call after appending each epoch's loss (a 0-d tensor on the device). Every FINITE_CHECK_EVERY epochs, and
+    after the last, check the losses since the previous check with one host-device sync, and raise
+    `_check_finite`'s error for the first that is not finite."""
+    done = len(losses)
+    if done % FINITE_CHECK_EVERY and done != epochs:
+        return
+    first = (done - 1) - (done - 1) % FINITE_CHECK_EVERY  # where this block of epochs starts
+    bad = (~torch.isfinite(torch.stack(losses[first:]))).nonzero()  # (k, 1); learning k is the one sync
+    if len(bad):
+        epoch = first + bad[0, 0].item()
+        _check_finite(losses[epoch].item(), epoch, lr)
 
 
 def fit_summary(fit: FitResult, w_exact: torch.Tensor, closed_mse: float) -> dict[str, float]:
@@ -305,7 +341,9 @@ if __name__ == "__main__":
 #
 # The same loop, but `loss.backward()` derives the gradient. The update must happen under
 # `torch.no_grad()` (it is not part of the model), and the gradients must be cleared, or the
-# next backward adds to them.
+# next backward adds to them. The losses stay tensors until the loop ends (see `FitResult`
+# above): only the divergence check, every `FINITE_CHECK_EVERY` epochs, makes the CPU wait for
+# the device.
 
 # %%
 def fit_manual(X, y, lr: float, epochs: int, device: torch.device | str = "cpu") -> FitResult:
@@ -314,18 +352,18 @@ def fit_manual(X, y, lr: float, epochs: int, device: torch.device | str = "cpu")
     _check_xy(X, y)
     w = torch.zeros(X.shape[1], device=device, requires_grad=True)
     b = torch.zeros((), device=device, requires_grad=True)
-    losses = []
-    for epoch in range(epochs):
+    losses = []  # 0-d tensors on the device: no .item() per epoch, which would wait for the GPU every step
+    for _ in range(epochs):
         loss = ((X @ w + b - y) ** 2).mean()
         loss.backward()
-        losses.append(loss.item())  # .item() also waits for the GPU, so a timing of the loop is honest
-        _check_finite(losses[-1], epoch, lr)
+        losses.append(loss.detach())
+        _check_finite_losses(losses, epochs, lr)  # one sync every FINITE_CHECK_EVERY epochs
         with torch.no_grad():
             w -= lr * w.grad
             b -= lr * b.grad
         w.grad = None
         b.grad = None
-    return FitResult(w.detach().cpu(), b.item(), losses)
+    return FitResult(w.detach().cpu(), b.item(), _host_list(losses))
 
 
 # %%
@@ -397,22 +435,22 @@ def fit_module(
     has_val = X_val is not None
     if has_val:
         X_val, y_val = _as_tensor(X_val).to(device), _as_tensor(y_val).to(device)
-    result = FitResult(torch.empty(0), 0.0, [])
-    for epoch in range(epochs):
+    # Everything logged per epoch stays on the device until the end (see `_check_finite_losses`).
+    losses, val_losses, weight_history = [], [], []
+    for _ in range(epochs):
         if record_weights:
-            result.weight_history.append(model.linear.weight.detach().squeeze(0).tolist())
+            weight_history.append(model.linear.weight.detach().squeeze(0).clone())  # (f,), before this step
         opt.zero_grad()
         loss = loss_fn(model(X), y)
         loss.backward()
-        result.losses.append(loss.item())
-        _check_finite(result.losses[-1], epoch, lr)
+        losses.append(loss.detach())
+        _check_finite_losses(losses, epochs, lr)
         if has_val:
             with torch.no_grad():
-                result.val_losses.append(loss_fn(model(X_val), y_val).item())
+                val_losses.append(loss_fn(model(X_val), y_val))
         opt.step()
-    result.weights = model.linear.weight.detach().squeeze(0).cpu()
-    result.bias = model.linear.bias.item()
-    return result
+    return FitResult(model.linear.weight.detach().squeeze(0).cpu(), model.linear.bias.item(), _host_list(losses),
+                     _host_list(val_losses), _host_list(weight_history))
 
 
 def compare_optimizers(X, y, epochs: int, device: torch.device | str = "cpu", seed: int = 0,
@@ -480,12 +518,12 @@ def constant_gradient_steps(steps: int, gradient: float = 1.0, lrs: dict[str, fl
     for name in OPTIMIZER_NAMES:
         param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
         opt = make_optimizer(name, [param], lrs[name])
-        positions = [0.0]
+        positions = [param.detach().clone()]  # (1,) each, kept as tensors: one copy to the host at the end
         for _ in range(steps):
             param.grad = torch.full_like(param, gradient)
             opt.step()
-            positions.append(param.item())
-        sizes[name] = np.abs(np.diff(positions)).tolist()
+            positions.append(param.detach().clone())
+        sizes[name] = torch.cat(positions).diff().abs().tolist()
     return sizes
 
 
@@ -535,15 +573,16 @@ def custom_vs_builtin_sgd(X, y, lr: float, epochs: int, seed: int = 0) -> list[f
     X, y = _as_tensor(X), _as_tensor(y)
     models = [make_model(X.shape[1], seed), make_model(X.shape[1], seed)]
     optimizers = [PlainSGD(models[0].parameters(), lr), torch.optim.SGD(models[1].parameters(), lr=lr)]
-    differences = []
+    differences = []  # 0-d tensors, copied to the host once at the end
     for _ in range(epochs):
         for model, opt in zip(models, optimizers):
             opt.zero_grad()
             nn.functional.mse_loss(model(X), y).backward()
             opt.step()
-        differences.append(max((p - q).abs().max().item()
-                               for p, q in zip(models[0].parameters(), models[1].parameters())))
-    return differences
+        with torch.no_grad():
+            differences.append(torch.stack([(p - q).abs().max()
+                                            for p, q in zip(models[0].parameters(), models[1].parameters())]).max())
+    return _host_list(differences)
 
 
 def divergence_message(X, y, lr: float, epochs: int) -> str:
@@ -612,67 +651,106 @@ if __name__ == "__main__":
 # %% [markdown]
 # ## Timing: what each layer of abstraction costs
 #
-# On a tiny problem the time per epoch is overhead: Python, op dispatch, autograd bookkeeping.
-# NumPy has the least. The table times a whole fit with each of the three solvers above.
+# The table times a short fit (`timed_epochs`, 100 epochs in a full run) with each of the three
+# solvers above and divides by its epochs; every epoch does the same work. The timer is
+# `torch.utils.benchmark.Timer` (through `lesson_harness.benchmark`): it warms up, repeats the
+# fit in blocks and synchronizes a GPU. The loss columns come from one untimed fit of all the
+# epochs. All three run the same full-batch gradient descent (`nn.Module` from nn.Linear's
+# random initial weights, the other two from zero), so what separates the rows' times is the
+# price of each layer: NumPy's hand-derived gradient; autograd recording the graph and walking
+# it backward; then the `nn.Module` call and the optimizer's step on top. Every timing runs on
+# one thread, torch's and NumPy's BLAS alike, so the comparison is like for like and other
+# programs on the machine disturb it less.
+#
+# What to look for: "NumPy / this" is NumPy's median over the row's, both from this run; below
+# 1, that row took longer per epoch than NumPy. Compare the step from NumPy to the manual loop
+# (what autograd costs here) with the step from the manual loop to `nn.Module` + SGD (what the
+# module and optimizer add). A gap that is not larger than the rows' IQR is not a difference,
+# and a row with the mark is as much noise as signal: run it again before reading anything
+# into it. A `--quick` run measures each timing for a few hundredths of a second, only a few
+# of Timer's blocks, so its IQR says little.
 
 # %%
-def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: float) -> list[dict[str, object]]:
-    """Median wall time of a whole `epochs`-epoch fit (and that over `epochs`) per implementation and device."""
+def _per_epoch(timing: Timing, epochs: int) -> Timing:
+    """A whole fit's Timing as the time per epoch: median and IQR divided by the epochs."""
+    return Timing(timing.median / epochs, timing.iqr / epochs, timing.threads, timing.noisy)
+
+
+def _ratio_cell(ratio: float, noisy: bool) -> str:
+    """A ratio of two medians, marked when either timing was noisy: a ratio is as noisy as its inputs."""
+    return f"{ratio:.2f}×" + (f" {NOISY_MARK}" if noisy else "")
+
+
+def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: float,
+                         timed_epochs: int) -> list[dict[str, object]]:
+    """Per implementation and device: the Timing of a `timed_epochs`-epoch fit and per epoch, NumPy's median over
+    this row's (both from this run), and the final loss, weight error and losses of one `epochs`-epoch fit."""
     w_exact, b_exact = closed_form(X, y)
-    runs = [("NumPy", "cpu", lambda: fit_numpy(X, y, lr, epochs))]
+    solvers = [("NumPy", "cpu", lambda n_epochs: fit_numpy(X, y, lr, n_epochs))]
     for device in devices:
-        runs.append(("PyTorch manual", device.type, lambda d=device: fit_manual(X, y, lr, epochs, d)))
-        runs.append(("PyTorch nn.Module + SGD", device.type, lambda d=device: fit_module(X, y, "sgd", lr, epochs, d)))
+        solvers.append(("PyTorch manual", device.type, lambda n_epochs, d=device: fit_manual(X, y, lr, n_epochs, d)))
+        solvers.append(("PyTorch nn.Module + SGD", device.type,
+                        lambda n_epochs, d=device: fit_module(X, y, "sgd", lr, n_epochs, d)))
     rows = []
-    for name, device_name, fit in runs:
-        kept = {}  # the timed runs are deterministic: keep one's result instead of fitting once more
-
-        def fit_and_keep(fit=fit, kept=kept):
-            kept["result"] = fit()
-
-        seconds = time_median(fit_and_keep, device_name, min_run_time)
-        result = kept["result"]
-        rows.append({"implementation": name, "device": device_name, "seconds": seconds,
-                     "per_epoch": seconds / epochs, "final_mse": result.losses[-1],
-                     "max_weight_error": (result.weights - w_exact).abs().max().item(),
-                     "losses": result.losses})
+    for name, device_name, fit in solvers:
+        # Every epoch does the same work, so a short fit gives the time per epoch; Timer repeats it in
+        # several blocks, where one long fit would fill `min_run_time` alone and leave no spread to report.
+        timing = benchmark(partial(fit, timed_epochs), device_name, min_run_time)  # one thread: BENCHMARK_THREADS
+        numpy_timing = rows[0]["timing"] if rows else timing  # NumPy runs first
+        result = fit(epochs)  # the untimed full-length fit, for the loss columns and the convergence figure
+        rows.append({"implementation": name, "device": device_name, "timing": timing,
+                     "per_epoch": _per_epoch(timing, timed_epochs), "vs_numpy": numpy_timing.median / timing.median,
+                     "vs_numpy_noisy": numpy_timing.noisy or timing.noisy, "final_mse": result.losses[-1],
+                     "max_weight_error": (result.weights - w_exact).abs().max().item(), "losses": result.losses})
     return rows
 
 
-def print_implementations(rows, n_samples: int, epochs: int, lr: float) -> None:
-    print_table(f"{n_samples} samples, {epochs} epochs of gradient descent (lr {lr}); time = median of Timer runs",
-                ["implementation", "device", "time", "per epoch", "final MSE", "max |w − w_lstsq|"],
-                [[r["implementation"], r["device"], fmt_seconds(r["seconds"]), fmt_seconds(r["per_epoch"]),
-                  f"{r['final_mse']:.5f}", f"{r['max_weight_error']:.1e}"] for r in rows])
+def print_implementations(rows, n_samples: int, epochs: int, lr: float, timed_epochs: int) -> None:
+    print_table(f"{n_samples} samples, {epochs} epochs of gradient descent (lr {lr}); per epoch: a fit of "
+                f"{timed_epochs} epochs timed whole, / {timed_epochs}",
+                ["implementation", "device", *(f"per epoch {h}" for h in TIMING_HEADERS), "NumPy / this",
+                 "final MSE", "max |w − w_lstsq|"],
+                [[r["implementation"], r["device"], *timing_cells(r["per_epoch"]),
+                  _ratio_cell(r["vs_numpy"], r["vs_numpy_noisy"]), f"{r['final_mse']:.5f}",
+                  f"{r['max_weight_error']:.1e}"] for r in rows])
+    print(timing_note(rows[0]["timing"].threads))
 
 
 # %%
 if __name__ == "__main__":
     devices = [torch.device("cpu")] + ([ctx.device] if ctx.device.type != "cpu" else [])
-    implementations = time_implementations(X, y, cfg.lr, cfg.epochs, devices, cfg.min_run_time)
-    print_implementations(implementations, cfg.n_samples, cfg.epochs, cfg.lr)
+    implementations = time_implementations(X, y, cfg.lr, cfg.epochs, devices, cfg.min_run_time, cfg.timed_epochs)
+    print_implementations(implementations, cfg.n_samples, cfg.epochs, cfg.lr, cfg.timed_epochs)
 
 
 # %% [markdown]
 # ### Scaling with the data
 #
-# Each torch operation costs a fixed overhead on top of its arithmetic, so at small sizes the
-# overhead sets the time. This sweep times one gradient step at each size, NumPy against torch.
-# Look for the ratio moving as the rows grow and the arithmetic takes over; whether torch ever
-# catches up depends on the CPU and its libraries: autograd also keeps intermediates (the
-# residual, its square, their gradients) that a hand-derived gradient skips, and a problem this
-# simple is limited by memory traffic, which pays for every extra pass.
+# This sweep times one gradient step (forward and gradient, no update) at each number of rows,
+# NumPy's hand-derived gradient against torch autograd, on one thread as above. Each torch
+# operation costs a fixed overhead on top of its arithmetic; autograd also keeps intermediates
+# (the residual, its square, their gradients) that a hand-derived gradient skips, and a problem
+# this simple is limited by memory traffic, which pays for every extra pass.
+#
+# What to look for: the sizes at which the time per epoch hardly changes from one size to the
+# next (fixed overhead sets it), and those at which it grows about in proportion to the samples
+# (arithmetic and memory traffic set it). Then how "NumPy / this" moves along the sizes (above
+# 1, torch was faster at that size). Whether torch ever catches up depends on the CPU, its
+# libraries and the thread count: this is one core's view, so measure on yours.
 
 # %%
 def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: int = 0) -> list[dict[str, object]]:
-    """Median seconds for one full-batch gradient step at each data size, NumPy vs torch autograd."""
+    """The Timing of one full-batch gradient step at each data size, NumPy vs torch autograd, and NumPy's median
+    over each row's, both from this run."""
     rows = []
     for n in sizes:
         X, y, _, _ = make_regression_data(n, n_features, 0.5, seed)
         X_np, y_np = X.numpy(), y.numpy()
         w_np = np.zeros(n_features, dtype=np.float32)
         numpy_step = partial(numpy_gradients, X_np, y_np, w_np, 0.0)
-        rows.append({"n": n, "backend": "numpy", "seconds": time_median(numpy_step, "cpu", min_run_time)})
+        numpy_timing = benchmark(numpy_step, "cpu", min_run_time)  # one thread: BENCHMARK_THREADS
+        rows.append({"n": n, "backend": "numpy", "timing": numpy_timing, "vs_numpy": 1.0,
+                     "vs_numpy_noisy": numpy_timing.noisy})
         for device in devices:
             Xd, yd = X.to(device), y.to(device)
             w = torch.zeros(n_features, device=device, requires_grad=True)
@@ -681,36 +759,48 @@ def scaling_sweep(sizes, n_features: int, devices, min_run_time: float, seed: in
                 ((Xd @ w - yd) ** 2).mean().backward()
                 w.grad = None
 
-            rows.append({"n": n, "backend": f"torch {device.type}",
-                         "seconds": time_median(torch_step, device, min_run_time)})
+            timing = benchmark(torch_step, device, min_run_time)
+            rows.append({"n": n, "backend": f"torch {device.type}", "timing": timing,
+                         "vs_numpy": numpy_timing.median / timing.median,
+                         "vs_numpy_noisy": numpy_timing.noisy or timing.noisy})
     return rows
 
 
 def print_scaling(rows) -> None:
-    numpy_time = {r["n"]: r["seconds"] for r in rows if r["backend"] == "numpy"}
     print_table("Time per epoch (one forward + gradient) vs samples",
-                ["samples", "backend", "per epoch", "NumPy / this"],
-                [[r["n"], r["backend"], fmt_seconds(r["seconds"]), f"{numpy_time[r['n']] / r['seconds']:.2f}×"]
+                ["samples", "backend", *(f"per epoch {h}" for h in TIMING_HEADERS), "NumPy / this"],
+                [[r["n"], r["backend"], *timing_cells(r["timing"]), _ratio_cell(r["vs_numpy"], r["vs_numpy_noisy"])]
                  for r in rows])
+    print(timing_note(rows[0]["timing"].threads))
+
+
+def _circle_noisy(ax, points: list[tuple[float, float]]) -> None:
+    """Ring the points whose row the table marks, so the figure shows which medians to distrust."""
+    if points:
+        ax.plot(*zip(*points), "o", markersize=13, markerfacecolor="none", markeredgecolor="red",
+                label=f"noisy ({NOISY_MARK} in the table)")
 
 
 def plot_scaling(rows):
-    fig, axes = new_figure(1, 2, "NumPy vs PyTorch: one gradient step as the data grows")
+    threads = rows[0]["timing"].threads
+    fig, axes = new_figure(1, 2, f"NumPy vs PyTorch: one gradient step as the data grows ({threads} thread"
+                                 f"{'s' if threads != 1 else ''})")
     ax_time, ax_ratio = axes.flat
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    sizes = sorted({r["n"] for r in rows})
-    per = {b: {r["n"]: r["seconds"] for r in rows if r["backend"] == b} for b in backends}
     for backend in backends:
+        mine = [r for r in rows if r["backend"] == backend]
         label = "NumPy, hand-derived gradient" if backend == "numpy" else f"{backend}, autograd"
-        ax_time.plot(sizes, [per[backend][n] * 1e3 for n in sizes], "o-", label=label)
+        ax_time.plot([r["n"] for r in mine], [r["timing"].median * 1e3 for r in mine], "o-", label=label)
+        if backend != "numpy":
+            ax_ratio.plot([r["n"] for r in mine], [r["vs_numpy"] for r in mine], "o-", label=backend)
+    _circle_noisy(ax_time, [(r["n"], r["timing"].median * 1e3) for r in rows if r["timing"].noisy])
+    _circle_noisy(ax_ratio, [(r["n"], r["vs_numpy"]) for r in rows if r["backend"] != "numpy" and r["vs_numpy_noisy"]])
     ax_time.set(xscale="log", yscale="log", title="Median time per epoch (forward + gradient)",
-                xlabel="number of samples (log)", ylabel="time per epoch (ms, log)")
+                xlabel="number of samples (log)", ylabel="median time per epoch (ms, log)")
     ax_time.legend()
-    for backend in backends[1:]:
-        ax_ratio.plot(sizes, [per["numpy"][n] / per[backend][n] for n in sizes], "o-", label=f"{backend}")
     ax_ratio.axhline(1.0, color="black", linestyle="--", linewidth=1)
     ax_ratio.set(xscale="log", yscale="log", title="Speed relative to NumPy (above 1: PyTorch faster)",
-                 xlabel="number of samples (log)", ylabel="NumPy time / PyTorch time (log)")
+                 xlabel="number of samples (log)", ylabel="NumPy median / PyTorch median (log)")
     ax_ratio.legend()
     for ax in axes.flat:
         ax.grid(True, which="both", alpha=0.3)
@@ -719,7 +809,7 @@ def plot_scaling(rows):
 
 # %%
 if __name__ == "__main__":
-    scaling = scaling_sweep(cfg.scaling_sizes, cfg.n_features, devices, cfg.min_run_time / 3, ctx.seed)
+    scaling = scaling_sweep(cfg.scaling_sizes, cfg.n_features, devices, cfg.min_run_time, ctx.seed)
     print_scaling(scaling)
     save_figure(plot_scaling(scaling), "numpy_vs_torch_scaling.png", ctx.plots_dir)
 
@@ -785,13 +875,13 @@ def optimizer_paths(X1, y1, start: tuple[float, float], epochs: int) -> dict[str
             model.linear.weight.fill_(start[0])
             model.linear.bias.fill_(start[1])
         opt = make_optimizer(name, model.parameters(), OPTIMIZER_LRS[name])
-        points = [start]
+        points = []  # (2,) tensors of (w, b) after each step, copied to the host once at the end
         for _ in range(epochs):
             opt.zero_grad()
             nn.functional.mse_loss(model(X1), y1).backward()
             opt.step()
-            points.append((model.linear.weight.item(), model.linear.bias.item()))
-        paths[name] = np.array(points)
+            points.append(torch.cat([model.linear.weight.detach().reshape(1), model.linear.bias.detach()]))
+        paths[name] = np.array([start, *_host_list(points)])
     return paths
 
 
@@ -821,11 +911,37 @@ if __name__ == "__main__":
 # interpreter that imports torch and this script afresh, a few seconds here, which is why DDP
 # pays off only for work much larger than this. The ranks meet at a free port on 127.0.0.1, the
 # process group has a timeout, the parent kills every rank if one fails or the run outlives
-# `timeout_s`, and rank 0 hands its result back through a file.
+# `timeout_s`, and rank 0 hands its result back through a file. Only rank 0 writes: after every
+# step all replicas hold the same weights, so one copy is the result. The same goes for
+# checkpoints, logs and figures in a real job (W ranks writing one file race each other); a
+# rank that must read what rank 0 wrote waits for it at `dist.barrier()`.
 #
-# On GPUs the changes are small: backend "nccl", one process per GPU, `model.to(rank)` and
-# `DDP(model, device_ids=[rank])`. Under `torchrun`, which starts the processes itself, each rank
-# reads its rank and world size from the environment and joins with `init_method="env://"`.
+# On GPUs: backend "nccl" and one process per GPU. Each process first calls
+# `torch.cuda.set_device(local_rank)`, then moves the model with `model.to(local_rank)` and wraps
+# it as `DDP(model, device_ids=[local_rank])`. `local_rank` is the process's index among the
+# processes on its own machine (node), and so names one of that machine's GPUs; the global rank
+# counts the processes of all nodes, so on a second node of 8-GPU machines it runs from 8 to 15,
+# and `cuda:8` does not exist there. Without `set_device`, whatever uses the current device
+# (a bare `.cuda()`, NCCL's own buffers) lands on GPU 0 in every process. Under `torchrun`, which
+# starts the processes itself, each one reads `RANK`, `WORLD_SIZE` and `LOCAL_RANK` from the
+# environment and joins with `init_method="env://"`; with `mp.spawn` on one machine, as here,
+# the rank it is given is also its local rank.
+#
+# ### Gradient accumulation: one all-reduce per step
+#
+# When a shard is too big for one forward and backward pass (activation memory), each rank
+# splits it into k micro-batches and lets their gradients add up in `.grad` before one optimizer
+# step. Under DDP every backward would all-reduce, k times per step, though only the sum is
+# needed. `ddp_model.no_sync()` switches that off: the first k − 1 micro-batches run forward and
+# backward inside it and only accumulate locally; the last runs outside it, and its backward
+# all-reduces the accumulated gradients once. The forward pass belongs inside `no_sync()` too:
+# DDP decides during forward whether the next backward all-reduces. Each micro-batch's loss is
+# weighted like the whole shard's above (its sum of squared errors × world_size / n), so the k
+# gradients add up to the full-batch gradient whatever the micro-batch sizes.
+# `train_ddp(..., accumulation_steps=k)` does this. A DDP communication hook counts the gradient
+# all-reduces (one per bucket of gradients; this model's two parameters fill one bucket); the
+# table below shows one per step, not one per micro-batch. The all-reduce of each epoch's loss,
+# for the loss curve, is a separate collective and is not counted.
 
 # %%
 def _free_port() -> int:
@@ -835,9 +951,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class DDPFitResult(FitResult):
+    accumulation_steps: int = 1  # micro-batches per rank per optimizer step
+    gradient_allreduces: int = 0  # calls of the communication hook: one per gradient bucket per synchronised backward
+
+
+def counting_allreduce_hook(counter: dict[str, int], bucket):
+    """DDP's default gradient all-reduce (divide by the world size, then sum over the ranks), counted in `counter`."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    counter["allreduces"] += 1
+    return default_hooks.allreduce_hook(None, bucket)  # None: the default process group
+
+
 def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
-                   seed: int, init_method: str, timeout_s: float = DDP_TIMEOUT_S) -> FitResult | None:
-    """One rank's training loop, joining the group at `init_method`; rank 0 returns the fit."""
+                   seed: int, init_method: str, timeout_s: float = DDP_TIMEOUT_S,
+                   accumulation_steps: int = 1) -> DDPFitResult | None:
+    """One rank's training loop, joining the group at `init_method`, its shard split into `accumulation_steps`
+    micro-batches per step; rank 0 returns the fit."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DistributedSampler
@@ -848,24 +980,34 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
     try:
         n = len(X)
         ddp_model = DistributedDataParallel(make_model(X.shape[1], seed))
+        counter = {"allreduces": 0}
+        ddp_model.register_comm_hook(counter, counting_allreduce_hook)  # before the first backward
         opt = torch.optim.SGD(ddp_model.parameters(), lr=lr)  # the same optimizer as fit_module's "sgd"
         sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         # The sampler lists positions rank, rank + W, ...; those at or past n are padding repeats.
         n_real = len(range(rank, n, world_size))
-        losses = []
+        totals = []  # each epoch's global sum of squared errors, a 0-d tensor, copied to the host at the end
         for epoch in range(epochs):
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
             shard = torch.tensor(list(sampler)[:n_real], dtype=torch.long)
-            squared_error_sum = ((ddp_model(X[shard]) - y[shard]) ** 2).sum()
+            micro_batches = torch.tensor_split(shard, accumulation_steps)  # sizes differ by at most one row
             opt.zero_grad()
-            (squared_error_sum * world_size / n).backward()  # DDP averages: this yields the full-batch gradient
+            squared_error_sum = torch.zeros(())
+            for i, rows in enumerate(micro_batches):
+                # All but the last micro-batch inside no_sync(): forward and backward only add to .grad locally.
+                # The last one's backward all-reduces the sum of all k gradients, once per step.
+                with ddp_model.no_sync() if i < len(micro_batches) - 1 else nullcontext():
+                    micro_sum = ((ddp_model(X[rows]) - y[rows]) ** 2).sum()
+                    (micro_sum * world_size / n).backward()  # DDP averages: the k add up to the full-batch gradient
+                squared_error_sum += micro_sum.detach()
             opt.step()
-            total = squared_error_sum.detach().clone()
-            dist.all_reduce(total)  # the global MSE, for the loss curve
-            losses.append(total.item() / n)
-            _check_finite(losses[-1], epoch, lr)
+            dist.all_reduce(squared_error_sum)  # the global sum, for the loss curve
+            totals.append(squared_error_sum)
+            _check_finite_losses(totals, epochs, lr)  # every rank holds the same totals: all raise at one epoch
         module = ddp_model.module
-        result = FitResult(module.linear.weight.detach().squeeze(0).clone(), module.linear.bias.item(), losses)
+        result = DDPFitResult(module.linear.weight.detach().squeeze(0).clone(), module.linear.bias.item(),
+                              [total / n for total in _host_list(totals)], accumulation_steps=accumulation_steps,
+                              gradient_allreduces=counter["allreduces"])
         del ddp_model, module, opt  # drop DDP before tearing the group down (a live DDP can hang shutdown)
         gc.collect()
         dist.barrier()
@@ -874,17 +1016,18 @@ def ddp_train_rank(rank: int, world_size: int, X: torch.Tensor, y: torch.Tensor,
     return result if rank == 0 else None
 
 
-def _ddp_worker(rank, world_size, X, y, epochs, lr, seed, port, result_path, timeout_s) -> None:
-    """What each spawned rank runs: the training loop, then rank 0 saves its fit for the parent."""
+def _ddp_worker(rank, world_size, X, y, epochs, lr, seed, port, result_path, timeout_s, accumulation_steps) -> None:
+    """What each spawned rank runs: the training loop, then rank 0 (only) saves its fit for the parent."""
     result = ddp_train_rank(rank, world_size, torch.from_numpy(X), torch.from_numpy(y), epochs, lr, seed,
-                            f"tcp://127.0.0.1:{port}", timeout_s)
+                            f"tcp://127.0.0.1:{port}", timeout_s, accumulation_steps)
     if result is not None:
         torch.save(vars(result), result_path)
 
 
 def train_ddp(X, y, world_size: int = 2, epochs: int = 100, lr: float = 0.05, seed: int = 0,
-              timeout_s: float = DDP_TIMEOUT_S) -> FitResult:
-    """Full-batch SGD with DDP on `world_size` spawned CPU processes; rank 0's fit, as fit_module returns it.
+              timeout_s: float = DDP_TIMEOUT_S, accumulation_steps: int = 1) -> DDPFitResult:
+    """Full-batch SGD with DDP on `world_size` spawned CPU processes, each accumulating `accumulation_steps`
+    micro-batches per step; rank 0's fit, as fit_module returns it, with the count of gradient all-reduces.
 
     Every rank is killed if one fails (its FloatingPointError is raised again here, any other error as
     a RuntimeError) or if the run takes longer than `timeout_s` (TimeoutError).
@@ -899,10 +1042,14 @@ def train_ddp(X, y, world_size: int = 2, epochs: int = 100, lr: float = 0.05, se
         raise ValueError(f"lr={lr} must be positive")
     if not timeout_s > 0:
         raise ValueError(f"timeout_s={timeout_s} must be positive")
+    if not 1 <= accumulation_steps <= len(X) // world_size:
+        raise ValueError(f"accumulation_steps={accumulation_steps} must be between 1 and the rows of the smallest "
+                         f"shard ({len(X) // world_size}): every micro-batch needs a row")
     with tempfile.TemporaryDirectory() as folder:
         result_path = Path(folder) / "rank0.pt"
         # NumPy arrays travel to the ranks pickled by value; tensors would need shared memory.
-        args = (world_size, X.numpy(), y.numpy(), epochs, lr, seed, _free_port(), str(result_path), timeout_s)
+        args = (world_size, X.numpy(), y.numpy(), epochs, lr, seed, _free_port(), str(result_path), timeout_s,
+                accumulation_steps)
         share_notebook_with_workers("linear_regression_torch")  # in a notebook, the ranks import this script
         ranks = mp.start_processes(_ddp_worker, args, nprocs=world_size, join=False, start_method="spawn")
         deadline = time.monotonic() + timeout_s
@@ -921,25 +1068,32 @@ def train_ddp(X, y, world_size: int = 2, epochs: int = 100, lr: float = 0.05, se
             for process in ranks.processes:  # a no-op for ranks that have exited
                 process.kill()
                 process.join()
-        return FitResult(**torch.load(result_path, weights_only=True))
+        return DDPFitResult(**torch.load(result_path, weights_only=True))
 
 
 def max_parameter_difference(a: FitResult, b: FitResult) -> float:
     return max((a.weights - b.weights).abs().max().item(), abs(a.bias - b.bias))
 
 
-def print_ddp_check(world_size: int, ddp: FitResult, single: FitResult, difference: float) -> None:
-    print_table(f"DDP on {world_size} CPU processes vs single-process nn.Module + SGD ({len(single.losses)} epochs)",
-                ["run", "weights", "bias", "final MSE"],
-                [[f"DDP ({world_size} ranks)", _fmt_vector(ddp.weights), f"{ddp.bias:.6f}", f"{ddp.losses[-1]:.6f}"],
-                 ["single process", _fmt_vector(single.weights), f"{single.bias:.6f}", f"{single.losses[-1]:.6f}"]])
+def print_ddp_check(world_size: int, ddp: DDPFitResult, single: FitResult, difference: float) -> None:
+    epochs, k = len(single.losses), ddp.accumulation_steps
+    accumulating = f", each accumulating {k} micro-batches per step," if k > 1 else ""
+    print_table(f"DDP on {world_size} CPU processes{accumulating} vs single-process nn.Module + SGD ({epochs} epochs)",
+                ["run", "weights", "bias", "final MSE", "micro-batches per step", "gradient all-reduces"],
+                [[f"DDP ({world_size} ranks)", _fmt_vector(ddp.weights), f"{ddp.bias:.6f}", f"{ddp.losses[-1]:.6f}",
+                  f"{k} per rank", ddp.gradient_allreduces],
+                 ["single process", _fmt_vector(single.weights), f"{single.bias:.6f}", f"{single.losses[-1]:.6f}",
+                  "1 (all rows)", "none"]])
     print(f"max |difference| of parameters: {difference:.2e}  (anything non-zero is float32 rounding: the ranks "
           "sum in another order)")
+    passes = f"{k} backward passes per step, the first {k - 1} under no_sync()" if k > 1 else "1 backward pass per step"
+    print(f"gradient all-reduces per optimizer step: {ddp.gradient_allreduces / epochs:g}  (each rank ran {passes})")
 
 
 # %%
 if __name__ == "__main__":
-    ddp_fit = train_ddp(X, y, cfg.ddp_world_size, cfg.ddp_epochs, cfg.lr, ctx.seed)
+    ddp_fit = train_ddp(X, y, cfg.ddp_world_size, cfg.ddp_epochs, cfg.lr, ctx.seed,
+                        accumulation_steps=cfg.ddp_accumulation_steps)
     single_fit = fit_module(X, y, "sgd", cfg.lr, cfg.ddp_epochs, "cpu", ctx.seed)
     print_ddp_check(cfg.ddp_world_size, ddp_fit, single_fit, max_parameter_difference(ddp_fit, single_fit))
 
@@ -995,11 +1149,15 @@ def _plot_optimizer_losses(ax, optimizer_fits, closed_mse):
 
 def _plot_times(ax, implementations):
     labels = [f"{r['implementation'].replace(' + SGD', '')}\n({r['device']})" for r in implementations]
-    bars = ax.bar(range(len(labels)), [r["seconds"] * 1e3 for r in implementations],
+    per_epoch_us = [r["per_epoch"].median * 1e6 for r in implementations]
+    bars = ax.bar(range(len(labels)), per_epoch_us,
                   color=["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"][: len(labels)])
-    ax.bar_label(bars, fmt="%.0f ms", fontsize=8)
+    ax.bar_label(bars, [fmt_seconds(r["per_epoch"].median) + (f" {NOISY_MARK}" if r["per_epoch"].noisy else "")
+                        for r in implementations], fontsize=8)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set(title=f"Time for {len(implementations[0]['losses'])} epochs (median)", ylabel="time (ms)")
+    threads = implementations[0]["per_epoch"].threads
+    ax.set(title=f"Median time per epoch, {threads} thread{'s' if threads != 1 else ''} ({NOISY_MARK}: noisy)",
+           ylabel="median time per epoch (µs)")
 
 
 def _plot_validation(ax_scatter, ax_weights, validation):

@@ -2,10 +2,10 @@
 
 Run `python tensor_basics.py` (add `--quick` for a smoke run).
 It prints what each operation does next to its NumPy equivalent (reductions, type promotion,
-Python numbers, in-place updates and why autograd cares), checks linear-algebra decompositions
-in float64 and float32 by reconstructing the input, compares dtypes, benchmarks matrix
-multiplication against NumPy, and writes plots/tensor_operations_visualization.png and
-plots/matmul_benchmark.png.
+Python numbers, in-place updates and why autograd cares, the two errors met crossing over from
+NumPy), checks linear-algebra decompositions in float64 and float32 by reconstructing the input,
+compares dtypes, benchmarks matrix multiplication against NumPy on one thread, and writes
+plots/tensor_operations_visualization.png and plots/matmul_benchmark.png.
 """
 
 from __future__ import annotations
@@ -16,16 +16,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lesson_harness import (
+    BENCHMARK_THREADS,
+    NOISY_MARK,
+    TIMING_HEADERS,
     as_device,
-    fmt_seconds,
+    benchmark,
     new_figure,
     print_pairs,
     print_table,
     save_figure,
     start_lesson,
-    time_median,
+    timing_cells,
+    timing_note,
 )
 
 
@@ -53,6 +58,17 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _fmt_typed(value: object) -> str:
+    """A printed fact: a tensor or array with its dtype, an exception as its type and first line."""
+    if isinstance(value, torch.Tensor):
+        return f"{_fmt(value)} ({_dtype_name(value.dtype)})"
+    if isinstance(value, np.ndarray):
+        return f"{_fmt(value.tolist())} (NumPy {value.dtype})"
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {str(value).splitlines()[0]}"
+    return _fmt(value)
 
 
 def _sci(value: float | None) -> str:
@@ -171,6 +187,13 @@ if __name__ == "__main__":
 # tensor does the same in reverse: writing to one side is visible on the other.
 # `torch.tensor(array)` always copies. A view shares its base's storage; `clone()` does not.
 # Each fact below is shown by writing to one side and reading the other.
+#
+# While autograd records (outside `torch.no_grad()`), `.numpy()` refuses a tensor that
+# requires grad: autograd cannot see what NumPy does with the array. `.detach()` returns the
+# same data as a tensor autograd does not track, so `w.detach().numpy()` works; on the CPU the
+# array still shares `w`'s memory. NumPy reads host memory only, so a tensor on a GPU needs
+# `.cpu()` as well, which copies: `w.detach().cpu().numpy()`. The second table runs all three
+# on this run's device.
 
 # %%
 def memory_sharing_facts() -> dict[str, bool]:
@@ -210,9 +233,28 @@ def memory_sharing_facts() -> dict[str, bool]:
 
 
 
+def numpy_of_grad_tensor(device: torch.device | str) -> dict[str, object]:
+    """Each way to get a NumPy array from a tensor that requires grad on `device`: the array, or the error."""
+    w = torch.tensor([1.0, 2.0], device=as_device(device), requires_grad=True)
+    conversions = {
+        "w.numpy()": lambda: w.numpy(),
+        "w.detach().numpy()": lambda: w.detach().numpy(),  # on a GPU: w's memory is not host memory
+        "w.detach().cpu().numpy()": lambda: w.detach().cpu().numpy(),  # .cpu() copies from a GPU, no-op on the CPU
+    }
+    results: dict[str, object] = {}
+    for expression, convert in conversions.items():
+        try:
+            results[expression] = convert()
+        except (RuntimeError, TypeError) as err:
+            results[expression] = err
+    return results
+
+
 # %%
 if __name__ == "__main__":
     print_pairs("Memory sharing (write to one side, read the other)", memory_sharing_facts(), fmt=_fmt)
+    print_pairs(f"NumPy from w = torch.tensor([1.0, 2.0], requires_grad=True) on {ctx.device.type}",
+                numpy_of_grad_tensor(ctx.device), fmt=_fmt_typed)
 
 
 # %% [markdown]
@@ -378,8 +420,11 @@ if __name__ == "__main__":
 # a version counter, `t._version`, that each in-place write bumps (views share their base's
 # counter). `backward()` compares the versions of the saved tensors with those recorded in the
 # forward pass and raises a RuntimeError if one was overwritten, instead of returning a wrong
-# gradient. An in-place write to a leaf that requires grad is refused at once. The fix is
-# the out-of-place form (`y + 1`), which leaves the saved tensor alone.
+# gradient. The fix is the out-of-place form (`y + 1`), which leaves the saved tensor alone.
+# While autograd records, an in-place write to a leaf that requires grad (as a model's
+# parameters are) is refused at once. Inside `torch.no_grad()` nothing is recorded and the same write is allowed:
+# it changes the leaf's values and bumps its version, and the leaf still requires grad. That is
+# how optimizers update parameters in place.
 
 # %%
 def inplace_version_steps() -> list[dict[str, object]]:
@@ -405,7 +450,8 @@ def inplace_version_steps() -> list[dict[str, object]]:
 
 
 def inplace_autograd_errors() -> dict[str, object]:
-    """What autograd says when a saved tensor or a leaf is written in place, and the out-of-place fix."""
+    """What autograd says when a saved tensor or a leaf is written in place; the out-of-place fix; the leaf's
+    in-place write under `torch.no_grad()`, which is allowed."""
     x = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
     y = x.exp()  # exp saves its output y for backward
     version_saved = y._version
@@ -415,19 +461,26 @@ def inplace_autograd_errors() -> dict[str, object]:
         saved_error = None
     except RuntimeError as err:
         saved_error = str(err).split(" Hint:")[0]  # the hint that follows is about anomaly detection
+    x.grad = None
+    (x.exp() + 1).sum().backward()  # out of place: d/dx sum(exp(x) + 1) = exp(x)
+    grad = x.grad.tolist()
     try:
         x.add_(1)
         leaf_error = None
     except RuntimeError as err:
         leaf_error = str(err)
-    x.grad = None
-    (x.exp() + 1).sum().backward()  # out of place: d/dx sum(exp(x) + 1) = exp(x)
+    version_before = x._version
+    with torch.no_grad():
+        x.add_(1)  # not recorded: what an optimizer's step does to each parameter
     return {
         "y = x.exp(); y._version when exp saved y": version_saved,
         "y._version after y.add_(1)": y._version,
         "y.sum().backward()": f"RuntimeError: {saved_error}",
+        "x.grad from (x.exp() + 1).sum().backward()": grad,
         "x.add_(1), x a leaf that requires grad": f"RuntimeError: {leaf_error}",
-        "x.grad from (x.exp() + 1).sum().backward()": x.grad.tolist(),
+        "x after with torch.no_grad(): x.add_(1)": x.detach(),
+        "x._version before -> after that write": f"{version_before} -> {x._version}",
+        "x.is_leaf and x.requires_grad after it": x.is_leaf and x.requires_grad,
     }
 
 
@@ -510,6 +563,13 @@ if __name__ == "__main__":
 # for three reasons: it widens int64 + float32 to float64, its default float is float64, and
 # a NumPy float64 scalar does widen a float32 array (NEP 50; NumPy 1.x looked at the scalar's
 # value instead and kept float32 there, so it disagrees in three).
+#
+# NumPy's float64 default follows its data into torch: `torch.from_numpy(a)` (like
+# `torch.tensor(a)`) keeps the array's dtype, so an array made with NumPy's defaults becomes a
+# float64 tensor. Layers are built in torch's default float32, and `nn.Linear` does not
+# promote: float64 input raises a RuntimeError about dtypes. Convert where the data comes in,
+# `torch.from_numpy(a).float()` (the same as `.to(torch.float32)`) or
+# `torch.as_tensor(a, dtype=torch.float32)`; both make a float32 copy.
 
 # %%
 def type_promotion_examples() -> list[dict[str, object]]:
@@ -539,9 +599,38 @@ def print_type_promotion(rows: list[dict[str, object]]) -> None:
                 [[r["operands"], r["torch"], r["torch.result_type"], r["NumPy"]] for r in rows])
 
 
+FLOAT64_MODEL_INPUTS: dict[str, Callable[[np.ndarray], torch.Tensor]] = {  # what model(...) is called with
+    "torch.from_numpy(a)": torch.from_numpy,
+    "torch.from_numpy(a).float()": lambda a: torch.from_numpy(a).float(),
+    "torch.as_tensor(a, dtype=torch.float32)": lambda a: torch.as_tensor(a, dtype=torch.float32),
+}
+
+
+def numpy_float64_into_linear() -> dict[str, object]:
+    """A NumPy float64 array fed to a float32 nn.Linear as is and converted: the dtypes, the error, the outputs."""
+    a = np.arange(6.0).reshape(2, 3)  # (2, 3) float64, NumPy's default float
+    model = nn.Linear(3, 1)  # float32 parameters, torch's default
+    with torch.no_grad():  # known weights, so each output is its row's sum
+        model.weight.fill_(1.0)
+        model.bias.zero_()
+    results: dict[str, object] = {
+        "a = np.arange(6.0).reshape(2, 3): a.dtype": str(a.dtype),
+        "torch.from_numpy(a).dtype": _dtype_name(torch.from_numpy(a).dtype),
+        "model = nn.Linear(3, 1): model.weight.dtype": _dtype_name(model.weight.dtype),
+    }
+    for expression, make_input in FLOAT64_MODEL_INPUTS.items():
+        try:
+            results[f"model({expression})"] = model(make_input(a)).detach()  # (2, 1)
+        except RuntimeError as err:
+            results[f"model({expression})"] = err
+    return results
+
+
 # %%
 if __name__ == "__main__":
     print_type_promotion(type_promotion_examples())
+    print_pairs("A NumPy float64 array into a float32 model (weights 1, bias 0: each output is its row's sum)",
+                numpy_float64_into_linear(), fmt=_fmt_typed)
 
 
 # %% [markdown]
@@ -665,9 +754,17 @@ if __name__ == "__main__":
 # compares sizes fairly. NumPy is the reference. On the CPU the two call different BLAS
 # libraries: the x86 Linux wheels of torch bring Intel's MKL (`torch.__config__.show()` says
 # which) and NumPy's wheels bring OpenBLAS (`numpy.show_config()`); on CUDA torch calls
-# cuBLAS. Small matrices measure per-call overhead, large ones raw compute. Medians come
-# from `torch.utils.benchmark.Timer`, which warms up and synchronizes the GPU. Which CPU
-# library wins depends on the processor, the size and the thread count: measure on yours.
+# cuBLAS. Both run on one thread (torch's and the BLAS libraries' alike), so the comparison is
+# like for like and other programs on the machine disturb it less. `torch.utils.benchmark.Timer`
+# warms up, synchronizes the GPU and repeats each product in blocks; the table shows the median
+# time per product, the spread of the middle half of the blocks (IQR) as a share of it, and
+# GFLOP/s from the median. "vs NumPy" is NumPy's median over torch's, both from this run: above
+# 1, torch was faster at that size. What to look for: small matrices can measure per-call
+# overhead more than arithmetic; where GFLOP/s stops changing with n you see what one CPU core's
+# float32 BLAS (or the GPU) can do, and that is where to compare the libraries. On a shared machine a single
+# row can land far from its neighbours; if it carries the mark, its spread says it is as much
+# noise as signal: run again before reading anything into it. Which library wins depends on
+# the processor, the size and the thread count: measure on yours.
 
 # %%
 def matmul_gflops(size: int, seconds: float) -> float:
@@ -680,8 +777,12 @@ def benchmark_matmul(
     devices: Iterable[torch.device | str] = ("cpu",),
     min_run_time: float = 0.2,
     seed: int = 0,
+    threads: int = BENCHMARK_THREADS,
 ) -> list[dict[str, object]]:
-    """One row per (size, backend): NumPy first as reference, then each torch device."""
+    """One row per (size, backend), NumPy first as reference, then each torch device, all on `threads` threads.
+
+    A row holds the Timing, GFLOP/s from its median, and NumPy's median over this row's median from the same run.
+    """
     backends = list(dict.fromkeys(["numpy"] + [as_device(d).type for d in devices]))  # no duplicates, in order
     rng = np.random.default_rng(seed)
     rows = []
@@ -692,40 +793,51 @@ def benchmark_matmul(
         b = rng.standard_normal((size, size), dtype=np.float32)
         for backend in backends:
             if backend == "numpy":
-                seconds = time_median(lambda a=a, b=b: a @ b, "cpu", min_run_time)
-                numpy_seconds = seconds
+                timing = benchmark(lambda a=a, b=b: a @ b, "cpu", min_run_time, threads)
+                numpy_timing = timing
             else:
                 ta, tb = torch.from_numpy(a).to(backend), torch.from_numpy(b).to(backend)
-                seconds = time_median(lambda ta=ta, tb=tb: ta @ tb, backend, min_run_time)
-            rows.append({"size": size, "backend": backend, "seconds": seconds, "gflops": matmul_gflops(size, seconds),
-                         "speedup_vs_numpy": numpy_seconds / seconds})
+                timing = benchmark(lambda ta=ta, tb=tb: ta @ tb, backend, min_run_time, threads)
+            rows.append({"size": size, "backend": backend, "timing": timing,
+                         "gflops": matmul_gflops(size, timing.median),
+                         "vs_numpy": numpy_timing.median / timing.median,
+                         "vs_numpy_noisy": numpy_timing.noisy or timing.noisy})  # a ratio is as noisy as its inputs
     return rows
 
 
 
 def print_benchmark(rows: list[dict[str, object]]) -> None:
-    print_table(f"Matmul benchmark (float32, median of Timer runs, {torch.get_num_threads()} threads)",
-                ["size", "backend", "median", "GFLOP/s", "vs NumPy"],
-                [[f"{r['size']}×{r['size']}", r["backend"], fmt_seconds(r["seconds"]), f"{r['gflops']:.1f}",
-                  f"{r['speedup_vs_numpy']:.2f}×"] for r in rows])
+    print_table("Matmul benchmark (float32, n×n @ n×n; GFLOP/s = 2n³ / median)",
+                ["size", "backend", *TIMING_HEADERS, "GFLOP/s", "vs NumPy"],
+                [[f"{r['size']}×{r['size']}", r["backend"], *timing_cells(r["timing"]), f"{r['gflops']:.1f}",
+                  f"{r['vs_numpy']:.2f}×" + (f" {NOISY_MARK}" if r["vs_numpy_noisy"] else "")] for r in rows])
+    print(timing_note(rows[0]["timing"].threads))
 
 
 def plot_matmul_benchmark(rows: list[dict[str, object]]):
-    """GFLOP/s and time per matmul against size, one line per backend, log axes."""
-    fig, axes = new_figure(1, 2, "Square float32 matmul: NumPy vs torch")
+    """GFLOP/s and median time per matmul against size, one line per backend, log axes; noisy medians circled."""
+    threads = rows[0]["timing"].threads
+    fig, axes = new_figure(1, 2, f"Square float32 matmul: NumPy vs torch, {threads} thread"
+                                 + ("s" if threads != 1 else ""))
     ax_rate, ax_time = axes.flat
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     sizes = sorted({r["size"] for r in rows})
+    noisy = [r for r in rows if r["timing"].noisy]
     for backend in dict.fromkeys(r["backend"] for r in rows):
         mine = [r for r in rows if r["backend"] == backend]
         label = "NumPy (reference)" if backend == "numpy" else f"torch on {backend}"
         ax_rate.plot([r["size"] for r in mine], [r["gflops"] for r in mine], "o-", label=label)
-        ax_time.plot([r["size"] for r in mine], [r["seconds"] * 1e3 for r in mine], "o-", label=label)
+        ax_time.plot([r["size"] for r in mine], [r["timing"].median * 1e3 for r in mine], "o-", label=label)
+    if noisy:  # the rows the table marks: their spread is at least 10 % of the median
+        for ax, values in ((ax_rate, [r["gflops"] for r in noisy]),
+                           (ax_time, [r["timing"].median * 1e3 for r in noisy])):
+            ax.plot([r["size"] for r in noisy], values, "o", markersize=14, markerfacecolor="none",
+                    markeredgecolor="red", label=f"noisy ({NOISY_MARK} in the table)")
     ax_rate.set(xscale="log", ylim=(0, None), title="Throughput (higher is better)", xlabel="matrix size n (n × n)",
-                ylabel="GFLOP/s (2n³ / time)")
+                ylabel="GFLOP/s (2n³ / median time)")
     ax_time.set(xscale="log", yscale="log", title="Median time per matmul (lower is better)",
-                xlabel="matrix size n (n × n)", ylabel="time (ms)")
+                xlabel="matrix size n (n × n)", ylabel="median time (ms)")
     for ax in (ax_rate, ax_time):
         ax.xaxis.set_major_locator(FixedLocator(sizes))
         ax.xaxis.set_minor_locator(NullLocator())

@@ -46,7 +46,7 @@ class LayerNorm(nn.Module):
     and bias (normalized_size,) initialised to zeros.
     y = (x − mean) / sqrt(var + eps) · weight + bias, with mean and var over the last dimension.
     Hint: register weight and bias as nn.Parameter so .parameters() and optimizers see them. Use the biased
-    variance (divide by n: x.var(dim=-1, unbiased=False, keepdim=True)), keep the reduced dimension
+    variance (divide by n: x.var(dim=-1, correction=0, keepdim=True)), keep the reduced dimension
     (keepdim=True) so it broadcasts, and add eps inside the square root.
     """
 
@@ -79,14 +79,22 @@ class MultiHeadSelfAttention(nn.Module):
     Section: "Self-attention" in custom_nn_module.py (lesson 4).
     Signature: MultiHeadSelfAttention(d_model, n_heads); forward(x, causal=False) -> Tensor. Attributes
     in_proj = nn.Linear(d_model, 3 * d_model) (q, k, v stacked in that order) and
-    out_proj = nn.Linear(d_model, d_model). Raise ValueError if n_heads does not divide d_model.
+    out_proj = nn.Linear(d_model, d_model). If n_heads does not divide d_model, raise ValueError whose
+    message contains the text "n_heads" (the check looks for it), e.g. f"n_heads={n_heads} must divide
+    d_model={d_model}".
+    Causal: forward takes a flag, not a mask. causal=True means position i may attend to positions j ≤ i
+    (itself included) and never to j > i. Build whichever mask you like inside forward, and mind its
+    convention: with masked_fill, True marks the scores to fill with -inf (True = masked). The check
+    compares with nn.MultiheadAttention given attn_mask = the bool matrix that is True above the
+    diagonal, because nn.MultiheadAttention's bool mask means True = may NOT attend, the opposite of
+    F.scaled_dot_product_attention's (True = may attend).
     Shapes: x (batch, seq, d_model) -> (batch, seq, d_model); per head, q, k, v are (batch, n_heads, seq,
     head_dim) with head_dim = d_model // n_heads, and the scores (batch, n_heads, seq, seq).
     Hint: q, k, v = self.in_proj(x).chunk(3, dim=-1); split heads with .view(batch, seq, n_heads, head_dim)
     .transpose(1, 2) (a plain view to (batch, n_heads, seq, head_dim) mixes positions and heads).
-    Scale the scores by 1 / sqrt(head_dim), not d_model. Causal: position i may attend to j ≤ i, so fill
-    the scores above the diagonal with -inf before the softmax. Merge heads back with
-    .transpose(1, 2).reshape(batch, seq, d_model), then out_proj.
+    Scale the scores by 1 / sqrt(head_dim), not d_model. Causal: fill the scores above the diagonal
+    (j > i) with -inf before the softmax. Merge heads back with .transpose(1, 2).reshape(batch, seq, d_model),
+    then out_proj.
     """
 
     def __init__(self, d_model: int, n_heads: int):

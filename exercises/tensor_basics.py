@@ -17,7 +17,7 @@ import torch
 def vandermonde(x: torch.Tensor, degree: int) -> torch.Tensor:
     """Task: build the Vandermonde matrix of `x`: column j holds x**j, for j = 0, 1, ..., degree.
 
-    Section: "Creating tensors" in tensor_basics.py (lesson 1).
+    Section: "Broadcasting" in tensor_basics.py (lesson 1).
     Signature: vandermonde(x, degree) -> Tensor
     Shapes: x (n,) floating point -> (n, degree + 1), same dtype and device as x.
     Example: vandermonde(torch.tensor([2., 3.]), 2) -> [[1., 2., 4.], [1., 3., 9.]]

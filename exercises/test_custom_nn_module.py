@@ -61,7 +61,7 @@ def _by_hand(call, exercise, functions, instead, hint):
 def test_LayerNorm(answer):
     def layer_norm(call):
         return _by_hand(call, "LayerNorm", LAYER_NORM_FUNCTIONS, "mean, variance and scaling written out",
-                        "Use x.mean and x.var(unbiased=False) over the last dimension, then scale by weight and "
+                        "Use x.mean and x.var(correction=0) over the last dimension, then scale by weight and "
                         "shift by bias.")
 
     layer = layer_norm(lambda: answer(8))
@@ -81,7 +81,7 @@ def test_LayerNorm(answer):
     weight, bias = params["weight"].detach(), params["bias"].detach()
     x = 3 * torch.randn(2, 3, 8, generator=gen) + 1
     hint = ("Normalise over the last dimension with keepdim=True, the biased variance (divide by n: "
-            "unbiased=False) and eps inside the square root: (x − mean) / sqrt(var + eps) · weight + bias.")
+            "correction=0) and eps inside the square root: (x − mean) / sqrt(var + eps) · weight + bias.")
     got = layer_norm(lambda: layer(x))
     check_close(got, F.layer_norm(x, (8,), weight, bias, eps=1e-5), what="LayerNorm(8)(x) for x of shape (2, 3, 8)",
                 rtol=1e-5, atol=1e-5, hint=hint)
@@ -141,7 +141,8 @@ ATTENTION_FUNCTIONS = [(F, "scaled_dot_product_attention", "F.scaled_dot_product
 
 def test_MultiHeadSelfAttention(answer):
     check_raises_value_error(lambda: answer(10, 3), what="MultiHeadSelfAttention(d_model=10, n_heads=3)",
-                             argument="n_heads", hint="n_heads must divide d_model: raise ValueError naming both.")
+                             argument="n_heads", hint="n_heads must divide d_model: raise ValueError whose message "
+                                                      "contains 'n_heads' (the docstring says so), naming both.")
     d_model, n_heads, batch, seq = 8, 2, 3, 5
     def attention(call):
         return _by_hand(call, "MultiHeadSelfAttention", ATTENTION_FUNCTIONS, "projections, per-head scores, "
@@ -172,7 +173,8 @@ def test_MultiHeadSelfAttention(answer):
     got = attention(lambda: layer(x))
     check_close(got, expected, what="MultiHeadSelfAttention(8, 2)(x) for x of shape (3, 5, 8)", rtol=1e-8,
                 atol=1e-10, hint=hint)
-    future = torch.ones(seq, seq, dtype=torch.bool).triu(diagonal=1)  # True = may not attend (torch's convention)
+    # True = may not attend: nn.MultiheadAttention's convention (F.scaled_dot_product_attention's is the opposite)
+    future = torch.ones(seq, seq, dtype=torch.bool).triu(diagonal=1)
     expected_causal = reference(x, x, x, attn_mask=future, need_weights=False)[0]
     got_causal = attention(lambda: layer(x, causal=True))
     check_close(got_causal, expected_causal, what="MultiHeadSelfAttention(8, 2)(x, causal=True)", rtol=1e-8,

@@ -550,7 +550,7 @@ class LayerNorm__eps_outside_sqrt(_LayerNormBase):
     """Adds eps to the standard deviation: sqrt(var) + eps."""
 
     def forward(self, x):
-        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, correction=0, keepdim=True)
         return (x - mean) / (torch.sqrt(var) + self.eps) * self.weight + self.bias
 
 
@@ -558,7 +558,7 @@ class LayerNorm__forgotten_keepdim(_LayerNormBase):
     """Reduces without keepdim=True: the (…,) statistics no longer broadcast against (…, n)."""
 
     def forward(self, x):
-        mean, var = x.mean(-1), x.var(-1, unbiased=False)
+        mean, var = x.mean(-1), x.var(-1, correction=0)
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -572,7 +572,7 @@ class LayerNorm__plain_tensors(nn.Module):
         self.bias = torch.zeros(normalized_size)
 
     def forward(self, x):
-        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, correction=0, keepdim=True)
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -580,7 +580,7 @@ class LayerNorm__ignores_eps_argument(_LayerNormBase):
     """Uses a fixed 1e-5 whatever eps the caller passes."""
 
     def forward(self, x):
-        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, correction=0, keepdim=True)
         return (x - mean) / torch.sqrt(var + 1e-5) * self.weight + self.bias
 
 

@@ -31,6 +31,7 @@ DEVICES = available_devices()  # parametrize over these; absent accelerators are
 ABSENT_ACCELERATORS = [name for name in ("cuda", "mps") if name not in DEVICES]
 LESSON_MODULES = [lesson.module for lesson in LESSONS]
 FAKE_MEDIAN_S = 1e-3  # what the fake timer reports for every benchmark median
+FAKE_IQR_S = 2e-5  # and for its interquartile range: 2 % of the median
 FAKE_WALL_S = 0.5  # what the fake stopwatch reports for every one-shot wall-clock timing
 
 
@@ -142,7 +143,7 @@ def unwritable_dir(tmp_path):
 def fake_timings(monkeypatch):
     """Every timing in every lesson returns a known constant, so printed output is exactly repeatable.
 
-    Lessons time through `time_median` (benchmarks), `stopwatch` (one-shot runs) and
+    Lessons time through `benchmark` (Timer), `stopwatch` (one-shot runs) and
     `profile_events` (torch.profiler); each is replaced in the harness (where `run_script` finds it)
     and in every lesson module that imported it by name. So is the one reading of the machine's
     state, `resident_memory`: how much resident memory grows depends on what the process freed
@@ -150,9 +151,9 @@ def fake_timings(monkeypatch):
     reclaims, so it is a measurement, like a time; test_dataset_loader_demo checks the real one in a
     fresh process.
     """
-    def fake_median(fn, device="cpu", min_run_time=0.2):
+    def fake_benchmark(fn, device="cpu", min_run_time=0.2, threads=lesson_harness.BENCHMARK_THREADS):
         fn()
-        return FAKE_MEDIAN_S
+        return lesson_harness.Timing(FAKE_MEDIAN_S, FAKE_IQR_S, threads, noisy=False)
 
     @contextlib.contextmanager
     def fake_stopwatch(device="cpu"):
@@ -167,7 +168,7 @@ def fake_timings(monkeypatch):
 
     for name in PROJECT_MODULES:
         module = sys.modules.get(name) or importlib.import_module(name)
-        for attr, fake in (("time_median", fake_median), ("stopwatch", fake_stopwatch),
+        for attr, fake in (("benchmark", fake_benchmark), ("stopwatch", fake_stopwatch),
                            ("profile_events", fake_profile), ("resident_memory", fake_resident)):
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, fake)

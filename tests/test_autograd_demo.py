@@ -8,32 +8,42 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, readme_quotes, run_script, unprinted_quotes
+from conftest import FAKE_IQR_S, FAKE_MEDIAN_S, ROOT, readme_quotes, run_script, unprinted_quotes
 from torch import nn
 
 import autograd_demo as ad
+from lesson_harness import BENCHMARK_THREADS, NOISY_MARK, Timing, timing_note
 
 F64 = torch.float64
 EPS32 = torch.finfo(torch.float32).eps  # machine epsilon, 2**-23
 EPS64 = torch.finfo(torch.float64).eps  # 2**-52
 
 
-def scripted_timer(monkeypatch, seconds: list[float]) -> list[object]:
-    """Replace the lesson's time_median: call i returns seconds[i]; returns what each timed call produced."""
-    produced: list[object] = []
-    values = iter(seconds)
+def timing(median: float, noisy: bool = False, threads: int = 1) -> Timing:
+    """A Timing with a 2 % IQR, as a fake benchmark returns."""
+    return Timing(median, 0.02 * median, threads, noisy)
 
-    def fake(fn, device="cpu", min_run_time=0.2):
+
+def scripted_timer(monkeypatch, timings: list[Timing]) -> tuple[list[object], list[int]]:
+    """Replace the lesson's benchmark: call i returns timings[i]; returns what each timed call produced, and
+    the thread count each call asked for."""
+    produced: list[object] = []
+    threads_asked: list[int] = []
+    values = iter(timings)
+
+    def fake(fn, device="cpu", min_run_time=0.2, threads=BENCHMARK_THREADS):
         produced.append(fn())
+        threads_asked.append(threads)
         return next(values)
 
-    monkeypatch.setattr(ad, "time_median", fake)
-    return produced
+    monkeypatch.setattr(ad, "benchmark", fake)
+    return produced, threads_asked
 
 
 # --- the dynamic graph -------------------------------------------------------------------------------------------
@@ -54,6 +64,8 @@ def test_graph_facts():
         "z.detach().requires_grad": False,
         "detach shares storage": True,
         "x * 2 under no_grad: is_leaf, requires_grad": (True, False),
+        "(v * v).grad_fn.next_functions": ["AccumulateGrad", "AccumulateGrad"],
+        "v.grad for v * v, v = 3 (v + v: one term per edge)": 6.0,  # closed form d(v²)/dv = 2v
     }
 
 
@@ -68,16 +80,63 @@ def test_results_of_unrecorded_operations_are_leaves():
 
 
 def test_autograd_graph_walks_every_node():
-    nodes, edges, _ = ad.example_graph()
+    nodes, edges, title = ad.example_graph()
+    assert title.startswith("loss = r · r")
     labels = sorted(n["label"].split("\n")[0] for n in nodes)
-    assert labels == sorted(["PowBackward0", "SubBackward0", "SigmoidBackward0", "AddBackward0", "MulBackward0",
+    assert labels == sorted(["MulBackward0", "SubBackward0", "SigmoidBackward0", "AddBackward0", "MulBackward0",
                              "w", "b"])
-    assert len(edges) == 6  # a tree here: every node but the root has one parent
-    depths = {n["label"].split("\n")[0]: n["depth"] for n in nodes}
-    assert depths == {"PowBackward0": 0, "SubBackward0": 1, "SigmoidBackward0": 2, "AddBackward0": 3,
-                      "MulBackward0": 4, "w": 5, "b": 4}
+    assert len(edges) == 6  # a tree of distinct parent-child pairs: every node but the root has one parent
+    by_depth = sorted((n["depth"], n["label"].split("\n")[0]) for n in nodes)
+    assert by_depth == [(0, "MulBackward0"), (1, "SubBackward0"), (2, "SigmoidBackward0"), (3, "AddBackward0"),
+                        (4, "MulBackward0"), (4, "b"), (5, "w")]
     with pytest.raises(ValueError, match="grad_fn"):
         ad.autograd_graph(torch.ones(2))
+
+
+def test_example_graph_keeps_both_edges_of_r_times_r():
+    """loss = r * r: next_functions lists r's node twice, and the graph keeps that as an edge of count 2."""
+    nodes, edges, _ = ad.example_graph()
+    label = {n["id"]: n["label"] for n in nodes}
+    root = next(n["id"] for n in nodes if n["depth"] == 0)
+    into_root = [(label[child], count) for child, parent, count in edges if parent == root]
+    # The same expression, built here, read straight from torch.
+    w, b = torch.tensor(0.5, requires_grad=True), torch.tensor(-1.0, requires_grad=True)
+    r = torch.sigmoid(w * torch.tensor(2.0) + b) - 0.8
+    listed = Counter(type(fn).__name__ for fn, _ in (r * r).grad_fn.next_functions)
+    assert listed == {"SubBackward0": 2}
+    assert into_root == [("SubBackward0", 2)]
+    assert all(count == 1 for child, parent, count in edges if parent != root)
+    # Why the count matters: backward sums one term per edge, d(r·r)/dr = r + r = 2r.
+    (grad_r,) = torch.autograd.grad(r * r, r)
+    torch.testing.assert_close(grad_r, 2 * r.detach(), rtol=0, atol=0)
+
+
+def test_autograd_graph_edge_counts_match_next_functions():
+    """h * h, and h used again by another op: every node's edge counts are its next_functions' multiplicities."""
+    w = torch.tensor(0.7, requires_grad=True)
+    h = w.sin()
+    y = h * h + h * w
+    nodes, edges = ad.autograd_graph(y, {id(w): "w"})
+    assert len(edges) == len({(child, parent) for child, parent, _ in edges})  # one row per pair, with a count
+    # Walk torch's own graph independently: (parent name, child name) -> times listed.
+    expected: Counter = Counter()
+    seen, stack = [], [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if any(fn is s for s in seen):
+            continue
+        seen.append(fn)
+        for child, _ in fn.next_functions:
+            if child is not None:
+                expected[(type(fn).__name__, type(child).__name__)] += 1
+                stack.append(child)
+    label = {n["id"]: n["label"].split("\n")[0] for n in nodes}
+    got: Counter = Counter()
+    for child, parent, count in edges:
+        got[(label[parent], label[child] if label[child] != "w" else "AccumulateGrad")] += count
+    assert got == expected
+    # h has two parents: h * h (two edges, one row of count 2) and h * w (one edge).
+    assert sorted(count for child, _, count in edges if label[child] == "SinBackward0") == [1, 2]
 
 
 def test_autograd_graph_with_a_shared_subexpression_lists_it_once_below_both_parents():
@@ -96,7 +155,7 @@ def test_autograd_graph_with_a_shared_subexpression_lists_it_once_below_both_par
     ids = {label: n["id"] for label, n in by_label.items()}
     expected = [("MulBackward0", "AddBackward0"), ("SinBackward0", "AddBackward0"),
                 ("MulBackward0", "SinBackward0"), ("w", "MulBackward0")]
-    assert sorted(edges) == sorted((ids[child], ids[parent]) for child, parent in expected)
+    assert sorted(edges) == sorted((ids[child], ids[parent], 1) for child, parent in expected)
 
 
 @pytest.mark.parametrize("chain_first", [True, False])
@@ -114,10 +173,22 @@ def test_autograd_graph_depth_is_the_longest_path_whichever_parent_is_walked_las
                       "MulBackward0": [4], "w": [5]}
 
 
-def test_autograd_graph_keeps_a_node_used_twice_as_one_edge():
+def test_autograd_graph_keeps_a_node_used_twice_as_one_edge_of_count_two():
     w = torch.tensor(1.5, requires_grad=True)
-    nodes, edges = ad.autograd_graph(w * w, {id(w): "w"})
-    assert len(nodes) == 2 and len(edges) == 1
+    square = w * w
+    assert len(square.grad_fn.next_functions) == 2  # torch lists the same AccumulateGrad node twice
+    assert square.grad_fn.next_functions[0][0] is square.grad_fn.next_functions[1][0]
+    nodes, edges = ad.autograd_graph(square, {id(w): "w"})
+    assert len(nodes) == 2 and edges == [(1, 0, 2)]
+
+
+def test_graph_plot_draws_one_arrow_per_edge_and_labels_the_multi_edge():
+    nodes, edges, title = ad.example_graph()
+    fig = ad.plot_autograd_graph(nodes, edges, title)
+    ax = fig.axes[0]
+    arrows = [c for c in ax.texts if c.get_text() == "" and getattr(c, "arrow_patch", None) is not None]
+    assert len(arrows) == sum(count for _, _, count in edges) == 7
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("×")] == ["×2"]
 
 
 # --- no_grad vs inference_mode -----------------------------------------------------------------------------------
@@ -129,10 +200,35 @@ def test_inference_mode_facts():
         "no_grad: view knows its base": True,
         "inference_mode: is_inference()": True,
         "inference_mode: view knows its base": False,
-        "inference_mode: read the version counter": "RuntimeError",
-        "inference tensor saved for backward": "RuntimeError",
-        "inference tensor changed in place later": "RuntimeError",
+        "inference_mode: read the version counter": "RuntimeError: Inference tensors do not track version counter",
+        "(w + t).sum().backward(), t an inference tensor (add saves no input)": "allowed",
+        "(w * t).sum().backward() (mul saves t for w's gradient)":
+            "RuntimeError: Inference tensors cannot be saved for backward",
+        "t.add_(1) outside inference_mode":
+            "RuntimeError: Inplace update to inference tensor outside InferenceMode is not allowed",
+        "w.grad after the allowed (w + t) backward": [1.0, 1.0, 1.0],
+        "t.clone() outside inference_mode: is_inference()": False,
     }
+
+
+def test_an_inference_tensor_enters_autograd_unless_it_must_be_saved():
+    """The prose's rules, straight from torch: an inference tensor may feed a recorded op that saves nothing of
+    it (add), not one that saves it (mul: forward fails at once), and may not be changed in place later."""
+    with torch.inference_mode():
+        t = torch.tensor([1.0, -2.0, 3.0])
+    assert t.is_inference()
+    w = torch.tensor([0.5, 0.5, 0.5], requires_grad=True)
+    out = (w + t).sum()
+    assert out.grad_fn is not None  # recorded outside inference mode, with t as an input
+    out.backward()
+    torch.testing.assert_close(w.grad, torch.ones(3), rtol=0, atol=0)  # closed form d/dw Σ(w + t) = 1
+    with pytest.raises(RuntimeError, match="cannot be saved for backward"):
+        w * t
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+        t.add_(1)
+    copy = t.clone()  # outside inference mode: an ordinary tensor, which mul may save
+    (w * copy).sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones(3) + t, rtol=0, atol=0)
 
 
 def test_small_op_chain_transposes_once_per_step():
@@ -142,12 +238,13 @@ def test_small_op_chain_transposes_once_per_step():
     torch.testing.assert_close(t, torch.arange(16.0), rtol=0, atol=0)  # the input is left alone
 
 
-def test_no_grad_vs_inference_mode_rates_come_from_the_timings(monkeypatch):
-    produced = scripted_timer(monkeypatch, [2e-3, 1e-3])
+def test_no_grad_vs_inference_mode_ratio_is_of_the_medians_on_one_thread(monkeypatch):
+    no_grad, inference = timing(2e-3), Timing(1e-3, 5e-4, 1, noisy=True)
+    produced, threads = scripted_timer(monkeypatch, [no_grad, inference])
     got = ad.time_no_grad_vs_inference_mode(steps=50, min_run_time=0.01)
     assert [t.is_inference() for t in produced] == [False, True]  # timed under no_grad, then inference_mode
-    ops = 50 * ad.OPS_PER_STEP
-    assert got == {"ops": ops, "no_grad per op": 2e-3 / ops, "inference_mode per op": 1e-3 / ops,
+    assert threads == [1, 1]
+    assert got == {"ops": 50 * ad.OPS_PER_STEP, "no_grad": no_grad, "inference_mode": inference,
                    "inference_mode / no_grad": 0.5}
 
 
@@ -234,11 +331,13 @@ def test_jacobian_rows_keeps_shapes():
     torch.testing.assert_close(jac, torch.func.jacrev(lambda t: t.sum(0))(x), rtol=0, atol=0)
 
 
-def test_compare_jacobians_reports_round_off_and_the_timer(monkeypatch):
-    scripted_timer(monkeypatch, [1e-3, 2e-3, 3e-3, 4e-3])
+def test_compare_jacobians_reports_round_off_and_ratios_of_medians(monkeypatch):
+    timings = [timing(4e-3), timing(5e-3), timing(1e-3), timing(2e-3)]
+    _, threads = scripted_timer(monkeypatch, timings)
     rows = ad.compare_jacobians(6, 0.01, torch.Generator().manual_seed(0))
     assert [r["method"] for r in rows] == list(ad.jacobian_methods(torch.sin, torch.zeros(1)))
-    assert [r["seconds"] for r in rows] == [1e-3, 2e-3, 3e-3, 4e-3]
+    assert [r["timing"] for r in rows] == timings and threads == [1] * 4
+    assert [r["time / loop"] for r in rows] == [1.0, 1.25, 0.25, 0.5]  # each median over the loop's median
     assert all(r["max |diff|"] <= 1e-14 for r in rows)
 
 
@@ -455,6 +554,161 @@ def test_nan_gradient_demo_finds_the_sqrt():
     assert report["gradient with the safe branch"] == [0.0, 0.5, 0.25]  # d√x/dx = 1/(2√x)
 
 
+# --- gradient hooks ----------------------------------------------------------------------------------------------
+
+def hooked_setup(fault: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = ad.with_fault(ad.make_hooked_net(), fault)
+    X, y = ad.padded_batch(torch.Generator().manual_seed(seed))
+    return model, X, y
+
+
+def reference_norms(model: nn.Sequential, X: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """The same graph built layer by layer, every gradient from torch.autograd.grad (no hooks)."""
+    outputs, h = [], X
+    for layer in model:
+        h = layer(h)
+        outputs.append(h)
+    loss = F.mse_loss(h, y)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss, outputs + list(params.values()))
+    norms = {f"output {i}": torch.linalg.vector_norm(g).item() for i, g in enumerate(grads[:len(outputs)])}
+    norms.update({name: torch.linalg.vector_norm(g).item() for name, g in zip(params, grads[len(outputs):])})
+    return norms
+
+
+@pytest.mark.parametrize("fault", list(ad.HOOK_FAULTS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hooks_flag_the_layer_that_was_broken(fault, seed):
+    model, X, y = hooked_setup(fault, seed)
+    flagged = ad.flag_broken_layer(ad.record_layer_gradients(model, X, y))
+    broken = ad.HOOK_FAULTS[fault]
+    if broken is None:
+        assert flagged is None
+    else:
+        assert flagged is not None and flagged[0] == f"{broken} {type(model[broken]).__name__}"
+
+
+@pytest.mark.parametrize("fault", list(ad.HOOK_FAULTS))
+def test_hook_norms_equal_those_of_autograd_grad_on_the_same_graph(fault):
+    model, X, y = hooked_setup(fault)
+    rows = ad.record_layer_gradients(model, X, y)
+    expected = reference_norms(model, X, y)
+    assert [r["index"] for r in rows] == [4, 3, 2, 1, 0]  # the order backward reaches the layers
+    for r in rows:
+        i = r["index"]
+        got = [r["‖∂L/∂output‖"], *r["‖∂L/∂params‖"].values()]
+        want = [expected[f"output {i}"], *(expected[name] for name in r["‖∂L/∂params‖"])]
+        if i > 0:  # ∂L/∂input of layer i is ∂L/∂output of layer i − 1
+            got.append(r["‖∂L/∂input‖"])
+            want.append(expected[f"output {i - 1}"])
+        else:
+            assert r["‖∂L/∂input‖"] is None
+        assert sorted(r["‖∂L/∂params‖"]) == sorted(n for n, _ in model.named_parameters() if n.startswith(f"{i}."))
+        torch.testing.assert_close(torch.tensor(got, dtype=F64), torch.tensor(want, dtype=F64),
+                                   rtol=1e-6, atol=0, equal_nan=True)
+        assert r["output finite"] is True
+
+
+def test_eps_outside_the_sqrt_poisons_the_whole_first_weight_gradient_through_one_zero_row():
+    """The prose: finite forward, NaN from sqrt's backward at the zero row, all of layer 0's weight gradient NaN;
+    eps inside the sqrt (or no zero row) keeps every gradient finite."""
+    model, X, y = hooked_setup("eps outside the sqrt")
+    assert (X[ad.PADDING_ROW] == 0).all()
+    out = model(X)
+    assert torch.isfinite(out).all()
+    F.mse_loss(out, y).backward()
+    assert torch.isnan(model[0].weight.grad).all()
+    for fault, rows_x in (("none (eps inside the sqrt)", X), ("eps outside the sqrt", X[X.abs().sum(1) > 0])):
+        model, _, _ = hooked_setup(fault)
+        F.mse_loss(model(rows_x), y[:len(rows_x)]).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters()), fault
+    # The fixed norm is the textbook RMSNorm: x / sqrt(mean(x²) + eps), torch's own F.rms_norm.
+    h = torch.randn(5, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ad.RMSNorm()(h), F.rms_norm(h, (8,), eps=ad.RMSNORM_EPS), rtol=1e-12, atol=1e-12)
+
+
+def test_hooks_are_removed_even_when_the_pass_fails():
+    model, X, y = hooked_setup("eps outside the sqrt")
+
+    def no_hooks_left() -> bool:
+        return (all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+                and all(not p._backward_hooks for p in model.parameters()))
+
+    ad.record_layer_gradients(model, X, y)
+    assert no_hooks_left()
+    with pytest.raises(RuntimeError):
+        ad.record_layer_gradients(model, X[:, :3], y)  # wrong width: the first layer raises mid-forward
+    assert no_hooks_left()
+    # And a pass with the hooks off records nothing new: the rows of a second call are fresh and complete.
+    assert len(ad.record_layer_gradients(model, X, y)) == len(model)
+
+
+def test_flag_rule_on_hand_made_rows():
+    def row(i, out, inp, params=None, finite=True):
+        return {"index": i, "layer": f"{i} L", "output finite": finite, "‖∂L/∂output‖": out, "‖∂L/∂input‖": inp,
+                "‖∂L/∂params‖": params or {}}
+
+    assert ad.flag_broken_layer([row(1, 1.0, 2.0), row(0, 2.0, None, {"w": 3.0})]) is None
+    assert ad.flag_broken_layer([row(1, 1.0, math.nan), row(0, math.nan, None, {"w": math.nan})]) == (
+        "1 L", "finite gradient in, NaN or inf out")
+    assert ad.flag_broken_layer([row(1, 1.0, 2.0), row(0, 2.0, None, {"w": math.inf})]) == (
+        "0 L", "finite gradient in, NaN or inf out")
+    assert ad.flag_broken_layer([row(1, 1.0, 2e3, {"w": 1.0}), row(0, 2e3, None)], explode_ratio=1e3) == (
+        "1 L", "‖∂L/∂input‖ = 2.0e+03 × ‖∂L/∂output‖")
+    assert ad.flag_broken_layer([row(1, 1.0, 999.0), row(0, 999.0, None)], explode_ratio=1e3) is None
+    assert ad.flag_broken_layer([row(1, math.nan, math.nan), row(0, math.nan, None, finite=False)]) == (
+        "0 L", "non-finite output in the forward pass")
+    with pytest.raises(ValueError, match="fault='typo'"):
+        ad.with_fault(ad.make_hooked_net(), "typo")
+
+
+def test_gradient_hook_report_against_detect_anomaly():
+    """detect_anomaly stops on the NaN at SqrtBackward0 and misses a finite explosion; the hooks flag both."""
+    torch.manual_seed(0)
+    report = ad.gradient_hook_report(torch.Generator().manual_seed(0))
+    assert list(report) == list(ad.HOOK_FAULTS)
+    nan_fault, huge_fault, healthy = ad.HOOK_FAULTS
+    assert report[nan_fault]["flagged"] == ("1 RMSNorm", "finite gradient in, NaN or inf out")
+    assert report[nan_fault]["detect_anomaly"] == (
+        "RuntimeError: Function 'SqrtBackward0' returned nan values in its 0th output.")
+    assert report[huge_fault]["flagged"][0] == "2 Linear"
+    ratio = float(re.search(r"= (\S+) ×", report[huge_fault]["flagged"][1]).group(1))
+    assert ratio > ad.EXPLODE_RATIO
+    assert report[huge_fault]["detect_anomaly"] == report[healthy]["detect_anomaly"] == "no error"
+    assert report[healthy]["flagged"] is None
+    # The explosion is finite: nothing for anomaly mode (which looks for NaN) to find.
+    huge_rows = report[huge_fault]["rows"]
+    assert all(math.isfinite(r["‖∂L/∂output‖"]) for r in huge_rows)
+
+
+def test_detect_anomaly_warns_of_its_cost_and_lets_an_inf_gradient_pass():
+    """The prose: torch warns that anomaly mode "will increase the runtime", and it looks for NaN only."""
+    x = torch.tensor([0.0, 4.0], requires_grad=True)
+    with pytest.warns(UserWarning, match="will increase the runtime"):
+        with torch.autograd.detect_anomaly():
+            x.sqrt().sum().backward()  # d√x/dx at 0 is inf: no error
+    assert x.grad.tolist() == [math.inf, 0.25]
+
+
+def test_print_gradient_hooks(capsys):
+    rows = [{"index": 1, "layer": "1 RMSNorm", "output finite": True, "‖∂L/∂output‖": 0.5, "‖∂L/∂input‖": math.nan,
+             "‖∂L/∂params‖": {}},
+            {"index": 0, "layer": "0 Linear", "output finite": True, "‖∂L/∂output‖": math.nan, "‖∂L/∂input‖": None,
+             "‖∂L/∂params‖": {"0.weight": 3.0, "0.bias": 4.0}}]
+    report = {"f": {"rows": rows, "flagged": ("1 RMSNorm", "why"), "detect_anomaly": "no error"},
+              "g": {"rows": [], "flagged": None, "detect_anomaly": "no error"}}
+    ad.print_gradient_hooks(report, "f")
+    printed = capsys.readouterr().out
+    table, pairs = printed.split("\n--- ", 1)
+    lines = table.strip("\n").splitlines()
+    assert lines[0] == "Gradient hooks, fault: f (rows in the order backward reached the layers)"
+    assert lines[3].split() == ["1", "RMSNorm", "True", "5.0e-01", "nan", "nan", "-"]
+    assert lines[4].split() == ["0", "Linear", "True", "nan", "-", "-", "5.0e+00"]  # √(3² + 4²)
+    assert _printed_pairs("--- " + pairs) == {"f: hooks flag": "layer 1 RMSNorm: why", "f: detect_anomaly": "no error",
+                                              "g: hooks flag": "no layer", "g: detect_anomaly": "no error"}
+
+
 def test_make_mlp_has_the_documented_depth():
     model = ad.make_mlp(8)
     linears = [m for m in model if isinstance(m, nn.Linear)]
@@ -462,11 +716,13 @@ def test_make_mlp_has_the_documented_depth():
     assert sum(isinstance(m, nn.ReLU) for m in model) == ad.TIMED_MLP_DEPTH
 
 
-def test_time_forward_backward_ratio_is_backward_over_forward(monkeypatch):
-    produced = scripted_timer(monkeypatch, [1e-3, 3e-3, 2e-3, 5e-3])
+def test_time_forward_backward_ratio_is_the_median_of_backward_over_forwards(monkeypatch):
+    timings = [Timing(1e-3, 9e-4, 1, False), Timing(3e-3, 1e-5, 1, False), timing(2e-3), timing(5e-3)]
+    produced, threads = scripted_timer(monkeypatch, timings)
     rows = ad.time_forward_backward((8, 16), batch=4, min_run_time=0.005, generator=torch.Generator().manual_seed(0))
-    assert rows == [{"width": 8, "forward": 1e-3, "backward": 3e-3, "backward/forward": 3.0},
-                    {"width": 16, "forward": 2e-3, "backward": 5e-3, "backward/forward": 2.5}]
+    assert rows == [{"width": 8, "forward": timings[0], "backward": timings[1], "backward/forward": 3.0},
+                    {"width": 16, "forward": timings[2], "backward": timings[3], "backward/forward": 2.5}]
+    assert threads == [1] * 4  # one thread: not the point of this table, and steadier on a shared machine
     assert produced[0].shape == (4, 1) and produced[1] is None  # forward returns the output, backward None
 
 
@@ -501,23 +757,34 @@ def test_training_curve_records_the_first_steps_gradients_and_decreases():
 
 def test_figures_say_which_model_each_panel_shows():
     grads = {"0.weight": torch.ones(3), "0.bias": torch.full((2,), 0.5)}
-    timings = [{"width": 8, "forward": 1e-3, "backward": 2e-3, "backward/forward": 2.0}]
+    timings = [{"width": 8, "forward": timing(1e-3), "backward": timing(2e-3), "backward/forward": 2.0},
+               {"width": 16, "forward": timing(2e-3, noisy=True), "backward": timing(3e-3), "backward/forward": 1.5}]
     fig = ad.plot_gradient_flow(grads, [1.0, 0.5], timings, batch=4)
     suptitle = fig._suptitle.get_text()  # Figure.get_suptitle() exists only from matplotlib 3.8
     assert "1 → 32 → 32 → 1 tanh MLP" in suptitle and "ReLU" in suptitle
     ax_norm, ax_hist, ax_loss, ax_time = fig.axes
     assert all(t.startswith("tanh MLP") for t in (ax_norm.get_title(), ax_hist.get_title(), ax_loss.get_title()))
-    assert ax_time.get_title().startswith(f"ReLU MLP, {ad.TIMED_MLP_DEPTH} hidden layers, batch 4")
+    assert ax_time.get_title() == f"ReLU MLP, {ad.TIMED_MLP_DEPTH} hidden layers, batch 4, 1 thread"
     assert ax_time.get_yscale() == "linear" and not ax_time.patches and not ax_norm.patches  # points, no bars
+    assert list(ax_time.lines[0].get_ydata()) == [2.0, 1.5]  # the ratios of the medians, as computed
+    notes = [t.get_text() for t in ax_time.texts if t.get_text().startswith("forward")]
+    assert notes == ["forward 1 ms", f"forward 2 ms {NOISY_MARK} noisy"]  # a noisy input marks its point
     steps = ad.fd_steps(3)
     fig = ad.plot_fd_error(steps, {"float32": [1e-3, 1e-4, 1.0]}, {"max |grad|": 1.0})
     assert fig.axes[0].get_xlabel() == "step size h"
 
 
 def test_the_finite_difference_step_is_never_called_eps():
-    """ε_mach is machine epsilon; the step is h (torch's own gradcheck(eps=...) is not used here)."""
+    """ε_mach is machine epsilon; the step is h (torch's own gradcheck(eps=...) is not used here).
+
+    The finite-difference and gradcheck sections never say eps; later, eps is RMSNorm's own stabiliser.
+    """
     source = (ROOT / "autograd_demo.py").read_text(encoding="utf-8")
-    assert not re.search(r"\beps\b|eps_values|eps_points", source)
+    assert not re.search(r"eps_values|eps_points|fd_eps|eps_step", source)
+    start = source.index("# ## Gradient checking with finite differences")
+    end = source.index("# ## Gradient accumulation")
+    assert not re.search(r"\beps\b", source[:start] + source[start:end])
+    assert set(re.findall(r"\w*\beps\w*", source[end:])) <= {"eps", "RMSNORM_EPS", "eps_inside_sqrt"}
 
 
 def _readme_section() -> str:
@@ -599,13 +866,47 @@ def test_printers_print_what_the_functions_return(capsys):
     assert capsys.readouterr().out == "\nTraining loss: 0.5000 → 0.1250 in 3 Adam steps\n"
 
 
-def test_timing_printers_show_the_ratios_of_the_medians(capsys):
-    ad.print_mode_timings({"ops": 400, "no_grad per op": 2e-6, "inference_mode per op": 1.5e-6,
-                           "inference_mode / no_grad": 0.75}, torch.device("cpu"))
-    assert capsys.readouterr().out == (
-        "400 small ops on cpu: no_grad 2 µs/op, inference_mode 1.5 µs/op (0.75× the time)\n")
-    ad.print_forward_backward([{"width": 8, "forward": 1e-3, "backward": 2.5e-3, "backward/forward": 2.5}], 4,
-                              torch.device("cpu"))
+def test_timing_printers_show_median_iqr_mark_and_the_thread_note(capsys):
+    ad.print_mode_timings({"ops": 400, "no_grad": Timing(8e-4, 4e-5, 1, False),
+                           "inference_mode": Timing(6e-4, 1.2e-4, 1, True), "inference_mode / no_grad": 0.75},
+                          torch.device("cpu"))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == "A chain of 400 small ops on cpu, timed under each mode"
+    assert printed[2].split() == ["mode", "median", "IQR", "median", "/", "op", "time", "/", "no_grad"]
+    assert printed[4].split() == ["no_grad", "800", "µs", "5", "%", "2", "µs", "1.00×"]
+    # 20 % IQR: Timer warned, so the timing and the ratio built on it both carry the mark.
+    assert printed[5].split() == ["inference_mode", "600", "µs", "20", "%", NOISY_MARK, "1.5", "µs", "0.75×",
+                                  NOISY_MARK]
+    assert printed[6] == timing_note(1)
+    rows = [{"width": 8, "forward": Timing(1e-3, 2e-5, 1, False), "backward": Timing(2.5e-3, 5e-4, 1, True),
+             "backward/forward": 2.5},
+            {"width": 16, "forward": Timing(2e-3, 2e-5, 1, False), "backward": Timing(3e-3, 3e-5, 1, False),
+             "backward/forward": 1.5}]
+    ad.print_forward_backward(rows, 4, torch.device("cpu"))
     printed = capsys.readouterr().out.splitlines()
     assert printed[1] == f"Forward vs backward, ReLU MLP with {ad.TIMED_MLP_DEPTH} hidden layers, batch 4, on cpu"
-    assert printed[-1].split() == ["8", "1", "ms", "2.5", "ms", "2.50×"]
+    assert printed[2].split() == ["width", "forward", "median", "forward", "IQR", "backward", "median", "backward",
+                                  "IQR", "backward/forward"]
+    assert printed[4].split() == ["8", "1", "ms", "2", "%", "2.5", "ms", "20", "%", NOISY_MARK, "2.50×", NOISY_MARK]
+    assert printed[5].split() == ["16", "2", "ms", "1", "%", "3", "ms", "1", "%", "1.50×"]
+    assert printed[6] == timing_note(1)
+    jacobian_rows = [{"method": "loop", "max |diff|": 1e-16, "timing": timing(4e-3), "time / loop": 1.0},
+                     {"method": "jacrev", "max |diff|": 2e-16, "timing": timing(1e-3, noisy=True), "time / loop": 0.25}]
+    ad.print_jacobians(jacobian_rows, 6)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2].split() == ["method", "max", "|diff|", "median", "IQR", "time", "/", "loop"]
+    assert printed[4].split() == ["loop", "1.0e-16", "4", "ms", "2", "%", "1.00×"]
+    assert printed[5].split() == ["jacrev", "2.0e-16", "1", "ms", "2", "%", NOISY_MARK, "0.25×", NOISY_MARK]
+    assert printed[6] == timing_note(1)
+
+
+def test_a_full_run_prints_every_timing_table_with_its_spread_and_note(tmp_path, capsys, fake_timings, no_figures):
+    """With the conftest fake (1 ms median, 2 % IQR), every timing table has an IQR column and the note under it."""
+    out = _full_run_output(tmp_path, capsys)
+    assert out.count(timing_note(1)) == 3
+    fake_cells = f"{FAKE_MEDIAN_S * 1e3:g} ms {100 * FAKE_IQR_S / FAKE_MEDIAN_S:.0f} %"
+    for title in ("A chain of", "Jacobian of a", "Forward vs backward"):
+        table = out.split("\n" + title, 1)[1].split(timing_note(1), 1)[0]
+        assert "IQR" in table.splitlines()[1], title
+        body = [" ".join(line.split()) for line in table.splitlines()[3:] if line.strip()]
+        assert body and all(fake_cells in line and "1.00×" in line for line in body), title

@@ -5,6 +5,7 @@ The quick end-to-end run of the script (figures, exact repeat with one seed) is 
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import random
@@ -21,6 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, Dataset
 
 import dataset_loader_demo as dl
+from lesson_harness import BENCHMARK_THREADS, NOISY_MARK, TIMING_HEADERS, Timing, timing_note
 
 
 class WorkerDraws(Dataset):
@@ -460,40 +462,217 @@ def test_batch_sampler_loader_covers_every_sample():
     assert sorted(torch.cat([y for _, y in loader]).tolist()) == list(range(50))
 
 
-def _fake_median(*medians: float):
-    """A stand-in for time_median that runs fn once and reports the given medians in turn (the last repeats)."""
-    remaining = list(medians)
+def _fake_benchmark(*timings: Timing):
+    """A stand-in for benchmark that runs fn once and returns the given Timings in turn (the last repeats).
 
-    def fake(fn, device="cpu", min_run_time=0.2) -> float:
+    The threads each call asked for are kept in `fake.threads`."""
+    remaining = list(timings)
+
+    def fake(fn, device="cpu", min_run_time=0.2, threads=BENCHMARK_THREADS) -> Timing:
         fn()
+        fake.threads.append(threads)
         return remaining.pop(0) if len(remaining) > 1 else remaining[0]
 
+    fake.threads = []
     return fake
 
 
-def test_loader_throughput_is_per_sample(monkeypatch):
-    monkeypatch.setattr(dl, "time_median", _fake_median(0.01))
+def _timing(median: float, iqr: float = 0.0, noisy: bool = False) -> Timing:
+    return Timing(median, iqr, BENCHMARK_THREADS, noisy)
+
+
+def test_loader_throughput_counts_samples_and_returns_the_epoch_timing(monkeypatch):
+    epoch = _timing(0.01, 5e-4)
+    fake = _fake_benchmark(epoch)
+    monkeypatch.setattr(dl, "benchmark", fake)
     loader = dl.FastBatchLoader(torch.zeros(100, 2), torch.zeros(100), 32)  # 4 batches
-    assert dl.loader_throughput(loader) == pytest.approx(100 / 0.01, rel=1e-12)  # per batch would be 400
+    assert dl.loader_throughput(loader) == (100, epoch)  # samples, not batches
+    assert fake.threads == [BENCHMARK_THREADS] == [1]
 
 
-def test_time_breakdown_divides_each_median_by_the_batch_size(monkeypatch):
-    monkeypatch.setattr(dl, "time_median", _fake_median(2e-3))
+def test_time_breakdown_divides_median_and_iqr_by_the_batch_size(monkeypatch):
+    fake = _fake_benchmark(_timing(2e-3, 1e-4, noisy=True))
+    monkeypatch.setattr(dl, "benchmark", fake)
     breakdown = dl.time_breakdown(256, 4, 32, min_run_time=0.01)
     assert list(breakdown) == ["__getitem__ per sample", "default_collate per sample", "X[idx], y[idx] per sample"]
-    assert all(seconds == pytest.approx(2e-3 / 32, rel=1e-12) for seconds in breakdown.values())
+    for timing in breakdown.values():
+        assert timing.median == pytest.approx(2e-3 / 32, rel=1e-12) and timing.iqr == pytest.approx(1e-4 / 32)
+        assert timing.noisy and timing.threads == 1  # the mark and the thread count survive the division
+    assert fake.threads == [1, 1, 1]
 
 
-def test_throughput_table_rates_and_speedups_from_known_timings(monkeypatch):
-    # per batch size, in the table's order: default, BatchSampler, fast path
-    monkeypatch.setattr(dl, "time_median", _fake_median(0.04, 0.01, 0.001, 0.02, 0.004, 0.0005))
+def test_throughput_table_rates_and_speedups_are_ratios_of_medians(monkeypatch):
+    # per batch size, in the table's order: default, BatchSampler, fast path; the default at batch 128 is noisy
+    medians = (0.04, 0.01, 0.001, 0.02, 0.004, 0.0005)
+    timings = [_timing(m, m / 50, noisy=(i == 3)) for i, m in enumerate(medians)]
+    fake = _fake_benchmark(*timings)
+    monkeypatch.setattr(dl, "benchmark", fake)
     rows = dl.throughput_table(256, 4, [32, 128], [0], min_run_time=0.01)
     assert [(r["batch_size"], r["loader"]) for r in rows] == [
         (b, name) for b in (32, 128) for name in ("default, 0 workers", "BatchSampler, batch_size=None",
                                                   "fast path (X[idx])")]
-    expected_rates = [256 / t for t in (0.04, 0.01, 0.001, 0.02, 0.004, 0.0005)]
-    assert [r["samples_per_s"] for r in rows] == pytest.approx(expected_rates, rel=1e-12)
-    assert [r["vs default"] for r in rows] == pytest.approx([1, 4, 40, 1, 5, 40], rel=1e-12)
+    assert [r["epoch"] for r in rows] == timings
+    assert [r["samples_per_s"] for r in rows] == pytest.approx([256 / m for m in medians], rel=1e-12)
+    default = [medians[0]] * 3 + [medians[3]] * 3
+    assert [r["vs default"] for r in rows] == pytest.approx([d / m for d, m in zip(default, medians)], rel=1e-12)
+    # a ratio is as noisy as either of its two timings: the noisy default marks its whole batch size
+    assert [r["vs default noisy"] for r in rows] == [False, False, False, True, True, True]
+    assert fake.threads == [BENCHMARK_THREADS] * 6
+
+
+def test_printed_timing_tables_show_the_spread_the_mark_and_the_thread_note(capsys):
+    quiet, noisy = _timing(1e-6, 2e-8), _timing(2e-6, 4e-7, noisy=True)
+    dl.print_breakdown({"__getitem__ per sample": quiet, "default_collate per sample": noisy}, 128)
+    lines = capsys.readouterr().out.strip().splitlines()  # title, headers, rule, rows, note
+    assert re.split(r"\s{2,}", lines[1]) == ["step", *TIMING_HEADERS]
+    getitem, collate = (next(line for line in lines if line.startswith(name)) for name in ("__get", "default"))
+    assert getitem.split()[-2:] == ["2", "%"] and collate.split()[-3:] == ["20", "%", NOISY_MARK]
+    assert timing_note(1) in lines
+    rows = [{"batch_size": 32, "loader": dl.DEFAULT_LOADER, "workers": 0, "samples": 100, "epoch": quiet,
+             "samples_per_s": 100 / quiet.median},
+            {"batch_size": 32, "loader": "fast path (X[idx])", "workers": 0, "samples": 100, "epoch": noisy,
+             "samples_per_s": 100 / noisy.median}]
+    dl.print_throughput(dl.add_speedups(rows), 100)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.split(r"\s{2,}", lines[1]) == ["batch", "loader", "samples/s", f"epoch {TIMING_HEADERS[1]}",
+                                             "vs default"]
+    default_line, fast_line = lines[3], lines[4]
+    assert default_line.split()[-3:] == ["2", "%", "1.0×"] and "100,000,000" in default_line
+    assert fast_line.split()[-5:] == ["20", "%", NOISY_MARK, "0.5×", NOISY_MARK] and "50,000,000" in fast_line
+    assert timing_note(1) in lines
+    assert not any("worker processes" in line for line in lines)  # no loader with workers, no note about them
+    dl.print_throughput(dl.add_speedups([*rows, {**rows[1], "loader": "default, 2 workers", "workers": 2}]), 100)
+    assert "each on one thread" in capsys.readouterr().out
+
+
+def test_the_throughput_cell_prints_spreads_and_thread_notes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dl, "benchmark", _fake_benchmark(_timing(1e-3, 2e-5)))  # what run_script's cells call
+    assert run_script("dataset_loader_demo", ["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)],
+                      only=("time_breakdown(",)) == 0
+    out = capsys.readouterr().out
+    assert out.count(timing_note(BENCHMARK_THREADS)) == 2  # under the breakdown and under the throughput table
+    assert "epoch IQR" in out and "Where the time goes at batch" in out
+    assert "2 %" in out  # the fake's IQR, as a share of its median
+
+
+def _sorted_rows(rows: torch.Tensor) -> torch.Tensor:
+    return rows[rows[:, 0].argsort()]  # the first column is distinct in these tests
+
+
+def _stream_rows(n: int = 10) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.cat([torch.randperm(n, generator=gen).unsqueeze(1).float(), torch.randn(n, 2, generator=gen)], 1)
+
+
+def test_stream_dataset_yields_the_rows_in_order():
+    rows = _stream_rows()
+    streamed = list(dl.StreamDataset(rows))
+    assert len(streamed) == len(rows) and all(torch.equal(a, b) for a, b in zip(streamed, rows))
+    assert not hasattr(dl.StreamDataset(rows), "__len__")  # a DataLoader would warn when workers exceed a length
+
+
+MANY_WORKERS = pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # 2 cores here
+
+
+def test_what_spawned_stream_workers_unpickle_lives_in_this_module():
+    import pickle
+
+    for thing in (dl.StreamDataset(_stream_rows()), dl.ShardedStreamDataset(_stream_rows()), dl.shard_stream_in_worker):
+        payload = pickle.dumps(thing)
+        assert b"__main__" not in payload and b"dataset_loader_demo" in payload
+
+
+@MANY_WORKERS
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_a_sharded_stream_delivers_every_row_exactly_once(workers):
+    rows = _stream_rows(10)  # 10 rows: three workers get uneven shards
+    for dataset, init_fn in ((dl.ShardedStreamDataset(rows), None), (dl.StreamDataset(rows),
+                                                                    dl.shard_stream_in_worker)):
+        loader = DataLoader(dataset, batch_size=3, num_workers=workers, worker_init_fn=init_fn)
+        delivered = torch.cat(list(loader))
+        torch.testing.assert_close(_sorted_rows(delivered), _sorted_rows(rows), rtol=0, atol=0)
+
+
+@MANY_WORKERS
+def test_the_naive_stream_delivers_each_row_once_per_worker():
+    rows = _stream_rows(10)
+    delivered = torch.cat(list(DataLoader(dl.StreamDataset(rows), batch_size=3, num_workers=3)))
+    assert len(delivered) == 30
+    torch.testing.assert_close(_sorted_rows(delivered), _sorted_rows(rows).repeat_interleave(3, dim=0), rtol=0, atol=0)
+    assert collections.Counter(delivered[:, 0].tolist()) == {float(i): 3 for i in range(10)}
+
+
+@MANY_WORKERS
+def test_read_stream_counts_arrivals_and_batches_come_from_the_workers_in_turn():
+    n, k, batch = 12, 3, 2
+    rows = torch.arange(n * 3).reshape(n, 3)
+    assert dl.read_stream(dl.StreamDataset(rows), batch, 2)["arrivals"] == [2] * n
+    sharded = dl.read_stream(dl.ShardedStreamDataset(rows), batch, k)
+    assert sharded["arrivals"] == [1] * n
+    # each worker's batches are chunks of rows[id::k]; the loader takes one batch from each worker in turn
+    chunks = [[list(range(w, n, k))[i:i + batch] for i in range(0, len(range(w, n, k)), batch)] for w in range(k)]
+    expected = [i for round_ in zip(*chunks) for chunk in round_ for i in chunk]
+    assert sharded["order"] == expected and expected != list(range(n))
+    configured = dl.read_stream(dl.StreamDataset(rows), batch, k, worker_init_fn=dl.shard_stream_in_worker,
+                                prefetch_factor=dl.STREAM_PREFETCH)
+    assert configured["order"] == expected  # the same shards, set from outside the class
+
+
+def test_arrival_order_against_a_dictionary_of_rows():
+    rows = _stream_rows(6)
+    picks = [4, 0, 4, 5, 1]
+    index = {tuple(row.tolist()): i for i, row in enumerate(rows)}
+    assert dl.arrival_order(rows[picks], rows) == [index[tuple(r.tolist())] for r in rows[picks]] == picks
+    with pytest.raises(ValueError, match="distinct"):
+        dl.arrival_order(rows[:2], torch.cat([rows, rows[:1]]))
+    with pytest.raises(ValueError, match="not a row of the stream"):
+        dl.arrival_order(rows[:2] + 100, rows)
+
+
+class _CountingSampler(torch.utils.data.Sampler):
+    """range(n), counting the indices handed out so far."""
+
+    def __init__(self, n: int):
+        self.n, self.handed_out = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            self.handed_out += 1
+            yield i
+
+
+def test_prefetch_factor_requests_batches_ahead_and_needs_workers():
+    sampler = _CountingSampler(100)
+    loader = DataLoader(range(100), batch_size=2, sampler=sampler, num_workers=2, prefetch_factor=3)
+    iterator = iter(loader)
+    assert sampler.handed_out == 2 * 3 * 2  # num_workers × prefetch_factor batches of 2, before any is used
+    next(iterator)
+    assert sampler.handed_out == (2 * 3 + 1) * 2  # one used, one more requested
+    del iterator
+    assert DataLoader(range(4), num_workers=2).prefetch_factor == 2 and DataLoader(range(4)).prefetch_factor is None
+    assert dl.prefetch_without_workers_error().startswith("prefetch_factor")
+    with pytest.raises(ValueError, match="prefetch_factor"):
+        DataLoader(range(4), num_workers=0, prefetch_factor=2)
+
+
+def test_quick_mode_starts_one_stream_worker_and_the_full_run_shows_the_duplicates():
+    assert sum(dl.QUICK.stream_worker_counts) * 2 + dl.QUICK.init_fn_workers <= 1  # each a process under spawn
+    assert max(dl.FULL.stream_worker_counts) >= 2 and 0 in dl.FULL.stream_worker_counts
+
+
+def test_the_stream_cell_shows_the_duplicates_and_the_fix(tmp_path, capsys):
+    assert run_script("dataset_loader_demo", ["--device", "cpu", "--plots-dir", str(tmp_path)],
+                      only=("stream_reads(",)) == 0
+    table = {tuple(re.split(r"\s{2,}", line.strip())[:2]): re.split(r"\s{2,}", line.strip())[2:]
+             for line in capsys.readouterr().out.splitlines()}
+    k = max(dl.FULL.stream_worker_counts)
+    n = dl.STREAM_ROWS
+    assert table["StreamDataset", str(k)] == [str(k * n), f"{k} (every row)"]
+    assert table["ShardedStreamDataset", str(k)] == [str(n), "1 (every row)"]
+    assert table["StreamDataset + worker_init_fn", str(dl.FULL.init_fn_workers)] == [str(n), "1 (every row)"]
 
 
 def test_readme_numbers_match_the_full_run(tmp_path, capsys, monkeypatch):

@@ -1,11 +1,14 @@
 """digits_classifier (lesson 6): the training loop, checked piece by piece against references.
 
-References: scikit-learn (load_digits, LogisticRegression, confusion_matrix), torch.nn.functional, closed forms,
-gradcheck in float64, NumPy, and an uninterrupted run for the exact resume (in separate processes).
+References: scikit-learn (load_digits, LogisticRegression, confusion_matrix), scipy.stats (binomtest: Wilson
+intervals, exact binomial p-values), torch.nn.functional, closed forms, gradcheck in float64, NumPy, hand-computed
+clipped SGD steps, a checkpoint of the epoch early stopping keeps, and an uninterrupted run for the exact resume
+(in separate processes).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -89,10 +92,41 @@ def test_digits_loader_visits_every_sample_once_in_seeded_order(device):
     loader = dc.make_digits_loader(train, 100, device, shuffle=True, generator=torch.Generator().manual_seed(5))
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [100] * 12 + [58]
-    assert all(b[0].is_pinned() == (device.type == "cuda") for b in batches)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(torch.cat([b[0] for b in batches]), images[order], rtol=0, atol=0)
-    torch.testing.assert_close(torch.cat([b[1] for b in batches]), labels[order], rtol=0, atol=0)
+    assert all(t.device.type == device.type and not t.is_pinned() for b in batches for t in b)  # gathered where used
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(5))  # the same order on every device
+    torch.testing.assert_close(torch.cat([b[0] for b in batches]).cpu(), images[order], rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([b[1] for b in batches]).cpu(), labels[order], rtol=0, atol=0)
+
+
+def test_splits_live_on_the_accelerator_and_stay_put_on_the_cpu():
+    for name in ("cuda", "cuda:1", "mps"):  # torch.device objects need no hardware
+        assert dc.split_device(torch.device(name)) == torch.device(name)
+    assert dc.split_device(torch.device("cpu")) == torch.device("cpu")
+    train = dc.make_digits_splits(0)[0]
+    cpu_loader = dc.make_digits_loader(train, 100, torch.device("cpu"))
+    assert type(cpu_loader) is dc.FastBatchLoader  # the CPU path is lesson 5's loader, unchanged
+    assert cpu_loader.X.device.type == "cpu" and not cpu_loader.X.is_pinned()
+
+
+def test_on_an_accelerator_the_split_moves_once_and_batches_are_gathered_there(monkeypatch):
+    # Without a GPU: the meta device stands in for it (tensors with shapes and devices but no data), so this checks
+    # where make_digits_loader puts the split and where the batches are gathered, which is what changes on CUDA.
+    monkeypatch.setattr(dc, "split_device", lambda device: torch.device("meta"))
+    train = dc.make_digits_splits(0)[0]
+    loader = dc.make_digits_loader(train, 500, torch.device("cuda"), shuffle=True,
+                                   generator=torch.Generator().manual_seed(5))
+    assert type(loader) is dc.DeviceBatchLoader
+    assert loader.X.device.type == loader.y.device.type == "meta"  # moved once, when the loader was made
+    batches = list(loader)
+    assert [tuple(x.shape) for x, _ in batches] == [(500, 1, 8, 8), (500, 1, 8, 8), (258, 1, 8, 8)]
+    assert [tuple(y.shape) for _, y in batches] == [(500,), (500,), (258,)]
+    assert all(t.device.type == "meta" for b in batches for t in b)
+    # The same class over CPU tensors: the same batches as FastBatchLoader, in the same seeded order.
+    images, labels = dc.subset_tensors(train)
+    on_device = dc.DeviceBatchLoader(images, labels, 100, shuffle=True, generator=torch.Generator().manual_seed(9))
+    reference = dc.FastBatchLoader(images, labels, 100, shuffle=True, generator=torch.Generator().manual_seed(9))
+    for (x, y), (x_ref, y_ref) in zip(on_device, reference, strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
 
 
 # --- models and losses ------------------------------------------------------------------------------------------
@@ -234,6 +268,17 @@ def test_warmup_cosine_schedule_matches_its_closed_form_step_by_step():
         dc.WarmupCosine(5, 5)
 
 
+def test_warmup_constant_warms_up_like_the_cosine_then_holds_the_peak():
+    schedule = dc.WarmupConstant(4)
+    cosine = dc.WarmupCosine(4, 100)
+    assert [schedule(t) for t in range(4)] == [cosine(t) for t in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [schedule(t) for t in (4, 50, 10_000)] == [1.0, 1.0, 1.0] and dc.WarmupConstant(0)(0) == 1.0
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        dc.WarmupConstant(-1)
+    with pytest.raises(ValueError, match="schedule='step'"):
+        dc.fit_digits("mlp", epochs=1, schedule="step")
+
+
 def _linear_model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
@@ -275,6 +320,57 @@ def test_clipping_bounds_the_step_of_plain_sgd():
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert result["grad_norms"][0] > 1e-3
     assert torch.linalg.vector_norm(step).item() == pytest.approx(1e-3, rel=1e-4)  # rescaled to the threshold
+
+
+def _first_batch(seed: int = 0):
+    train = dc.make_digits_splits(seed)[0]
+    images, labels = dc.subset_tensors(train)
+    with dc.seeded_global_rng(seed + 2, torch.device("cpu")):
+        model = dc.make_digits_model("mlp")
+    return model, images[:dc.DIGITS_BATCH_SIZE], labels[:dc.DIGITS_BATCH_SIZE]
+
+
+def test_unscale_then_clip_is_the_clipped_step_without_a_scaler_in_float32():
+    model, images, labels = _first_batch()
+    seed, lr, max_norm = 3, 0.1, 0.5
+    # Hand-computed reference: the float32 gradient with the same dropout mask, clipped as clip_grad_norm_ defines it.
+    probe = copy.deepcopy(model).train()
+    with dc.seeded_global_rng(seed, torch.device("cpu")):
+        loss = dc.LabelSmoothingCrossEntropy(dc.DIGITS_LABEL_SMOOTHING)(probe(images), labels)
+    grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(probe.parameters()))])
+    norm = torch.linalg.vector_norm(grad)
+    assert norm > max_norm  # so clipping acts
+    expected = -lr * grad * (max_norm / (norm + 1e-6))
+    steps = {order: dc.scaled_clipped_step(model, images, labels, order, seed=seed, max_norm=max_norm, lr=lr,
+                                           init_scale=2.0**16, autocast_dtype=None) for order in dc.AMP_ORDERS}
+    for order in ("no scaler", "unscale_, then clip"):
+        torch.testing.assert_close(steps[order]["update"], expected, rtol=1e-5, atol=1e-9)
+        assert steps[order]["norm seen"] == pytest.approx(norm.item(), rel=1e-5) and not steps[order]["skipped"]
+    # Clipped before unscale_: clip_grad_norm_ saw S·‖g‖, cut it to max_norm, and the scaler then divided by S.
+    wrong = steps["clip, then step"]
+    assert wrong["scale"] == 2.0**16 and wrong["norm seen"] == pytest.approx(2.0**16 * norm.item(), rel=1e-5)
+    torch.testing.assert_close(wrong["update"], expected / 2.0**16, rtol=1e-5, atol=1e-14)
+
+
+def test_with_float16_autocast_unscale_then_clip_matches_the_unscaled_step():
+    model, images, labels = _first_batch()
+    rows = {r["order"]: r for r in dc.amp_clipping_comparison(0)}
+    reference, right, wrong = rows["no scaler"], rows["unscale_, then clip"], rows["clip, then step"]
+    S = dc.AMP_INIT_SCALE
+    assert reference["scale"] == 1.0 and right["scale"] == wrong["scale"] == S
+    assert reference["norm seen"] > dc.AMP_MAX_GRAD_NORM  # the threshold is below this batch's norm: clipping acts
+    assert reference["update norm"] == pytest.approx(dc.AMP_LR * dc.AMP_MAX_GRAD_NORM, rel=1e-5)
+    torch.testing.assert_close(right["update"], reference["update"], rtol=1e-3, atol=1e-7)  # float16 rounding
+    assert right["relative difference"] < 1e-3 and right["norm seen"] == pytest.approx(reference["norm seen"], rel=1e-3)
+    assert wrong["norm seen"] == pytest.approx(S * reference["norm seen"], rel=1e-3)
+    assert wrong["update norm"] == pytest.approx(dc.AMP_LR * dc.AMP_MAX_GRAD_NORM / S, rel=1e-5)
+    for row in rows.values():  # a step is skipped exactly when the gradients overflowed
+        assert row["skipped"] == (not math.isfinite(row["norm seen"]))
+    # Forced overflow: a scale float16 cannot hold. The scaler skips the step (no update) and halves the scale.
+    overflow = dc.scaled_clipped_step(model, images, labels, "unscale_, then clip", seed=0, init_scale=2.0**40)
+    assert overflow["skipped"] and not math.isfinite(overflow["norm seen"]) and not overflow["update"].any()
+    with pytest.raises(ValueError, match="order='clip'"):
+        dc.scaled_clipped_step(model, images, labels, "clip", seed=0)
 
 
 def test_clipping_summary_counts_against_numpy():
@@ -348,6 +444,40 @@ def test_fit_digits_with_a_zero_learning_rate_stops_after_patience_epochs():
     run = dc.fit_digits("mlp", epochs=10, seed=0, peak_lr=0.0, patience=2)
     assert len(run.history) == 3 and run.best_epoch == 1
     assert len({h["val_loss"] for h in run.history}) == 1
+
+
+def test_the_demo_run_stops_early_and_keeps_the_best_epochs_weights(tmp_path):
+    """The run the lesson shows: a rate too large to settle, held constant; early stopping fires before the cap."""
+    settings = dict(peak_lr=dc.STOPPING_LR, schedule="constant", patience=dc.DIGITS_PATIENCE)
+    cap = dc.STOPPING_EPOCHS  # the same in --quick and in a full run
+    run = dc.fit_digits("mlp", cap, seed=0, **settings)
+    last, best = len(run.history), run.best_epoch
+    assert last < cap  # it stops before its last epoch
+    assert best == last - dc.DIGITS_PATIENCE  # the stop comes `patience` epochs after the best
+    val_losses = [h["val_loss"] for h in run.history]
+    assert val_losses[best - 1] == min(val_losses) and all(v >= val_losses[best - 1] for v in val_losses[best:])
+    assert {h["lr"] for h in run.history[1:]} == {dc.STOPPING_LR}  # held constant after the warm-up epoch
+    # Reference for the kept weights: the same run stopped for a checkpoint at the best epoch saves the weights it
+    # has then (the latest, not the best-so-far copy early stopping keeps).
+    path = tmp_path / "best.pt"
+    dc.fit_digits("mlp", cap, seed=0, checkpoint_path=path, stop_after=best, **settings)
+    at_best = torch.load(path, weights_only=True)["model"]
+    state = run.model.state_dict()
+    assert state.keys() == at_best.keys()
+    for key, value in state.items():
+        assert torch.equal(value, at_best[key]), key
+    summary = dc.stopping_summary(run, cap, dc.DIGITS_PATIENCE)
+    assert summary == {"stopped early": True, "last epoch": last, "best epoch": best,
+                       "epochs after the best": dc.DIGITS_PATIENCE, "patience": dc.DIGITS_PATIENCE, "max epochs": cap}
+
+
+def test_stopping_summary_reports_a_run_that_used_every_epoch(capsys):
+    history = [{"val_loss": v} for v in (3.0, 2.0, 1.0)]
+    run = dc.DigitsRun("mlp", nn.Identity(), history, 0.9, 3, [], [], 0.0)
+    summary = dc.stopping_summary(run, 3, patience=2)
+    assert summary["stopped early"] is False and summary["epochs after the best"] == 0
+    dc.print_stopping(summary)
+    assert capsys.readouterr().out.startswith("ran all 3 epochs")
 
 
 # --- the driver -------------------------------------------------------------------------------------------------
@@ -425,6 +555,24 @@ def test_resuming_in_a_new_process_is_bit_identical_to_an_uninterrupted_run(tmp_
             assert torch.equal(resumed["state"][key], value), f"{arch}: {key} differs"
 
 
+def test_reproducibility_settings_report_this_process(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        switched_on = dc.reproducibility_settings(torch.device("cpu"))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert switched_on["torch.are_deterministic_algorithms_enabled()"] is True
+    assert switched_on["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    settings = dc.reproducibility_settings(torch.device("cpu"))
+    assert settings["CUBLAS_WORKSPACE_CONFIG"] == "not set" and settings["torch"] == torch.__version__
+    assert settings["torch.are_deterministic_algorithms_enabled()"] is previous
+    assert settings["torch.backends.cudnn.benchmark"] is torch.backends.cudnn.benchmark
+    assert settings["intra-op threads in fit_digits"] == dc.DIGITS_THREADS and settings["device"] == "cpu"
+
+
 def test_resume_check_in_process_agrees():
     result = dc.resume_check("mlp", 2, 1, 0, torch.device("cpu"))
     assert result["bit_identical"] is True and result["tensors"] == 4 and result["checkpoint_bytes"] > 0
@@ -433,7 +581,7 @@ def test_resume_check_in_process_agrees():
 # --- results ----------------------------------------------------------------------------------------------------
 
 
-def test_both_models_beat_95_percent_and_logistic_regression(default_runs):
+def test_both_models_reach_95_percent_and_the_results_give_intervals_before_a_winner(default_runs, capsys):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score
 
@@ -444,14 +592,66 @@ def test_both_models_beat_95_percent_and_logistic_regression(default_runs):
     independent = LogisticRegression(max_iter=5000).fit(X_train.flatten(1).numpy(), y_train.numpy())
     assert baseline["test_accuracy"] == pytest.approx(independent.score(X_test.flatten(1).numpy(), y_test.numpy()),
                                                       abs=1.5 / len(y_test))  # at most one image apart
+    assert baseline["test_correct"].dtype == torch.bool and len(baseline["test_correct"]) == len(y_test)
+    assert baseline["test_correct"].double().mean().item() == pytest.approx(baseline["test_accuracy"], abs=1e-12)
+    test_correct = {}
     for arch, run in default_runs.items():
         predictions = dc.predict_proba(run.model, splits[2], torch.device("cpu")).argmax(1)
         assert run.test_accuracy == pytest.approx(accuracy_score(y_test.numpy(), predictions.numpy()), abs=1e-7)
         assert run.test_accuracy >= 0.95, arch
-        assert run.test_accuracy >= baseline["test_accuracy"], arch
-    rows = dc.results_rows(default_runs, baseline, dc.parameter_counts())
-    assert [r[0] for r in rows] == [*dc.DIGITS_ARCHS, "logistic regression (scikit-learn)"]
-    assert rows[0][5] == f"{100 * default_runs['mlp'].test_accuracy:.1f} %"
+        test_correct[arch] = predictions == y_test
+    test_correct[dc.BASELINE] = baseline["test_correct"]
+    rows = {r["model"]: r for r in dc.accuracy_comparison(test_correct, reference=dc.BASELINE)}
+    for name, row in rows.items():
+        low, high = row["interval"]
+        assert row["images"] == len(y_test) and low < row["accuracy"] < high
+        if name != dc.BASELINE:  # the paired counts, from the per-image results directly
+            right, base = test_correct[name].numpy(), baseline["test_correct"].numpy()
+            assert row["only this right"] == (right & ~base).sum()
+            assert row["only reference right"] == (base & ~right).sum()
+            verdict = dc.comparison_verdict(row, dc.BASELINE)
+            assert ("no winner" in verdict) == (row["p"] >= 0.05)
+    table = dc.results_rows(default_runs, baseline, dc.parameter_counts())
+    assert [r[0] for r in table] == [*dc.DIGITS_ARCHS, dc.BASELINE]
+    assert table[0][5] == f"{100 * default_runs['mlp'].test_accuracy:.1f} %"
+    dc.print_results(table, baseline)
+    printed = capsys.readouterr().out
+    assert "fit_digits time (one run)" in printed and "on 1 thread (DIGITS_THREADS)" in printed
+
+
+@pytest.mark.parametrize(("correct", "total"), [(260, 269), (257, 269), (0, 10), (10, 10), (1, 1), (37, 80)])
+def test_wilson_interval_matches_scipy(correct, total):
+    from scipy.stats import binomtest
+
+    expected = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+    assert dc.wilson_interval(correct, total) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    low, high = dc.wilson_interval(correct, total)
+    assert 0.0 <= low <= correct / total <= high <= 1.0
+    with pytest.raises(ValueError, match="correct=5, total=4"):
+        dc.wilson_interval(5, 4)
+
+
+@pytest.mark.parametrize(("only_first", "only_second"), [(3, 0), (7, 4), (4, 7), (2, 14), (5, 5), (0, 1), (30, 12)])
+def test_mcnemar_exact_p_is_scipys_two_sided_binomial_test(only_first, only_second):
+    from scipy.stats import binomtest
+
+    expected = binomtest(only_first, only_first + only_second, 0.5, alternative="two-sided").pvalue
+    assert dc.mcnemar_exact_p(only_first, only_second) == pytest.approx(expected, rel=1e-12)
+    assert dc.mcnemar_exact_p(0, 0) == 1.0
+
+
+def test_comparison_names_a_winner_only_below_005():
+    base = torch.tensor([True] * 90 + [False] * 10)
+    close = base.clone()
+    close[[0, 1]] = False
+    close[[90, 91, 92]] = True  # 3 images only it gets right, 2 only the baseline gets right
+    far = torch.ones(100, dtype=torch.bool)  # 10 images only it gets right, none the other way
+    rows = {r["model"]: r for r in dc.accuracy_comparison({"close": close, "far": far, "base": base}, "base")}
+    assert (rows["close"]["only this right"], rows["close"]["only reference right"]) == (3, 2)
+    assert rows["far"]["p"] == pytest.approx(2 / 2**10)  # 2 · P(X ≤ 0), X ~ Binomial(10, 1/2)
+    assert "no winner" in dc.comparison_verdict(rows["close"], "base")
+    assert "far ahead" in dc.comparison_verdict(rows["far"], "base")
+    assert "p" not in rows["base"] and rows["base"]["right"] == 90
 
 
 def test_confusion_matrix_and_confident_mistakes_match_references():
@@ -578,6 +778,14 @@ def test_profiling_an_epoch_covers_every_phase_and_prints_nothing_to_stderr(capf
     assert 0.7 < optimizer / (forward + backward) < 1.5  # "about as many aten operators as forward and backward"
     headers, table = dc.profile_table(rows, torch.device("cpu"))
     assert len(headers) == len(table[0]) and [r[0] for r in table] == [r["phase"] for r in rows]
+
+
+def test_printed_profile_says_one_run_and_its_thread_count(tmp_path, capsys, fake_timings):
+    argv = ["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)]
+    assert run_script("digits_classifier", argv, only=("profile_training_epoch(",)) == 0
+    printed = capsys.readouterr().out
+    assert "one training epoch under torch.profiler (one run, 1 thread (DIGITS_THREADS))" in printed
+    assert dc.threads_label(2) == "2 threads (DIGITS_THREADS)"
 
 
 def test_training_figure_has_titled_labelled_panels(default_runs):

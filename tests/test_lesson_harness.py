@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -68,18 +69,20 @@ def test_seed_everything_repeats_every_generator():
     torch.testing.assert_close(torch.rand(4, generator=gen), torch.rand(4, generator=torch.Generator().manual_seed(5)))
 
 
-def test_time_median_measures_a_known_duration():
+def test_benchmark_measures_a_known_duration_on_one_thread():
     """A call that sleeps 20 ms must time at 20 ms: not 10× more (a sum), not per block, not in ms."""
-    seconds = harness.time_median(lambda: time.sleep(0.02), "cpu", min_run_time=0.1)
-    assert 0.02 <= seconds < 0.04
+    timing = harness.benchmark(lambda: time.sleep(0.02), "cpu", min_run_time=0.1)
+    assert 0.02 <= timing.median < 0.04 and timing.threads == harness.BENCHMARK_THREADS == 1
+    assert 0 <= timing.iqr < timing.median
 
 
-def test_time_median_reports_the_median_of_timers_blocks(monkeypatch):
-    """A fake Timer whose measurement has median 1 ms and mean 4 ms: time_median says 1 ms, and hands
-    Timer the function, the minimum run time and the threads user code gets."""
-    import types
+def test_benchmark_reports_timers_median_iqr_warning_and_threads(monkeypatch):
+    """A fake Timer whose measurement has median 1 ms, mean 4 ms, IQR 0.3 ms and a warning: the Timing says 1 ms,
+    0.3 ms and noisy; Timer gets the function, the minimum run time and the threads asked for, and the BLAS
+    libraries are limited to the same threads while it runs."""
+    import threadpoolctl
 
-    built = {}
+    built, blas_threads = {}, []
 
     class FakeTimer:
         def __init__(self, stmt, globals, num_threads):
@@ -87,15 +90,43 @@ def test_time_median_reports_the_median_of_timers_blocks(monkeypatch):
 
         def blocked_autorange(self, min_run_time):
             built["min_run_time"] = min_run_time
-            return types.SimpleNamespace(median=1e-3, mean=4e-3)
+            blas_threads.extend(info["num_threads"] for info in threadpoolctl.threadpool_info())
+            return types.SimpleNamespace(median=1e-3, mean=4e-3, iqr=3e-4, has_warnings=True, times=[1e-3] * 9)
 
     monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=FakeTimer))
     calls = []
-    assert harness.time_median(lambda: calls.append("called"), "cpu", min_run_time=0.3) == 1e-3
-    assert built["min_run_time"] == 0.3 and built["num_threads"] == torch.get_num_threads()
+    timing = harness.benchmark(lambda: calls.append("called"), "cpu", min_run_time=0.3, threads=2)
+    assert timing == harness.Timing(median=1e-3, iqr=3e-4, threads=2, noisy=True)
+    assert built["min_run_time"] == 0.3 and built["num_threads"] == 2
+    assert all(n == 2 for n in blas_threads)
     calls.clear()
     eval(built["stmt"], built["globals"])
     assert calls == ["called"]  # what Timer runs is the function given
+
+
+def test_benchmark_marks_a_timing_with_too_few_runs_even_without_timers_warning(monkeypatch):
+    """One block has an IQR of 0: that is no evidence of a quiet machine."""
+    class FewBlocks:
+        def __init__(self, stmt, globals, num_threads):
+            pass
+
+        def blocked_autorange(self, min_run_time):
+            return types.SimpleNamespace(median=1e-3, iqr=0.0, has_warnings=False,
+                                         times=[1e-3] * (harness.MIN_RUNS - 1))
+
+    monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=FewBlocks))
+    assert harness.benchmark(lambda: None).noisy
+    monkeypatch.setattr(FewBlocks, "blocked_autorange", lambda self, min_run_time: types.SimpleNamespace(
+        median=1e-3, iqr=0.0, has_warnings=False, times=[1e-3] * harness.MIN_RUNS))
+    assert not harness.benchmark(lambda: None).noisy
+
+
+def test_timing_cells_show_the_median_and_the_iqr_share_and_mark_noise():
+    quiet = harness.Timing(median=2e-3, iqr=1e-4, threads=1, noisy=False)
+    noisy = harness.Timing(median=2e-3, iqr=8e-4, threads=1, noisy=True)
+    assert harness.timing_cells(quiet) == ["2 ms", "5 %"]
+    assert harness.timing_cells(noisy) == ["2 ms", f"40 % {harness.NOISY_MARK}"]
+    assert "1 thread;" in harness.timing_note(1) and "2 threads;" in harness.timing_note(2)
 
 
 def test_stopwatch_measures_a_known_duration_even_when_the_block_raises():

@@ -5,15 +5,20 @@ The quick end-to-end run of the script (figures, reproducibility, exit codes) is
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import gc
 import math
 import multiprocessing
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import readme_quotes, run_script, unprinted_quotes
+from conftest import DEVICES, readme_quotes, run_script, unprinted_quotes
 
+import lesson_harness as lr_harness
 import linear_regression_torch as lr
 
 
@@ -283,16 +288,61 @@ def test_train_val_split_shuffles_with_the_generator(data):
     assert all(pairs[tuple(row)] == target for row, target in zip(X_val.tolist(), y_val.tolist()))
 
 
-def test_printed_rates_divide_the_right_times(capsys):
-    rows = [{"n": 10, "backend": "numpy", "seconds": 1e-3}, {"n": 10, "backend": "torch cpu", "seconds": 4e-3}]
+def _fake_benchmark_by_call(medians, noisy=()):
+    """A stand-in for `benchmark`: the i-th call runs `fn` once and returns medians[i] with a 2 % IQR, marked noisy
+    where i is in `noisy`; it records the threads and device each call asked for."""
+    calls = []
+
+    def fake(fn, device="cpu", min_run_time=0.2, threads=lr_harness.BENCHMARK_THREADS):
+        fn()
+        i = len(calls)
+        calls.append({"device": str(device), "threads": threads})
+        return lr_harness.Timing(medians[i], 0.02 * medians[i], threads, i in noisy)
+
+    return fake, calls
+
+
+def test_scaling_ratios_are_numpy_median_over_this_median_from_the_same_size(monkeypatch, capsys):
+    # Per size: NumPy, then torch. Medians chosen so every ratio differs, and size 100's torch timing is noisy.
+    fake, calls = _fake_benchmark_by_call([1e-3, 4e-3, 2e-3, 1e-3], noisy={3})
+    monkeypatch.setattr(lr, "benchmark", fake)
+    rows = lr.scaling_sweep([10, 100], 3, [torch.device("cpu")], min_run_time=0.005)
+    assert [(r["n"], r["backend"]) for r in rows] == [(10, "numpy"), (10, "torch cpu"), (100, "numpy"),
+                                                       (100, "torch cpu")]
+    assert [r["vs_numpy"] for r in rows] == [1.0, 1e-3 / 4e-3, 1.0, 2e-3 / 1e-3]
+    assert [r["vs_numpy_noisy"] for r in rows] == [False, False, False, True]
+    assert all(call["threads"] == 1 for call in calls)  # BENCHMARK_THREADS: this table is not about threads
     lr.print_scaling(rows)
-    torch_line = [line for line in capsys.readouterr().out.splitlines() if "torch cpu" in line][0]
-    assert torch_line.split()[-1] == "0.25×"  # NumPy's time over this backend's: above 1 means faster than NumPy
-    implementation = {"implementation": "NumPy", "device": "cpu", "seconds": 0.2, "per_epoch": 0.2 / 40,
-                      "final_mse": 0.25, "max_weight_error": 1e-6}
-    lr.print_implementations([implementation], 100, 40, 0.05)
-    numpy_line = capsys.readouterr().out.splitlines()[-1]
-    assert numpy_line.split()[2:6] == ["200", "ms", "5", "ms"]
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("samples"))
+    assert header.split() == ["samples", "backend", "per", "epoch", "median", "per", "epoch", "IQR", "NumPy", "/",
+                              "this"]
+    torch_lines = [line.split() for line in lines if "torch cpu" in line]
+    assert torch_lines[0][-1] == "0.25×" and torch_lines[0][-3:-1] == ["2", "%"]  # NumPy's median over torch's
+    assert torch_lines[1][3:] == ["1", "ms", "2", "%", lr.NOISY_MARK, "2.00×", lr.NOISY_MARK]  # noisy: both marked
+    assert lines[-1] == lr.timing_note(1)
+
+
+def test_implementations_table_shows_per_epoch_median_iqr_ratio_and_thread_note(data, monkeypatch, capsys):
+    X, y, _, _ = data
+    fake, calls = _fake_benchmark_by_call([2e-3, 8e-3, 1e-2], noisy={0})
+    monkeypatch.setattr(lr, "benchmark", fake)
+    rows = lr.time_implementations(X, y, 0.1, 40, [torch.device("cpu")], min_run_time=0.005, timed_epochs=10)
+    assert [r["timing"].median for r in rows] == [2e-3, 8e-3, 1e-2]
+    assert [r["per_epoch"].median for r in rows] == pytest.approx([2e-4, 8e-4, 1e-3], rel=1e-12)  # median / 10
+    assert [r["per_epoch"].iqr for r in rows] == pytest.approx([4e-6, 1.6e-5, 2e-5], rel=1e-12)  # 2 % of each
+    assert [r["vs_numpy"] for r in rows] == [1.0, 2e-3 / 8e-3, 2e-3 / 1e-2]  # medians of this run
+    assert [r["vs_numpy_noisy"] for r in rows] == [True, True, True]  # NumPy's timing was noisy: every ratio is
+    assert all(call["threads"] == 1 for call in calls)
+    lr.print_implementations(rows, len(X), 40, 0.1, 10)
+    lines = capsys.readouterr().out.splitlines()
+    assert "per epoch: a fit of 10 epochs timed whole, / 10" in lines[1]
+    assert lines[2].split()[2:10] == ["per", "epoch", "median", "per", "epoch", "IQR", "NumPy", "/"]
+    numpy_line, manual_line = lines[4].split(), lines[5].split()
+    assert numpy_line[2:7] == ["200", "µs", "2", "%", lr.NOISY_MARK]  # the median per epoch, the IQR, marked
+    assert numpy_line[7:9] == ["1.00×", lr.NOISY_MARK]
+    assert manual_line[3:9] == ["800", "µs", "2", "%", "0.25×", lr.NOISY_MARK]
+    assert lines[-1] == lr.timing_note(1)
 
 
 def test_custom_optimizer_matches_torch_sgd_exactly(data):
@@ -313,6 +363,123 @@ def test_divergence_raises_floating_point_error(data):
         with pytest.raises(FloatingPointError, match=f"loss became {loss} at epoch 7"):
             lr._check_finite(loss, 7, 0.5)
     lr._check_finite(1e300, 7, 0.5)
+
+
+def _fit_manual_item_per_epoch(X, y, lr_, epochs, device="cpu"):
+    """The previous fit_manual: `.item()` and the divergence check after every epoch (a sync per step)."""
+    X, y = X.to(device), y.to(device)
+    w = torch.zeros(X.shape[1], device=device, requires_grad=True)
+    b = torch.zeros((), device=device, requires_grad=True)
+    losses = []
+    for epoch in range(epochs):
+        loss = ((X @ w + b - y) ** 2).mean()
+        loss.backward()
+        losses.append(loss.item())
+        lr._check_finite(losses[-1], epoch, lr_)
+        with torch.no_grad():
+            w -= lr_ * w.grad
+            b -= lr_ * b.grad
+        w.grad = None
+        b.grad = None
+    return lr.FitResult(w.detach().cpu(), b.item(), losses)
+
+
+def _fit_module_item_per_epoch(X, y, optimizer, lr_, epochs, device="cpu", seed=0, X_val=None, y_val=None):
+    """The previous fit_module: every logged number read with `.item()` / `.tolist()` in the loop."""
+    X, y = X.to(device), y.to(device)
+    model = lr.make_model(X.shape[1], seed).to(device)
+    opt = lr.make_optimizer(optimizer, model.parameters(), lr_)
+    result = lr.FitResult(torch.empty(0), 0.0, [])
+    for epoch in range(epochs):
+        result.weight_history.append(model.linear.weight.detach().squeeze(0).tolist())
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(X), y)
+        loss.backward()
+        result.losses.append(loss.item())
+        lr._check_finite(result.losses[-1], epoch, lr_)
+        if X_val is not None:
+            with torch.no_grad():
+                result.val_losses.append(torch.nn.functional.mse_loss(model(X_val.to(device)), y_val.to(device)).item())
+        opt.step()
+    result.weights = model.linear.weight.detach().squeeze(0).cpu()
+    result.bias = model.linear.bias.item()
+    return result
+
+
+def _first_bad_epoch(fit):
+    """The epoch named by a check after every step, from the previous implementation's error."""
+    with pytest.raises(FloatingPointError) as err:
+        fit()
+    return int(re.search(r"at epoch (\d+) ", str(err.value)).group(1)), str(err.value)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_losses_kept_on_the_device_equal_the_per_epoch_item_ones(data, device):
+    X, y, _, _ = data
+    manual, before = lr.fit_manual(X, y, 0.1, 250, device), _fit_manual_item_per_epoch(X, y, 0.1, 250, device)
+    assert manual.losses == before.losses and len(manual.losses) == 250  # the same float32 numbers, exactly
+    assert torch.equal(manual.weights, before.weights) and manual.bias == before.bias
+    X_train, X_val, y_train, y_val = lr.train_val_split(X, y, 0.25, torch.Generator().manual_seed(0))
+    for optimizer in ("sgd", "adam"):
+        fit = lr.fit_module(X_train, y_train, optimizer, 0.05, 230, device, seed=2, X_val=X_val, y_val=y_val,
+                            record_weights=True)
+        old = _fit_module_item_per_epoch(X_train, y_train, optimizer, 0.05, 230, device, seed=2, X_val=X_val,
+                                         y_val=y_val)
+        assert fit.losses == old.losses and fit.val_losses == old.val_losses, optimizer
+        assert fit.weight_history == old.weight_history and len(fit.weight_history) == 230, optimizer
+        assert torch.equal(fit.weights, old.weights) and fit.bias == old.bias, optimizer
+    assert lr.fit_module(X, y, "sgd", 0.1, 20, device).val_losses == []  # nothing logged without a validation set
+
+
+@pytest.mark.parametrize("scale", [5.0 / 0.9, 1.15])  # lr = scale × the largest stable lr: fast and slow divergence
+def test_divergence_names_the_first_bad_epoch_as_a_check_after_every_step_did(data, scale):
+    X, y, _, _ = data
+    lr_ = scale * lr.max_stable_lr(X)
+    expected, message = _first_bad_epoch(lambda: _fit_manual_item_per_epoch(X, y, lr_, 2_000))
+    if scale == 1.15:  # slow: the first non-finite loss lies past the first check, inside a later block
+        assert expected > lr.FINITE_CHECK_EVERY and expected % lr.FINITE_CHECK_EVERY != 0
+    # Runs that stop at the next check, at the end of a run inside the block, and long after it.
+    next_check = expected - expected % lr.FINITE_CHECK_EVERY + lr.FINITE_CHECK_EVERY
+    for epochs in (expected + 1, next_check, 2_000):
+        with pytest.raises(FloatingPointError) as err:
+            lr.fit_manual(X, y, lr_, epochs)
+        assert str(err.value) == message, epochs  # the same epoch and the same non-finite value
+    # A run that stops before the bad epoch does not raise, and its losses are the old ones.
+    assert lr.fit_manual(X, y, lr_, expected).losses == _fit_manual_item_per_epoch(X, y, lr_, expected).losses
+    module_epoch, module_message = _first_bad_epoch(lambda: _fit_module_item_per_epoch(X, y, "sgd", lr_, 2_000))
+    with pytest.raises(FloatingPointError) as err:
+        lr.fit_module(X, y, "sgd", lr_, 2_000)
+    assert str(err.value) == module_message and f"at epoch {module_epoch} " in module_message
+
+
+def test_check_finite_losses_checks_each_block_once_and_names_its_first_bad_epoch():
+    every = lr.FINITE_CHECK_EVERY
+    losses = [torch.tensor(1.0)] * (every + 7) + [torch.tensor(math.nan), torch.tensor(math.inf)]
+    for done in range(1, len(losses)):  # up to the bad epoch: every check passes
+        lr._check_finite_losses(losses[:done], epochs=10 * every, lr=0.5)
+    for done in range(len(losses), 2 * every):  # inside the block, before its check: nothing is read yet
+        lr._check_finite_losses(losses + [torch.tensor(1.0)] * (done - len(losses)), epochs=10 * every, lr=0.5)
+    with pytest.raises(FloatingPointError, match=f"loss became nan at epoch {every + 7} with learning rate 0.5"):
+        lr._check_finite_losses(losses + [torch.tensor(1.0)] * (2 * every - len(losses)), epochs=10 * every, lr=0.5)
+    with pytest.raises(FloatingPointError, match=f"loss became nan at epoch {every + 7} "):  # the run's last epoch
+        lr._check_finite_losses(losses, epochs=len(losses), lr=0.5)
+    with pytest.raises(FloatingPointError, match="loss became -inf at epoch 3 "):
+        lr._check_finite_losses([torch.tensor(0.0)] * 3 + [torch.tensor(-math.inf)], epochs=4, lr=0.5)
+
+
+def _item_calls(fn) -> int:
+    """How many times `fn` reads a tensor into a Python number (aten::item, each a host-device sync on a GPU)."""
+    return sum(event.name == "aten::item" for event in lr_harness.profile_events(fn))
+
+
+def test_training_loops_read_the_device_once_per_check_not_once_per_epoch(data):
+    X, y, _, _ = data
+    epochs = 3 * lr.FINITE_CHECK_EVERY + 10  # four checks: three full blocks and the end of the run
+    assert _item_calls(lambda: _fit_manual_item_per_epoch(X, y, 0.1, epochs)) >= epochs  # what the old loop did
+    assert _item_calls(lambda: lr.fit_manual(X, y, 0.1, epochs)) <= 1  # b.item() at the end; the checks use nonzero
+    X_val, y_val = X[:50], y[:50]
+    assert _item_calls(lambda: lr.fit_module(X, y, "sgd", 0.1, epochs, X_val=X_val, y_val=y_val,
+                                             record_weights=True)) <= 1
 
 
 def test_unknown_optimizer_lists_the_valid_ones(data):
@@ -415,26 +582,69 @@ def test_landscape_window_frames_every_point_with_the_margin():
     assert lr.landscape_window(paths, 0.5) == ((-1.5, 2.5), (-1.5, 1.5))
 
 
-def test_per_epoch_time_is_the_median_over_epochs(data, monkeypatch):
+def test_implementations_time_a_short_fit_and_report_the_full_length_one(data, monkeypatch):
+    """The timed fits have `timed_epochs` epochs; the loss columns and curves come from a fit of all the epochs."""
     X, y, _, _ = data
-    monkeypatch.setattr(lr, "time_median", lambda fn, device="cpu", min_run_time=0.2: (fn(), 0.2)[1])
-    rows = lr.time_implementations(X, y, 0.1, 40, [torch.device("cpu")], min_run_time=0.005)
-    for row in rows:
-        assert row["seconds"] == 0.2 and row["per_epoch"] == 0.2 / 40
+    timed_lengths = []
+
+    def fake(fn, device="cpu", min_run_time=0.2, threads=lr_harness.BENCHMARK_THREADS):
+        timed_lengths.append(len(fn().losses))
+        return lr_harness.Timing(0.2, 0.004, threads, False)
+
+    monkeypatch.setattr(lr, "benchmark", fake)
+    rows = lr.time_implementations(X, y, 0.1, 40, [torch.device("cpu")], min_run_time=0.005, timed_epochs=8)
+    assert timed_lengths == [8, 8, 8]
+    assert all(row["per_epoch"].median == 0.2 / 8 and len(row["losses"]) == 40 for row in rows)
     w_exact, _ = lr.closed_form(X, y)
     numpy_fit = lr.fit_numpy(X, y, 0.1, 40)
-    assert rows[0]["final_mse"] == numpy_fit.losses[-1]
+    assert rows[0]["final_mse"] == numpy_fit.losses[-1] and rows[0]["losses"] == numpy_fit.losses
     assert rows[0]["max_weight_error"] == pytest.approx((numpy_fit.weights.double() - w_exact).abs().max().item())
+    assert rows[2]["losses"] == lr.fit_module(X, y, "sgd", 0.1, 40).losses
 
 
 def test_timing_helpers_return_positive_numbers(data):
     X, y, _, _ = data
-    rows = lr.time_implementations(X, y, 0.1, 5, [torch.device("cpu")], min_run_time=0.005)
+    rows = lr.time_implementations(X, y, 0.1, 5, [torch.device("cpu")], min_run_time=0.005, timed_epochs=2)
     assert [r["implementation"] for r in rows] == ["NumPy", "PyTorch manual", "PyTorch nn.Module + SGD"]
     scaling = lr.scaling_sweep([10, 100], 3, [torch.device("cpu")], min_run_time=0.005)
     assert {(r["n"], r["backend"]) for r in scaling} == {(10, "numpy"), (10, "torch cpu"), (100, "numpy"),
                                                           (100, "torch cpu")}
-    assert all(math.isfinite(r["seconds"]) and r["seconds"] > 0 for r in rows + scaling)
+    for row in rows + scaling:
+        assert math.isfinite(row["timing"].median) and row["timing"].median > 0
+        assert row["timing"].iqr >= 0 and row["timing"].threads == 1
+        assert row["vs_numpy"] > 0
+
+
+def test_timing_figures_draw_medians_and_ring_the_noisy_ones():
+    def timing(median, noisy=False):
+        return lr_harness.Timing(median, 0.02 * median, 1, noisy)
+
+    scaling = [{"n": 10, "backend": "numpy", "timing": timing(1e-3), "vs_numpy": 1.0, "vs_numpy_noisy": False},
+               {"n": 10, "backend": "torch cpu", "timing": timing(4e-3, noisy=True), "vs_numpy": 0.25,
+                "vs_numpy_noisy": True},
+               {"n": 100, "backend": "numpy", "timing": timing(2e-3), "vs_numpy": 1.0, "vs_numpy_noisy": False},
+               {"n": 100, "backend": "torch cpu", "timing": timing(1e-3), "vs_numpy": 2.0, "vs_numpy_noisy": False}]
+    fig = lr.plot_scaling(scaling)
+    ax_time, ax_ratio = fig.axes
+    assert "(1 thread)" in fig._suptitle.get_text()  # Figure.get_suptitle() exists only from matplotlib 3.8
+    assert ax_time.get_title() and ax_time.get_xlabel() and "median" in ax_time.get_ylabel()
+    lines = {line.get_label(): line for line in ax_time.get_lines()}
+    np.testing.assert_allclose(lines["torch cpu, autograd"].get_ydata(), [4.0, 1.0])  # ms
+    np.testing.assert_allclose(lines[f"noisy ({lr.NOISY_MARK} in the table)"].get_ydata(), [4.0])
+    ratio_lines = {line.get_label(): line for line in ax_ratio.get_lines()}
+    np.testing.assert_allclose(ratio_lines["torch cpu"].get_ydata(), [0.25, 2.0])
+    np.testing.assert_allclose(ratio_lines[f"noisy ({lr.NOISY_MARK} in the table)"].get_ydata(), [0.25])
+
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    implementations = [{"implementation": "NumPy", "device": "cpu", "per_epoch": timing(2e-5), "losses": [0.0]},
+                       {"implementation": "PyTorch manual", "device": "cpu", "per_epoch": timing(1e-4, noisy=True),
+                        "losses": [0.0]}]
+    lr._plot_times(ax, implementations)
+    assert [patch.get_height() for patch in ax.patches] == pytest.approx([20.0, 100.0])  # µs per epoch
+    assert [text.get_text() for text in ax.texts] == ["20 µs", f"100 µs {lr.NOISY_MARK}"]
+    assert "per epoch" in ax.get_title() and "1 thread" in ax.get_title() and ax.get_ylabel()
 
 
 def test_fit_summary_measures_against_the_optimum(data):
@@ -460,7 +670,114 @@ def test_ddp_equals_single_process_sgd(n_rows, world_size):
     assert ddp.bias == pytest.approx(single.bias, rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(ddp.losses, single.losses, rtol=1e-5)
     assert lr.max_parameter_difference(ddp, single) < 1e-5
+    assert (ddp.accumulation_steps, ddp.gradient_allreduces) == (1, 20)  # one bucket: one all-reduce per step
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_ddp_gradient_accumulation_equals_full_batch_sgd_with_one_allreduce_per_step():
+    """13 rows on 2 ranks: shards of 7 and 6 rows, split into micro-batches of (3, 2, 2) and (2, 2, 2) rows."""
+    X, y, _, _ = lr.make_regression_data(13, 3, noise=0.3, seed=2)
+    ddp = lr.train_ddp(X, y, world_size=2, epochs=12, lr=0.05, seed=5, timeout_s=90, accumulation_steps=3)
+    single = lr.fit_module(X, y, "sgd", 0.05, 12, "cpu", seed=5)
+    torch.testing.assert_close(ddp.weights, single.weights, rtol=1e-5, atol=1e-6)  # float32 round-off
+    assert ddp.bias == pytest.approx(single.bias, rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(ddp.losses, single.losses, rtol=1e-5)
+    # The comm hook ran once per optimizer step: 12, where an all-reduce per micro-batch would make 36.
+    assert (ddp.accumulation_steps, ddp.gradient_allreduces) == (3, 12)
+    assert multiprocessing.active_children() == []
+
+
+@contextlib.contextmanager
+def _one_rank_process_group():
+    """A gloo process group of this process alone, for DDP in the test process; torch's thread count restored."""
+    import torch.distributed as dist
+
+    threads = torch.get_num_threads()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{lr._free_port()}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        yield
+    finally:
+        gc.collect()  # the DDP model is gone before the group is (see PITFALLS)
+        dist.destroy_process_group()
+        torch.set_num_threads(threads)
+
+
+def test_no_sync_skips_the_allreduce_only_when_it_holds_the_forward_pass_too():
+    """The prose: "DDP decides during forward whether the next backward all-reduces"."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    with _one_rank_process_group():
+        model = DistributedDataParallel(lr.make_model(2))
+        counter = {"allreduces": 0}
+        model.register_comm_hook(counter, lr.counting_allreduce_hook)
+        x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+        with model.no_sync():
+            model(x).sum().backward()
+        assert counter["allreduces"] == 0
+        model(x).sum().backward()
+        assert counter["allreduces"] == 1
+        output = model(x).sum()  # forward outside no_sync() ...
+        with model.no_sync():
+            output.backward()  # ... and this backward all-reduces all the same
+        assert counter["allreduces"] == 2
+        del model
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 4])
+def test_one_rank_loop_accumulates_micro_batches_into_the_full_batch_step(accumulation_steps):
+    """The rank loop itself, in this process with a world of one (fast): 11 rows in micro-batches of (3, 3, 3, 2)."""
+    X, y, _, _ = lr.make_regression_data(11, 3, noise=0.3, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        fit = lr.ddp_train_rank(0, 1, X, y, 15, 0.05, 4, f"tcp://127.0.0.1:{lr._free_port()}", 60,
+                                accumulation_steps)
+    finally:
+        torch.set_num_threads(threads)  # the rank loop sets one thread per process
+    single = lr.fit_module(X, y, "sgd", 0.05, 15, "cpu", seed=4)
+    torch.testing.assert_close(fit.weights, single.weights, rtol=1e-5, atol=1e-6)
+    assert fit.bias == pytest.approx(single.bias, rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(fit.losses, single.losses, rtol=1e-5)
+    assert (fit.accumulation_steps, fit.gradient_allreduces) == (accumulation_steps, 15)
+
+
+def test_only_rank_0_writes_the_result(tmp_path, monkeypatch):
+    def fake_rank(rank, *args):
+        return lr.DDPFitResult(torch.zeros(2), 0.5, [1.0], accumulation_steps=2, gradient_allreduces=1) \
+            if rank == 0 else None
+
+    monkeypatch.setattr(lr, "ddp_train_rank", fake_rank)
+    X, y = np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=np.float32)
+    for rank in (1, 0):
+        path = tmp_path / f"written-by-{rank}.pt"
+        lr._ddp_worker(rank, 2, X, y, 1, 0.1, 0, 0, str(path), 30, 2)
+        assert path.exists() == (rank == 0)
+    saved = lr.DDPFitResult(**torch.load(tmp_path / "written-by-0.pt", weights_only=True))
+    assert (saved.bias, saved.losses, saved.accumulation_steps, saved.gradient_allreduces) == (0.5, [1.0], 2, 1)
+
+
+def test_ddp_check_prints_the_allreduces_per_step(capsys):
+    single = lr.FitResult(torch.tensor([1.0, 2.0]), 0.5, [3.0, 2.0])
+    for k, passes in ((2, "each rank ran 2 backward passes per step, the first 1 under no_sync()"),
+                      (1, "each rank ran 1 backward pass per step")):
+        ddp = lr.DDPFitResult(torch.tensor([1.0, 2.0]), 0.5, [3.0, 2.0], accumulation_steps=k, gradient_allreduces=2)
+        lr.print_ddp_check(2, ddp, single, 0.0)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[-1] == f"gradient all-reduces per optimizer step: 1  ({passes})"
+        assert ("accumulating 2 micro-batches per step" in lines[1]) == (k == 2)
+        assert lines[4].split()[-4:] == [str(k), "per", "rank", "2"] and lines[5].split()[-4:] == ["1", "(all", "rows)",
+                                                                                                  "none"]
+
+
+def test_ddp_prose_gives_the_whole_gpu_recipe_with_the_local_rank():
+    source = (Path(lr.__file__)).read_text(encoding="utf-8")
+    prose = source.split("# ## Data-parallel training with DistributedDataParallel", 1)[1].split("# %%\n", 1)[0]
+    prose = " ".join(line.removeprefix("#").strip() for line in prose.splitlines())
+    for needed in ('backend "nccl"', "torch.cuda.set_device(local_rank)", "model.to(local_rank)",
+                   "DDP(model, device_ids=[local_rank])", "LOCAL_RANK", "no_sync()", "Only rank 0 writes"):
+        assert needed in prose, needed
+    assert "device_ids=[rank]" not in prose and "model.to(rank)" not in prose  # the global rank fails on node 2
 
 
 @pytest.mark.slow
@@ -542,16 +859,28 @@ def test_ddp_rejects_bad_arguments_before_starting_anything(monkeypatch):
             lr.train_ddp(X, y, **kwargs)
     with pytest.raises(ValueError, match="y must have shape"):
         lr.train_ddp(X, y[:2])
+    # 3 rows on 2 ranks: the smallest shard has 1 row, so at most 1 micro-batch.
+    for steps in (0, 2):
+        with pytest.raises(ValueError, match=rf"accumulation_steps={steps} must be between 1 and .* \(1\)"):
+            lr.train_ddp(X, y, world_size=2, accumulation_steps=steps)
 
 
-def _single_process_ddp(X, y, world_size=2, epochs=100, lr_=0.05, seed=0, timeout_s=lr.DDP_TIMEOUT_S):
+def _single_process_ddp(X, y, world_size=2, epochs=100, lr_=0.05, seed=0, timeout_s=lr.DDP_TIMEOUT_S,
+                        accumulation_steps=1):
     """Stands in for train_ddp where a test needs the printed output, not the processes (tested above)."""
-    return lr.fit_module(X, y, "sgd", lr_, epochs, "cpu", seed)
+    fit = lr.fit_module(X, y, "sgd", lr_, epochs, "cpu", seed)
+    return lr.DDPFitResult(fit.weights, fit.bias, fit.losses, accumulation_steps=accumulation_steps,
+                           gradient_allreduces=epochs)
 
 
-def _printed_output(argv, monkeypatch, capsys):
+def _printed_output(argv, monkeypatch, capsys, ddp_calls=None):
     """What the script prints, with timings replaced by constants (fake_timings) and no DDP processes or figures."""
-    monkeypatch.setattr(lr, "train_ddp", _single_process_ddp)
+    def counted_ddp(*args, **kwargs):
+        if ddp_calls is not None:
+            ddp_calls.append(kwargs)
+        return _single_process_ddp(*args, **kwargs)
+
+    monkeypatch.setattr(lr, "train_ddp", counted_ddp)
     monkeypatch.setattr(lr, "save_figure", lambda fig, name, plots_dir: None)
     monkeypatch.setattr(lr, "plot_comparison", lambda *args: None)
     monkeypatch.setattr(lr, "plot_scaling", lambda *args: None)
@@ -560,10 +889,16 @@ def _printed_output(argv, monkeypatch, capsys):
 
 
 def test_two_seeds_print_different_results(tmp_path, monkeypatch, capsys, fake_timings):
+    ddp_calls = []
     outputs = [_printed_output(["--quick", "--device", "cpu", "--seed", seed, "--plots-dir", str(tmp_path)],
-                               monkeypatch, capsys) for seed in ("1", "2")]
+                               monkeypatch, capsys, ddp_calls) for seed in ("1", "2")]
+    # One DDP run per script run (one spawn of the ranks), with the accumulation demo inside it.
+    assert ddp_calls == [{"accumulation_steps": lr.QUICK.ddp_accumulation_steps}] * 2
+    assert "gradient all-reduces per optimizer step: 1  (each rank ran 2 backward passes" in outputs[0]
     numpy_row = [line for line in outputs[0].splitlines() if line.startswith("NumPy ")][0]
-    assert numpy_row.split()[2:6] == ["1", "ms", "10", "µs"]  # per epoch: the 1 ms fake median over 100 epochs
+    # Per epoch: the 1 ms fake median of a 10-epoch fit over 10 epochs, its 2 % IQR, NumPy's own ratio.
+    assert numpy_row.split()[2:7] == ["100", "µs", "2", "%", "1.00×"]
+    assert sum(line == lr.timing_note(1) for line in outputs[0].splitlines()) == 2  # under both timing tables
     lines = [[line for line in out.splitlines() if "closed form lstsq" in line] for out in outputs]
     assert lines[0] and lines[0] != lines[1]
     assert outputs[0].replace("seed: 1", "") != outputs[1].replace("seed: 2", "")

@@ -174,6 +174,6 @@ def test_every_timing_goes_through_the_harness_clocks():
     for script in SCRIPTS:
         lines = (ROOT / f"{script}.py").read_text(encoding="utf-8").splitlines()
         code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))  # prose may name them
-        assert not pattern.search(code), f"{script}.py reads a clock directly: use time_median or stopwatch"
+        assert not pattern.search(code), f"{script}.py reads a clock directly: use benchmark or stopwatch"
 
 

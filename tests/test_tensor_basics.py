@@ -11,11 +11,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES, readme_quotes, run_script, unprinted_quotes
+import torch.nn.functional as F
+from conftest import DEVICES, FAKE_IQR_S, FAKE_MEDIAN_S, readme_quotes, run_script, unprinted_quotes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensor_basics as tb
+from lesson_harness import BENCHMARK_THREADS, NOISY_MARK, TIMING_HEADERS, Timing, timing_note
 
 FLOAT_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ROUND_OFF_UNITS = 100  # the lesson's claim: every linalg error is under 100 machine epsilons of its dtype
@@ -94,6 +96,36 @@ def test_memory_sharing_facts():
     facts = tb.memory_sharing_facts()
     assert facts.pop("clone: same data_ptr") is False
     assert all(facts.values()), facts
+
+
+def _raised(fn) -> BaseException:
+    """The exception `fn()` raises (the test fails if it raises none)."""
+    with pytest.raises(Exception) as info:
+        fn()
+    return info.value
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_numpy_of_grad_tensor_matches_what_torch_does(device):
+    got = tb.numpy_of_grad_tensor(device)
+    assert list(got) == ["w.numpy()", "w.detach().numpy()", "w.detach().cpu().numpy()"]
+    w = torch.tensor([1.0, 2.0], device=device, requires_grad=True)
+    expected = _raised(w.numpy)  # torch's own answer, in this process
+    assert type(got["w.numpy()"]) is type(expected) and str(got["w.numpy()"]) == str(expected)
+    np.testing.assert_array_equal(got["w.detach().cpu().numpy()"], np.array([1.0, 2.0], dtype=np.float32))
+    if device == "cpu":
+        assert isinstance(got["w.numpy()"], RuntimeError) and "requires grad" in str(got["w.numpy()"])
+        np.testing.assert_array_equal(got["w.detach().numpy()"], np.array([1.0, 2.0], dtype=np.float32))
+        shared = w.detach().numpy()  # the prose: on the CPU the detached array still shares w's memory
+        shared[0] = 5.0
+        assert w[0].item() == 5.0
+        with torch.no_grad():  # the prose: .numpy() refuses only while autograd records
+            assert w.numpy().tolist() == [5.0, 2.0]
+    else:  # the prose: NumPy reads host memory only, a GPU tensor needs .cpu(), which copies
+        assert isinstance(got["w.detach().numpy()"], TypeError) and "cpu()" in str(got["w.detach().numpy()"])
+        copied = w.detach().cpu().numpy()
+        copied[0] = 5.0
+        assert w[0].item() == 1.0
 
 
 # %% Broadcasting
@@ -214,6 +246,22 @@ def test_inplace_autograd_errors():
     assert "leaf Variable that requires grad" in got["x.add_(1), x a leaf that requires grad"]
     np.testing.assert_allclose(got["x.grad from (x.exp() + 1).sum().backward()"], np.exp([0.0, 1.0, 2.0]),
                                rtol=1e-6, atol=0)
+    # The prose: the refusal holds while autograd records; under no_grad the leaf takes the write, as an
+    # optimizer's step does. Checked against torch itself and against an optimizer's own update.
+    leaf = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
+    refused = _raised(lambda: leaf.add_(1))
+    assert isinstance(refused, RuntimeError)
+    assert got["x.add_(1), x a leaf that requires grad"] == f"RuntimeError: {refused}"
+    assert leaf.tolist() == [0.0, 1.0, 2.0] and leaf._version == 0  # the refused write changed nothing
+    with torch.no_grad():
+        leaf.add_(1)
+    assert got["x after with torch.no_grad(): x.add_(1)"].tolist() == leaf.tolist() == [1.0, 2.0, 3.0]
+    assert got["x._version before -> after that write"] == f"0 -> {leaf._version}" == "0 -> 1"
+    assert got["x.is_leaf and x.requires_grad after it"] is True and leaf.is_leaf and leaf.requires_grad
+    param = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
+    param.grad = torch.full((3,), -1.0)
+    torch.optim.SGD([param], lr=1.0).step()  # p -= lr * grad, in place on the leaf
+    assert param.tolist() == leaf.tolist() and param._version > 0 and param.is_leaf and param.requires_grad
 
 
 # %% Dtypes and type promotion
@@ -259,6 +307,40 @@ def test_type_promotion_examples():
     division = next(r for r in rows if r["operands"] == "int64 / int64")
     assert division["torch values"] == [1.0, 1.0]
     assert tb._dtype_name(torch.get_default_dtype()) == "float32"  # what the prose calls torch's default float
+
+
+def test_numpy_float64_into_linear_matches_torch_and_numpy():
+    got = tb.numpy_float64_into_linear()
+    a = np.arange(6.0).reshape(2, 3)
+    assert got["a = np.arange(6.0).reshape(2, 3): a.dtype"] == str(a.dtype) == "float64"
+    assert got["torch.from_numpy(a).dtype"] == "float64" == tb._dtype_name(torch.tensor(a).dtype)  # both keep it
+    layer_dtype = tb._dtype_name(torch.nn.Linear(3, 1).weight.dtype)
+    assert got["model = nn.Linear(3, 1): model.weight.dtype"] == "float32" == layer_dtype
+    weight, bias = torch.ones(1, 3), torch.zeros(1)  # float32, like the lesson's layer
+    expected = _raised(lambda: F.linear(torch.from_numpy(a), weight, bias))  # torch's own error for the same call
+    error = got["model(torch.from_numpy(a))"]
+    assert isinstance(error, RuntimeError) and str(error) == str(expected) and "dtype" in str(error)
+    for fix in ("torch.from_numpy(a).float()", "torch.as_tensor(a, dtype=torch.float32)"):
+        out = got[f"model({fix})"]
+        assert out.dtype == torch.float32 and out.shape == (2, 1), fix
+        np.testing.assert_array_equal(out.numpy(), a.sum(axis=1, keepdims=True))  # weights 1, bias 0: row sums
+    assert list(tb.FLOAT64_MODEL_INPUTS)[1:] == ["torch.from_numpy(a).float()",
+                                                 "torch.as_tensor(a, dtype=torch.float32)"]
+    # The prose: .float() is .to(torch.float32), and both fixes copy (a write to the array does not reach them).
+    source = np.arange(6.0).reshape(2, 3)
+    converted = {name: make(source) for name, make in tb.FLOAT64_MODEL_INPUTS.items()}
+    assert torch.equal(converted["torch.from_numpy(a).float()"], torch.from_numpy(source).to(torch.float32))
+    source[0, 0] = 100.0
+    assert converted["torch.from_numpy(a)"][0, 0].item() == 100.0  # the float64 one shares, as from_numpy does
+    for name in list(converted)[1:]:
+        assert converted[name][0, 0].item() == 0.0, name
+
+
+def test_fmt_typed_prints_dtypes_and_the_first_line_of_an_error():
+    assert tb._fmt_typed(torch.tensor([[3.0], [12.0]])) == "[[3], [12]] (float32)"
+    assert tb._fmt_typed(np.array([1.0, 2.0], dtype=np.float32)) == "[1, 2] (NumPy float32)"
+    assert tb._fmt_typed(RuntimeError("first line\nsecond line")) == "RuntimeError: first line"
+    assert tb._fmt_typed("float64") == "float64"
 
 
 # %% Linear algebra
@@ -356,27 +438,91 @@ def test_matmul_gflops_is_two_n_cubed_over_time():
     assert tb.matmul_gflops(1000, 2e-3) == pytest.approx(1000.0, rel=1e-12)
 
 
-def test_benchmark_matmul_derives_rates_from_the_timer(monkeypatch):
-    medians = iter([2e-3, 1e-3, 8e-3, 2e-3])  # numpy, cpu at 100; numpy, cpu at 200
+def _fake_benchmarks(monkeypatch, timings: list[Timing]) -> list[dict]:
+    """Make tb.benchmark hand out `timings` in order, and record how each call was made."""
+    calls, queue = [], iter(timings)
 
-    def fake_median(fn, device="cpu", min_run_time=0.2):
-        return next(medians)
+    def fake_benchmark(fn, device="cpu", min_run_time=0.2, threads=BENCHMARK_THREADS):
+        calls.append({"device": str(device), "threads": threads, "result": fn()})
+        return next(queue)
 
-    monkeypatch.setattr(tb, "time_median", fake_median)
+    monkeypatch.setattr(tb, "benchmark", fake_benchmark)
+    return calls
+
+
+def test_benchmark_matmul_derives_rates_and_ratios_from_medians_of_one_run(monkeypatch):
+    timings = [Timing(2e-3, 1e-5, 1, False), Timing(1e-3, 1e-5, 1, False),  # numpy, cpu at 100
+               Timing(8e-3, 2e-3, 1, True), Timing(2e-3, 1e-5, 1, False)]  # numpy (noisy), cpu at 200
+    calls = _fake_benchmarks(monkeypatch, timings)
     rows = tb.benchmark_matmul([100, 200], ["cpu"], min_run_time=0.0)
     assert [(r["size"], r["backend"]) for r in rows] == [(100, "numpy"), (100, "cpu"), (200, "numpy"), (200, "cpu")]
-    assert [r["seconds"] for r in rows] == [2e-3, 1e-3, 8e-3, 2e-3]
+    assert [r["timing"] for r in rows] == timings
+    assert [c["threads"] for c in calls] == [BENCHMARK_THREADS] * 4 == [1] * 4  # NumPy and torch alike
+    assert [type(c["result"]) for c in calls] == [np.ndarray, torch.Tensor] * 2  # NumPy's product, then torch's
     for r in rows:
-        assert r["gflops"] == pytest.approx(2 * r["size"] ** 3 / r["seconds"] / 1e9, rel=1e-12)
+        assert r["gflops"] == pytest.approx(2 * r["size"] ** 3 / r["timing"].median / 1e9, rel=1e-12)
     assert rows[1]["gflops"] == pytest.approx(2.0, rel=1e-12)  # 2·100³ / 1 ms = 2 GFLOP/s
-    assert [r["speedup_vs_numpy"] for r in rows] == pytest.approx([1.0, 2.0, 1.0, 4.0], rel=1e-12)
+    assert [r["vs_numpy"] for r in rows] == pytest.approx([1.0, 2.0, 1.0, 4.0], rel=1e-12)  # median / median
+    assert [r["vs_numpy_noisy"] for r in rows] == [False, False, True, True]  # a ratio is as noisy as its inputs
+    calls = _fake_benchmarks(monkeypatch, timings[:2])
+    tb.benchmark_matmul([100], ["cpu"], min_run_time=0.0, threads=2)
+    assert [c["threads"] for c in calls] == [2, 2]  # another thread count reaches both backends
+
+
+def test_print_benchmark_shows_median_iqr_marks_and_the_thread_note(monkeypatch, capsys):
+    timings = [Timing(2e-3, 1e-5, 1, False), Timing(1e-3, 5e-4, 1, True)]  # torch's row is noisy: 50 % IQR
+    _fake_benchmarks(monkeypatch, timings)
+    tb.print_benchmark(tb.benchmark_matmul([100], ["cpu"], min_run_time=0.0))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split() == ["size", "backend", *TIMING_HEADERS, "GFLOP/s", "vs", "NumPy"]
+    assert lines[3].split() == ["100×100", "numpy", "2", "ms", "0", "%", "1.0", "1.00×"]  # 1e-5 / 2e-3 rounds to 0
+    assert lines[4].split() == ["100×100", "cpu", "1", "ms", "50", "%", NOISY_MARK, "2.0", "2.00×", NOISY_MARK]
+    assert lines[-1] == timing_note(1)
+
+
+def test_the_lesson_prints_the_benchmark_with_its_spread(tmp_path, capsys, fake_timings, monkeypatch):
+    """The whole quick run, with the conftest fake (1 ms median, 2 % IQR): the table's columns and the note."""
+    monkeypatch.setattr(tb, "save_figure", lambda fig, name, plots_dir: None)
+    assert run_script("tensor_basics", ["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)],
+                      only=["benchmark_matmul"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("Matmul benchmark")[1].splitlines()
+    spread = f"{100 * FAKE_IQR_S / FAKE_MEDIAN_S:.0f} %"
+    for size in tb.QUICK.matmul_sizes:
+        for line in (line for line in table if line.startswith(f"{size}×{size}")):
+            assert "1 ms" in line and spread in line and "1.00×" in line and NOISY_MARK not in line, line
+    assert timing_note(BENCHMARK_THREADS) in out
+
+
+def test_plot_matmul_benchmark_draws_medians_and_circles_noisy_rows(monkeypatch):
+    timings = [Timing(2e-3, 1e-5, 1, False), Timing(1e-3, 5e-4, 1, True),
+               Timing(8e-3, 1e-5, 1, False), Timing(4e-3, 1e-5, 1, False)]
+    _fake_benchmarks(monkeypatch, timings)
+    rows = tb.benchmark_matmul([100, 200], ["cpu"], min_run_time=0.0)
+    fig = tb.plot_matmul_benchmark(rows)
+    ax_rate, ax_time = fig.axes
+    assert "1 thread" in fig.get_suptitle()
+    lines = {line.get_label(): line for line in ax_time.lines}
+    assert list(lines["torch on cpu"].get_ydata()) == pytest.approx([1.0, 4.0])  # median ms
+    rates = {line.get_label(): line for line in ax_rate.lines}
+    assert list(rates["torch on cpu"].get_ydata()) == pytest.approx([tb.matmul_gflops(100, 1e-3),
+                                                                      tb.matmul_gflops(200, 4e-3)])  # from medians
+    noisy = f"noisy ({NOISY_MARK} in the table)"
+    for ax in (ax_rate, ax_time):
+        circled = next(line for line in ax.lines if line.get_label() == noisy)
+        assert list(circled.get_xdata()) == [100]
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    calm = tb.plot_matmul_benchmark([r for r in rows if not r["timing"].noisy])
+    assert all(line.get_label() != noisy for ax in calm.axes for line in ax.lines)
 
 
 def test_benchmark_matmul_times_the_real_products():
     rows = tb.benchmark_matmul([8, 16], ["cpu", "cpu"], min_run_time=0.005)
     assert [(r["size"], r["backend"]) for r in rows] == [(8, "numpy"), (8, "cpu"), (16, "numpy"), (16, "cpu")]
     for r in rows:
-        assert math.isfinite(r["seconds"]) and r["seconds"] > 0
+        timing = r["timing"]
+        assert math.isfinite(timing.median) and timing.median > 0 and timing.iqr >= 0
+        assert timing.threads == BENCHMARK_THREADS
     with pytest.raises(ValueError, match="size 0"):
         tb.benchmark_matmul([0])
 

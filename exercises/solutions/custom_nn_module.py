@@ -41,7 +41,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
-        var = x.var(dim=-1, unbiased=False, keepdim=True)  # (..., 1), biased: divide by n
+        var = x.var(dim=-1, correction=0, keepdim=True)  # (..., 1), biased: divide by n
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -85,7 +85,8 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v = heads(q), heads(k), heads(v)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (batch, heads, seq, seq)
         if causal:
-            future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(diagonal=1)  # j > i
+            # True = masked (masked_fill's reading, and nn.MultiheadAttention's): the future, j > i
+            future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(diagonal=1)
             scores = scores.masked_fill(future, float("-inf"))
         attended = scores.softmax(dim=-1) @ v  # (batch, heads, seq, head_dim)
         return self.out_proj(attended.transpose(1, 2).reshape(batch, seq, d_model))
