@@ -90,12 +90,13 @@ def test_each_section_shows_its_result_under_itself(module):
 
 
 # Every lesson runs as the committed notebook from notebooks/ under spawn (as on macOS and Windows). A
-# lesson that starts processes also runs as the script-as-notebook from the repository root under the
-# default start method. For the others the start method decides nothing (test_reliability checks they
-# start no process), and the two notebooks have the same cells (test above): only the set-up cell's
-# `..` branch differs with the folder, and the lessons that start processes cover both branches.
+# lesson whose workers follow the default start method (DataLoader workers) also runs as the
+# script-as-notebook from the repository root under the default method. For the others the start
+# method decides nothing (test_reliability checks which start no process and which always spawn), and
+# the two notebooks have the same cells (test above): only the set-up cell's `..` branch differs with
+# the folder, and that lesson covers both branches.
 NOTEBOOK_RUNS = [(lesson.module, where, start_method) for lesson in course.LESSONS
-                 for where, start_method in ([("repo root", "default")] if lesson.starts_processes else [])
+                 for where, start_method in ([("repo root", "default")] if lesson.worker_start == "default" else [])
                  + [("notebooks/", "spawn")]]
 
 

@@ -99,7 +99,7 @@ def test_the_banner_shows_the_title_from_the_course_table(script, tmp_path, caps
     """The title is written once, in course.py; the banner reads it from there."""
     monkeypatch.setattr(course, "LESSONS", tuple(
         course.Lesson(row.module, f"Title under test {index}", row.figures, row.quick_budget_floors,
-                      row.full_budget_floors, row.starts_processes) for index, row in enumerate(course.LESSONS)))
+                      row.full_budget_floors, row.worker_start) for index, row in enumerate(course.LESSONS)))
     monkeypatch.setattr(lesson_harness, "print_banner", lambda title, *rest: print(f"=== {title} ==="))
     ctx = lesson_harness.start_lesson(script, ["--device", "cpu", "--plots-dir", str(tmp_path)])
     assert capsys.readouterr().out == f"=== Title under test {SCRIPTS.index(script)} ===\n"
@@ -140,8 +140,14 @@ def test_quick_run_is_reproducible_headless_and_independent_of_the_working_direc
     assert [line for line in outputs[0].splitlines() if line.startswith("saved ")] == [
         f"saved {Path('figures', name)}" for name in FIGURES[script]]
     assert (tmp_path / "figures").is_dir()
-    # The notebook tests run a lesson under both start methods only if it starts processes: it must say so.
-    assert bool(started) == course.lesson(script).starts_processes, started
+    # The notebook tests run a lesson under both start methods only if its workers follow the default one.
+    kinds, expected = set(started), course.lesson(script).worker_start
+    if expected is None:
+        assert not kinds
+    elif expected == "spawn":
+        assert kinds == {"SpawnProcess"}
+    else:
+        assert kinds and (multiprocessing.get_start_method() == "spawn" or kinds != {"SpawnProcess"}), kinds
     assert "matplotlib.pyplot" not in sys.modules  # figures never touch pyplot's global state or a display
 
 
