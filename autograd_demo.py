@@ -1281,7 +1281,7 @@ def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timi
     ax_time.axhline(2, color="grey", linestyle="--", linewidth=1)
     ax_time.text(-0.45, 2, "2×: two matmuls per forward matmul", va="bottom", fontsize=9, color="dimgrey")
     ax_time.set_xticks(range(len(widths)), [str(w) for w in widths])
-    ax_time.set_xlim(-0.5, len(widths) - 0.2)
+    ax_time.set_xlim(-0.5, len(widths) + 0.2)  # room for the last label
     ax_time.set_ylim(0, max(3.0, max(r["backward/forward"] for r in timings) * 1.25))
     threads = timings[0]["forward"].threads
     ax_time.set(title=f"ReLU MLP, {TIMED_MLP_DEPTH} hidden layers, batch {batch}, {threads} thread"
