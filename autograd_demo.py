@@ -462,10 +462,11 @@ if __name__ == "__main__":
 # Every method is compared with the Jacobian derived by hand,
 # J = diag(tanh(Wx) + cos x) + diag(x ⊙ (1 − tanh²(Wx))) W.
 #
-# Each method is also timed, on one thread. `jacrev` and `jacfwd` do the loop's separate passes as
-# one batched (vmapped) pass: no Python loop, and each op works on a whole batch. Read the last
-# column, each median divided by the loop's median from the same run: below 1 is what batching
-# saved on this machine at this size; a row marked ! is too noisy to rank.
+# Each method is also timed, on one thread. `jacrev` runs the loop's m backward passes as one
+# vmapped pass, `jacfwd` the n forward-mode passes (one per input) likewise: no Python loop, and
+# each op works on a whole batch. Read the last column, each median divided by the loop's median
+# from the same run: below 1 is what vmapping saved on this machine at this size; a row marked !
+# is too noisy to rank.
 
 # %%
 def jacobian_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -1162,14 +1163,16 @@ if __name__ == "__main__":
 # %% [markdown]
 # ## Where the time goes: forward vs backward
 #
-# A backward pass does about twice a forward pass's arithmetic: for every matmul in forward,
-# backward does two (one for the input gradient, one for the weight gradient; the first layer
-# skips the input gradient, since the data needs none). That counts arithmetic; it does not
+# For every matmul in forward, backward does two: one for the weight gradient and one for the
+# input gradient, except in the first layer, whose input (the data) needs no gradient. With d
+# square hidden layers that is 2d − 1 matmuls against d, so the arithmetic ratio is (2d − 1)/d
+# (5/3 for the 3 layers here), a little more with the small output layer; the table prints the
+# ratio of FLOPs that torch's own `FlopCounterMode` counts. That counts arithmetic; it does not
 # predict time. At small widths fixed per-operation costs (dispatch, allocation, adding into
 # `.grad`) weigh on both passes and can push the ratio either way. Both passes are timed on one
-# thread in the same run, and the ratio is their medians'. What to look for: compare the ratio
-# column with 2 in the widest row, where the matmuls do most of the work, and read a row only
-# when it carries no mark (!), which flags an IQR of at least 10 % of the median.
+# thread in the same run, and the ratio is their medians'. What to look for: compare the time
+# ratio with the FLOP ratio in the widest row, where the matmuls do most of the work, and read a
+# row only when it carries no mark (!), which flags an IQR of at least 10 % of the median.
 
 # %%
 def make_mlp(width: int, depth: int = TIMED_MLP_DEPTH) -> nn.Sequential:
@@ -1177,6 +1180,19 @@ def make_mlp(width: int, depth: int = TIMED_MLP_DEPTH) -> nn.Sequential:
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.ReLU()]
     return nn.Sequential(*layers, nn.Linear(width, 1))
+
+
+def backward_forward_flops(width: int, batch: int, depth: int = TIMED_MLP_DEPTH) -> float:
+    """Backward FLOPs over forward FLOPs of make_mlp(width, depth) on a batch that needs no gradient,
+    as torch.utils.flop_counter.FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, x = make_mlp(width, depth), torch.zeros(batch, width)  # (batch, width)
+    with FlopCounterMode(display=False) as forward:
+        loss = model(x).sum()
+    with FlopCounterMode(display=False) as backward:
+        loss.backward()
+    return backward.get_total_flops() / forward.get_total_flops()
 
 
 def time_forward_backward(widths: tuple[int, ...], batch: int, min_run_time: float,
@@ -1191,17 +1207,19 @@ def time_forward_backward(widths: tuple[int, ...], batch: int, min_run_time: flo
         loss = model(x).sum()
         backward = benchmark(lambda: loss.backward(retain_graph=True), device, min_run_time)  # noqa: B023
         rows.append({"width": width, "forward": forward, "backward": backward,
-                     "backward/forward": backward.median / forward.median})
+                     "backward/forward": backward.median / forward.median,
+                     "flop ratio": backward_forward_flops(width, batch)})
     return rows
 
 
 def print_forward_backward(rows: list[dict[str, object]], batch: int, device: torch.device) -> None:
     headers = ["width", *(f"{part} {h}" for part in ("forward", "backward") for h in TIMING_HEADERS),
-               "backward/forward"]
+               "backward/forward", "FLOP ratio"]
     print_table(f"Forward vs backward, ReLU MLP with {TIMED_MLP_DEPTH} hidden layers, batch {batch}, on {device.type}",
                 headers,
                 [[r["width"], *timing_cells(r["forward"]), *timing_cells(r["backward"]),
-                  ratio_cell(r["backward/forward"], r["forward"], r["backward"])] for r in rows])
+                  ratio_cell(r["backward/forward"], r["forward"], r["backward"]), f"{r['flop ratio']:.2f}×"]
+                 for r in rows])
     print(timing_note(rows[0]["forward"].threads))
 
 
@@ -1278,8 +1296,9 @@ def plot_gradient_flow(grads: dict[str, torch.Tensor], losses: list[float], timi
         ax_time.annotate(f"forward {fmt_seconds(r['forward'].median)}" + (f" {NOISY_MARK} noisy" if noisy else ""),
                          (i, r["backward/forward"]), textcoords="offset points", xytext=(9, 0), va="center",
                          fontsize=9)
-    ax_time.axhline(2, color="grey", linestyle="--", linewidth=1)
-    ax_time.text(-0.45, 2, "2×: two matmuls per forward matmul", va="bottom", fontsize=9, color="dimgrey")
+    ax_time.plot(range(len(widths)), [r["flop ratio"] for r in timings], "_", color="grey", markersize=30,
+                 markeredgewidth=2, label="FLOP ratio (FlopCounterMode)")
+    ax_time.legend(loc="upper left", fontsize=8)
     ax_time.set_xticks(range(len(widths)), [str(w) for w in widths])
     ax_time.set_xlim(-0.5, len(widths) + 0.2)  # room for the last label
     ax_time.set_ylim(0, max(3.0, max(r["backward/forward"] for r in timings) * 1.25))

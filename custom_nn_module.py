@@ -50,7 +50,7 @@ class Config:
     variance_depth: int = 20  # ReLU layers the activation-variance experiment goes through
     checkpoint_layers: int = 16  # depth of the MLP used for checkpointing
     checkpoint_width: int = 512  # its width
-    checkpoint_batch: int = 512  # its batch
+    checkpoint_batch: int = 256  # its batch
     amp_width: int = 512  # width of the MLP in the mixed-precision step
     amp_batch: int = 256  # its batch
     min_run_time: float = 0.1  # seconds per timing point
@@ -562,8 +562,14 @@ if __name__ == "__main__":
 # default std is 1/√(3·fan_in): on a square layer 1/√3 of Xavier's and 1/√6 of He's. It is the
 # rule Lua Torch used; PyTorch kept it for backward compatibility (a model built the same way
 # starts from the same distribution), and rewriting it as `kaiming_uniform_` with a = √5 kept
-# the distribution unchanged. Through Linear+ReLU layers it multiplies the second moment by 1/6
-# per layer: in a deep ReLU stack, re-initialise.
+# the distribution unchanged. Through Linear+ReLU layers its weights multiply the second moment
+# by 1/6 per layer: in a deep ReLU stack, re-initialise.
+#
+# The tables below compare weight rules only: every scheme's biases are set to 0, the "torch
+# default" row included. With torch's real default biases, U(±1/√fan_in), each layer also adds
+# about 1/(3·fan_in) to the pre-activations' variance, so a deep default-initialised stack does
+# not shrink to nothing: its activations settle at a small level set by the biases, which carry
+# no information about the input.
 
 # %%
 def init_weights(model: nn.Module, scheme: str, generator: torch.Generator | None = None) -> nn.Module:

@@ -260,8 +260,9 @@ if __name__ == "__main__":
 # DataLoader draws a base seed from `generator=` and seeds torch, NumPy and `random` in worker k
 # from that seed and k, so random augmentations differ between workers and repeat from run to
 # run. (The `seed_worker` recipe of older tutorials has not been needed since torch 1.9, which
-# seeds all three itself.) On macOS and Windows (and, from Python 3.14, Linux) workers do not
-# fork: each starts a fresh interpreter and imports the module that defines the Dataset. A
+# seeds all three itself.) On macOS and Windows workers start as fresh interpreters (spawn), and
+# from Python 3.14 Linux forks them from a clean server process (forkserver): either way each
+# worker imports the module that defines the Dataset again. A
 # script is imported again as `__mp_main__`, which is why every section's work sits under
 # `if __name__ == "__main__":`. A notebook cannot be imported at all, so before a cell starts
 # workers, `share_notebook_with_workers` re-homes the notebook's classes under this lesson's

@@ -728,9 +728,9 @@ if __name__ == "__main__":
 #
 # This sweep times one gradient step (forward and gradient, no update) at each number of rows,
 # NumPy's hand-derived gradient against torch autograd, on one thread as above. Each torch
-# operation costs a fixed overhead on top of its arithmetic; autograd also keeps intermediates
-# (the residual, its square, their gradients) that a hand-derived gradient skips, and a problem
-# this simple is limited by memory traffic, which pays for every extra pass.
+# operation costs a fixed overhead on top of its arithmetic; autograd also records the graph and
+# builds the gradient in more passes over the data than the hand-derived formula needs, and a
+# problem this simple is limited by memory traffic, which pays for every extra pass.
 #
 # What to look for: the sizes at which the time per epoch hardly changes from one size to the
 # next (fixed overhead sets it), and those at which it grows about in proportion to the samples

@@ -688,7 +688,7 @@ def linalg_report(A: torch.Tensor) -> dict[str, float]:
     U, S, Vh = torch.linalg.svd(A)
     Qr, R = torch.linalg.qr(A)
     x_solve = torch.linalg.solve(A, b)
-    x_lstsq = torch.linalg.lstsq(A, b, driver="gels").solution  # QR; the CPU default gelsy varies call to call
+    x_lstsq = torch.linalg.lstsq(A, b, driver="gels").solution  # QR: A is square and of full rank
     log_abs_det = torch.linalg.slogdet(A).logabsdet  # log|det A|: finite where det itself overflows
     log_det_from_evals = evals.log().sum()  # det = product of eigenvalues, all positive for SPD
     frobenius = torch.linalg.matrix_norm(A)  # 'fro' by default

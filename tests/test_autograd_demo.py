@@ -720,10 +720,21 @@ def test_time_forward_backward_ratio_is_the_median_of_backward_over_forwards(mon
     timings = [Timing(1e-3, 9e-4, 1, False), Timing(3e-3, 1e-5, 1, False), timing(2e-3), timing(5e-3)]
     produced, threads = scripted_timer(monkeypatch, timings)
     rows = ad.time_forward_backward((8, 16), batch=4, min_run_time=0.005, generator=torch.Generator().manual_seed(0))
-    assert rows == [{"width": 8, "forward": timings[0], "backward": timings[1], "backward/forward": 3.0},
-                    {"width": 16, "forward": timings[2], "backward": timings[3], "backward/forward": 2.5}]
+    assert rows == [{"width": 8, "forward": timings[0], "backward": timings[1], "backward/forward": 3.0,
+                     "flop ratio": ad.backward_forward_flops(8, 4)},
+                    {"width": 16, "forward": timings[2], "backward": timings[3], "backward/forward": 2.5,
+                     "flop ratio": ad.backward_forward_flops(16, 4)}]
     assert threads == [1] * 4  # one thread: not the point of this table, and steadier on a shared machine
     assert produced[0].shape == (4, 1) and produced[1] is None  # forward returns the output, backward None
+
+
+@pytest.mark.parametrize(("width", "batch", "depth"), [(8, 4, 3), (64, 32, 3), (16, 2, 1)])
+def test_backward_costs_2d_minus_1_matmuls_for_d_forward_ones(width, batch, depth):
+    """Closed form: forward 2bw²·d + 2bw (the w → 1 head); backward the weight gradients (the same again) and the
+    input gradients of every layer but the first (2bw²·(d − 1) + 2bw): about (2d − 1)/d, not 2."""
+    forward = 2 * batch * width**2 * depth + 2 * batch * width
+    backward = forward + 2 * batch * width**2 * (depth - 1) + 2 * batch * width
+    assert ad.backward_forward_flops(width, batch, depth) == pytest.approx(backward / forward, rel=1e-12)
 
 
 def test_make_tanh_mlp_is_the_plotted_architecture():
@@ -757,8 +768,10 @@ def test_training_curve_records_the_first_steps_gradients_and_decreases():
 
 def test_figures_say_which_model_each_panel_shows():
     grads = {"0.weight": torch.ones(3), "0.bias": torch.full((2,), 0.5)}
-    timings = [{"width": 8, "forward": timing(1e-3), "backward": timing(2e-3), "backward/forward": 2.0},
-               {"width": 16, "forward": timing(2e-3, noisy=True), "backward": timing(3e-3), "backward/forward": 1.5}]
+    timings = [{"width": 8, "forward": timing(1e-3), "backward": timing(2e-3), "backward/forward": 2.0,
+                "flop ratio": 1.7},
+               {"width": 16, "forward": timing(2e-3, noisy=True), "backward": timing(3e-3), "backward/forward": 1.5,
+                "flop ratio": 1.68}]
     fig = ad.plot_gradient_flow(grads, [1.0, 0.5], timings, batch=4)
     suptitle = fig._suptitle.get_text()  # Figure.get_suptitle() exists only from matplotlib 3.8
     assert "1 → 32 → 32 → 1 tanh MLP" in suptitle and "ReLU" in suptitle
@@ -767,6 +780,7 @@ def test_figures_say_which_model_each_panel_shows():
     assert ax_time.get_title() == f"ReLU MLP, {ad.TIMED_MLP_DEPTH} hidden layers, batch 4, 1 thread"
     assert ax_time.get_yscale() == "linear" and not ax_time.patches and not ax_norm.patches  # points, no bars
     assert list(ax_time.lines[0].get_ydata()) == [2.0, 1.5]  # the ratios of the medians, as computed
+    assert list(ax_time.lines[1].get_ydata()) == [1.7, 1.68]  # and the FLOP ratios they are compared with
     notes = [t.get_text() for t in ax_time.texts if t.get_text().startswith("forward")]
     assert notes == ["forward 1 ms", f"forward 2 ms {NOISY_MARK} noisy"]  # a noisy input marks its point
     steps = ad.fd_steps(3)
@@ -879,16 +893,17 @@ def test_timing_printers_show_median_iqr_mark_and_the_thread_note(capsys):
                                   NOISY_MARK]
     assert printed[6] == timing_note(1)
     rows = [{"width": 8, "forward": Timing(1e-3, 2e-5, 1, False), "backward": Timing(2.5e-3, 5e-4, 1, True),
-             "backward/forward": 2.5},
+             "backward/forward": 2.5, "flop ratio": 1.7},
             {"width": 16, "forward": Timing(2e-3, 2e-5, 1, False), "backward": Timing(3e-3, 3e-5, 1, False),
-             "backward/forward": 1.5}]
+             "backward/forward": 1.5, "flop ratio": 1.68}]
     ad.print_forward_backward(rows, 4, torch.device("cpu"))
     printed = capsys.readouterr().out.splitlines()
     assert printed[1] == f"Forward vs backward, ReLU MLP with {ad.TIMED_MLP_DEPTH} hidden layers, batch 4, on cpu"
     assert printed[2].split() == ["width", "forward", "median", "forward", "IQR", "backward", "median", "backward",
-                                  "IQR", "backward/forward"]
-    assert printed[4].split() == ["8", "1", "ms", "2", "%", "2.5", "ms", "20", "%", NOISY_MARK, "2.50×", NOISY_MARK]
-    assert printed[5].split() == ["16", "2", "ms", "1", "%", "3", "ms", "1", "%", "1.50×"]
+                                  "IQR", "backward/forward", "FLOP", "ratio"]
+    assert printed[4].split() == ["8", "1", "ms", "2", "%", "2.5", "ms", "20", "%", NOISY_MARK, "2.50×", NOISY_MARK,
+                                  "1.70×"]
+    assert printed[5].split() == ["16", "2", "ms", "1", "%", "3", "ms", "1", "%", "1.50×", "1.68×"]
     assert printed[6] == timing_note(1)
     jacobian_rows = [{"method": "loop", "max |diff|": 1e-16, "timing": timing(4e-3), "time / loop": 1.0},
                      {"method": "jacrev", "max |diff|": 2e-16, "timing": timing(1e-3, noisy=True), "time / loop": 0.25}]

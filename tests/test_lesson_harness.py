@@ -91,7 +91,8 @@ def test_benchmark_reports_timers_median_iqr_warning_and_threads(monkeypatch):
         def blocked_autorange(self, min_run_time):
             built["min_run_time"] = min_run_time
             blas_threads.extend(info["num_threads"] for info in threadpoolctl.threadpool_info())
-            return types.SimpleNamespace(median=1e-3, mean=4e-3, iqr=3e-4, has_warnings=True, times=[1e-3] * 9)
+            return types.SimpleNamespace(median=1e-3, mean=4e-3, iqr=3e-4, has_warnings=True, times=[1e-3] * 9,
+                                         number_per_run=1)
 
     monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=FakeTimer))
     calls = []
@@ -104,21 +105,28 @@ def test_benchmark_reports_timers_median_iqr_warning_and_threads(monkeypatch):
     assert calls == ["called"]  # what Timer runs is the function given
 
 
-def test_benchmark_marks_a_timing_with_too_few_runs_even_without_timers_warning(monkeypatch):
-    """One block has an IQR of 0: that is no evidence of a quiet machine."""
-    class FewBlocks:
+def test_a_call_slower_than_min_run_time_is_measured_again_for_enough_runs(monkeypatch):
+    """One block has an IQR of 0, which is no evidence of a quiet machine: benchmark asks Timer again for
+    MIN_RUNS blocks' worth of time; if that still gives too few runs, the timing is marked."""
+    asked = []
+
+    class SlowCall:
         def __init__(self, stmt, globals, num_threads):
             pass
 
         def blocked_autorange(self, min_run_time):
-            return types.SimpleNamespace(median=1e-3, iqr=0.0, has_warnings=False,
-                                         times=[1e-3] * (harness.MIN_RUNS - 1))
+            asked.append(min_run_time)
+            runs = 1 if len(asked) == 1 else blocks_on_retry
+            return types.SimpleNamespace(median=0.3, iqr=0.0, has_warnings=False, number_per_run=2,
+                                         times=[0.3] * runs)
 
-    monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=FewBlocks))
-    assert harness.benchmark(lambda: None).noisy
-    monkeypatch.setattr(FewBlocks, "blocked_autorange", lambda self, min_run_time: types.SimpleNamespace(
-        median=1e-3, iqr=0.0, has_warnings=False, times=[1e-3] * harness.MIN_RUNS))
-    assert not harness.benchmark(lambda: None).noisy
+    monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=SlowCall))
+    blocks_on_retry = harness.MIN_RUNS
+    timing = harness.benchmark(lambda: None, min_run_time=0.1)
+    assert asked == [0.1, pytest.approx(1.25 * harness.MIN_RUNS * 0.6)] and not timing.noisy
+    asked.clear()
+    blocks_on_retry = harness.MIN_RUNS - 1
+    assert harness.benchmark(lambda: None, min_run_time=0.1).noisy
 
 
 def test_timing_cells_show_the_median_and_the_iqr_share_and_mark_noise():

@@ -501,7 +501,7 @@ def test_plot_matmul_benchmark_draws_medians_and_circles_noisy_rows(monkeypatch)
     rows = tb.benchmark_matmul([100, 200], ["cpu"], min_run_time=0.0)
     fig = tb.plot_matmul_benchmark(rows)
     ax_rate, ax_time = fig.axes
-    assert "1 thread" in fig.get_suptitle()
+    assert "1 thread" in fig._suptitle.get_text()
     lines = {line.get_label(): line for line in ax_time.lines}
     assert list(lines["torch on cpu"].get_ydata()) == pytest.approx([1.0, 4.0])  # median ms
     rates = {line.get_label(): line for line in ax_rate.lines}
