@@ -45,8 +45,8 @@ class Config:
     mlp_hidden_sizes: tuple[int, ...] = (64, 256, 1024)  # widths for the forward-vs-backward timing
     mlp_batch: int = 256  # rows per forward pass in the timing
     train_steps: int = 60  # optimisation steps for the loss-curve panel
-    # Seconds per timing point (12 in a full run, 10 in --quick). Timer sizes its blocks so that its own
-    # overhead is negligible, often tens of ms each, and an IQR needs several blocks: less is a spread of one.
+    # Seconds per timing point (12 in a full run, 10 in --quick): benchmark() splits them into at least 8
+    # blocks of calls, whose spread is the IQR.
     min_run_time: float = 0.15
     fd_step_count: int = 23  # finite-difference step sizes h, log-spaced from FD_STEP_LARGEST to FD_STEP_SMALLEST
 
@@ -289,8 +289,8 @@ if __name__ == "__main__":
 #
 # The saving is per op, so the timing below runs a chain of tiny ops, where the bookkeeping is a
 # visible share of each op's cost, on one thread. Read the last column, a ratio of the two medians:
-# below 1 is time `inference_mode` saved on this machine. A mark (!) on either row means Timer
-# found a large spread (an IQR of at least 10 % of the median): run it again before reading
+# below 1 is time `inference_mode` saved on this machine. A mark (!) on either row means the
+# timing has a large spread (an IQR of at least 10 % of the median): run it again before reading
 # anything into the ratio.
 
 # %%

@@ -1217,7 +1217,7 @@ if __name__ == "__main__":
 # ## Architectures compared
 #
 # Parameter counts from the modules and from the layer shapes, and the forward time of one
-# batch in eval mode: median and IQR of Timer's runs on one thread. What to look for: parameters
+# batch in eval mode: median and IQR of timed blocks on one thread. What to look for: parameters
 # are not the only cost. Compare "deep MLP" with "deep MLP + BN" (almost the same parameters;
 # BatchNorm adds passes over the activations) and the attention row (few parameters, but a
 # score matrix per sequence that grows with its length squared). Read a row's IQR before

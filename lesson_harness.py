@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import io
-import logging
 import math
 import os
 import platform
 import random
 import shlex
+import statistics
 import sys
 import textwrap
 import time
@@ -120,39 +119,11 @@ def seed_everything(seed: int) -> torch.Generator:
 # ------
 
 
-CUDA_HOME_NOTICE = "No CUDA runtime is found, using CUDA_HOME="  # the one stray line dropped below
-
-
-def drop_cuda_home_notice(text: str) -> str:
-    """`text` without the lines that start with CUDA_HOME_NOTICE; everything else is kept."""
-    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(CUDA_HOME_NOTICE))
-
-
-def _import_benchmark():
-    """`torch.utils.benchmark`, imported without its one known stray message.
-
-    Importing it imports `torch.utils.cpp_extension`, which in CUDA builds of torch, on a machine
-    with a CUDA toolkit but no GPU, reports "No CUDA runtime is found, using CUDA_HOME=...":
-    torch 2.5 prints it to stderr, newer releases (seen in 2.13 to 2.15) log it as a warning.
-    For this import only, that logger is raised to ERROR and printed output is captured; every
-    captured line except that notice is written back to stderr.
-    """
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(printed):
-            from torch.utils import benchmark
-    finally:
-        logger.setLevel(level)
-        sys.stderr.write(drop_cuda_home_notice(printed.getvalue()))
-    return benchmark
-
-
 BENCHMARK_THREADS = 1  # threads a benchmark runs on unless its point is thread scaling: stable on a shared machine
-NOISY_MARK = "!"  # marks a timing whose IQR is at least 10 % of its median (Timer's warning), or that has too few runs
-MIN_RUNS = 4  # fewer of Timer's blocks than this and the IQR says nothing: one block has an IQR of 0
+NOISY_MARK = "!"  # marks a timing whose IQR is at least NOISY_IQR_SHARE of its median
+NOISY_IQR_SHARE = 0.1  # the threshold at which torch.utils.benchmark.Timer warns, too
+MIN_RUNS = 4  # blocks a benchmark measures at least: an IQR needs several
+MIN_BLOCK_S = 1e-3  # shortest block: reading the clock (about a microsecond) stays under 0.1 % of it
 
 
 @dataclass(frozen=True)
@@ -160,43 +131,58 @@ class Timing:
     """One benchmark: the median seconds per call, the spread around it, and the threads it ran on."""
 
     median: float  # seconds per call
-    iqr: float  # interquartile range of the per-call times of Timer's blocks, in seconds
+    iqr: float  # interquartile range of the per-call times of the measured blocks, in seconds
     threads: int  # torch intra-op threads, and BLAS threads, while it ran
-    noisy: bool  # Timer warned (IQR ≥ 10 % of the median) or still measured under MIN_RUNS blocks: not trusted alone
+    noisy: bool  # the IQR is at least NOISY_IQR_SHARE of the median: as much noise as signal
 
 
 def benchmark(fn: Callable[[], object], device: torch.device | str = "cpu", min_run_time: float = 0.2,
               threads: int = BENCHMARK_THREADS) -> Timing:
-    """Time `fn` with `torch.utils.benchmark.Timer` on `threads` threads: median, IQR and Timer's warning.
+    """Median and IQR of the time per call of `fn`, on `threads` threads, over blocks of repeated calls.
 
-    Timer warms up (its block-size search makes the first calls, which pay lazy initialisation, outside
-    the measured blocks), picks a block size and (for CUDA) synchronizes; MPS is synchronized here
-    because older torch releases only sync CUDA. `threads` limits torch (Timer's `num_threads`) and the
-    BLAS libraries NumPy and scikit-learn call (threadpoolctl), so a NumPy comparison is like for like.
-    A call slower than `min_run_time` is measured again for at least MIN_RUNS blocks, so its IQR means something.
+    What `torch.utils.benchmark.Timer` does, with blocks sized for a spread: one warm-up call (lazy
+    initialisation stays out), then blocks of `number` calls, each timed with the device synchronized
+    before and after (accelerators run asynchronously), until at least MIN_RUNS blocks and `min_run_time`
+    seconds. Blocks are sized so that `min_run_time` holds 2 × MIN_RUNS of them; Timer's `blocked_autorange`
+    grows its blocks by factors of 10 until its overhead is 0.01 % of one, so a short run often holds one
+    block, which has no spread. `threads` sets torch's intra-op threads and limits the BLAS libraries NumPy
+    and scikit-learn call (threadpoolctl), so a NumPy comparison is like for like; both are restored after.
     """
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-    benchmark_module = _import_benchmark()
     device = as_device(device)
-    if device.type == "mps":
-        def stmt() -> None:
+
+    def block(number: int) -> float:
+        """Seconds per call over `number` calls."""
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(number):
             fn()
-            synchronize(device)
-    else:
-        stmt = fn
-    timer = benchmark_module.Timer(stmt="stmt()", globals={"stmt": stmt}, num_threads=threads)
+        synchronize(device)
+        return (time.perf_counter() - start) / number
+
+    block_target = max(MIN_BLOCK_S, min_run_time / (2 * MIN_RUNS))
+    previous = torch.get_num_threads()
     with threadpool_limits(threads):
-        measurement = timer.blocked_autorange(min_run_time=min_run_time)
-        if len(measurement.times) < MIN_RUNS:  # one block outlasted min_run_time: measure enough for a spread
-            block_seconds = measurement.median * measurement.number_per_run
-            measurement = timer.blocked_autorange(min_run_time=1.25 * MIN_RUNS * block_seconds)
-    noisy = measurement.has_warnings or len(measurement.times) < MIN_RUNS
-    return Timing(measurement.median, measurement.iqr, threads, noisy)
+        torch.set_num_threads(threads)
+        try:
+            block(1)  # warm-up
+            number = 1
+            while (per_call := block(number)) * number < block_target:
+                number = max(2 * number, math.ceil(block_target / max(per_call, 1e-9)))
+            per_call_times, spent = [], 0.0
+            while len(per_call_times) < MIN_RUNS or spent < min_run_time:
+                per_call_times.append(block(number))
+                spent += per_call_times[-1] * number
+        finally:
+            torch.set_num_threads(previous)
+    median = statistics.median(per_call_times)
+    first, _, third = statistics.quantiles(per_call_times, n=4, method="inclusive")  # linear, as torch.quantile
+    return Timing(median, third - first, threads, noisy=third - first >= NOISY_IQR_SHARE * median)
 
 
 def timing_cells(timing: Timing) -> list[str]:
-    """A table's two cells for a timing: the median, and the IQR as a share of it (marked where Timer warned)."""
+    """A table's two cells for a timing: the median, and the IQR as a share of it (marked where it is large)."""
     spread = f"{100 * timing.iqr / timing.median:.0f} %" if timing.median > 0 else "-"
     return [fmt_seconds(timing.median), spread + (f" {NOISY_MARK}" if timing.noisy else "")]
 
@@ -206,9 +192,10 @@ TIMING_HEADERS = ("median", "IQR")  # the headers of timing_cells' two columns
 
 def timing_note(threads: int) -> str:
     """The line under a timing table: what its numbers are, and how to read the marks."""
-    return (f"Median of Timer's runs on {threads} thread{'s' if threads != 1 else ''}; IQR: the spread of the middle "
-            f"half of the runs, as a share of the median; {NOISY_MARK}: at least 10 %, or fewer than {MIN_RUNS} runs: "
-            "as much noise as signal (run it again on a quieter machine). Ratios compare medians measured in this run.")
+    return (f"Median over timed blocks of calls on {threads} thread{'s' if threads != 1 else ''}; IQR: the spread "
+            f"of the middle half of the blocks, as a share of the median; {NOISY_MARK}: at least "
+            f"{NOISY_IQR_SHARE:.0%}, as much noise as signal (run it again on a quieter machine). Ratios compare "
+            "medians measured in this run.")
 
 
 @dataclass

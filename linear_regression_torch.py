@@ -57,7 +57,7 @@ class Config:
     ddp_world_size: int = 2  # CPU processes in the data-parallel run
     ddp_epochs: int = 100  # steps in the data-parallel run
     ddp_accumulation_steps: int = 2  # micro-batches each rank splits its shard into, one all-reduce per step
-    timed_epochs: int = 100  # epochs per timed fit: short, so in a full run Timer repeats it in several blocks
+    timed_epochs: int = 100  # epochs per timed fit: short, so the benchmark repeats it in several blocks
     min_run_time: float = 0.15  # seconds each timing is measured for, at least
 
 
@@ -652,9 +652,9 @@ if __name__ == "__main__":
 # ## Timing: what each layer of abstraction costs
 #
 # The table times a short fit (`timed_epochs`, 100 epochs in a full run) with each of the three
-# solvers above and divides by its epochs; every epoch does the same work. The timer is
-# `torch.utils.benchmark.Timer` (through `lesson_harness.benchmark`): it warms up, repeats the
-# fit in blocks and synchronizes a GPU. The loss columns come from one untimed fit of all the
+# solvers above and divides by its epochs; every epoch does the same work. `lesson_harness.benchmark`
+# times it as `torch.utils.benchmark.Timer` would: it warms up, repeats the fit in blocks and
+# synchronizes a GPU before and after each block. The loss columns come from one untimed fit of all the
 # epochs. All three run the same full-batch gradient descent (`nn.Module` from nn.Linear's
 # random initial weights, the other two from zero), so what separates the rows' times is the
 # price of each layer: NumPy's hand-derived gradient; autograd recording the graph and walking
@@ -667,8 +667,8 @@ if __name__ == "__main__":
 # (what autograd costs here) with the step from the manual loop to `nn.Module` + SGD (what the
 # module and optimizer add). A gap that is not larger than the rows' IQR is not a difference,
 # and a row with the mark is as much noise as signal: run it again before reading anything
-# into it. A `--quick` run measures each timing for a few hundredths of a second, only a few
-# of Timer's blocks, so its IQR says little.
+# into it. A `--quick` run measures each timing for a few hundredths of a second, so its IQR
+# says less than a full run's.
 
 # %%
 def _per_epoch(timing: Timing, epochs: int) -> Timing:
@@ -693,8 +693,8 @@ def time_implementations(X, y, lr: float, epochs: int, devices, min_run_time: fl
                         lambda n_epochs, d=device: fit_module(X, y, "sgd", lr, n_epochs, d)))
     rows = []
     for name, device_name, fit in solvers:
-        # Every epoch does the same work, so a short fit gives the time per epoch; Timer repeats it in
-        # several blocks, where one long fit would fill `min_run_time` alone and leave no spread to report.
+        # Every epoch does the same work, so a short fit gives the time per epoch, repeated in several
+        # blocks, where one long fit would fill `min_run_time` alone and leave no spread to report.
         timing = benchmark(partial(fit, timed_epochs), device_name, min_run_time)  # one thread: BENCHMARK_THREADS
         numpy_timing = rows[0]["timing"] if rows else timing  # NumPy runs first
         result = fit(epochs)  # the untimed full-length fit, for the loss columns and the convergence figure

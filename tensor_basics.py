@@ -37,7 +37,7 @@ from lesson_harness import (
 @dataclass(frozen=True)
 class Config:
     matmul_sizes: tuple[int, ...] = (64, 256, 512, 1000, 2048)  # square sizes swept by the benchmark
-    min_run_time: float = 0.1  # seconds each benchmark point is measured for (Timer picks the repeats)
+    min_run_time: float = 0.1  # seconds each benchmark point is measured for (in at least 8 blocks)
     dtype_elements: int = 1_000_000  # tensor length for the dtype memory table
 
 
@@ -755,8 +755,9 @@ if __name__ == "__main__":
 # libraries: the x86 Linux wheels of torch bring Intel's MKL (`torch.__config__.show()` says
 # which) and NumPy's wheels bring OpenBLAS (`numpy.show_config()`); on CUDA torch calls
 # cuBLAS. Both run on one thread (torch's and the BLAS libraries' alike), so the comparison is
-# like for like and other programs on the machine disturb it less. `torch.utils.benchmark.Timer`
-# warms up, synchronizes the GPU and repeats each product in blocks; the table shows the median
+# like for like and other programs on the machine disturb it less. `lesson_harness.benchmark`
+# warms up, synchronizes the GPU and repeats each product in blocks, as `torch.utils.benchmark.Timer`
+# does; the table shows the median
 # time per product, the spread of the middle half of the blocks (IQR) as a share of it, and
 # GFLOP/s from the median. "vs NumPy" is NumPy's median over torch's, both from this run: above
 # 1, torch was faster at that size. What to look for: small matrices can measure per-call

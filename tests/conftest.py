@@ -143,7 +143,7 @@ def unwritable_dir(tmp_path):
 def fake_timings(monkeypatch):
     """Every timing in every lesson returns a known constant, so printed output is exactly repeatable.
 
-    Lessons time through `benchmark` (Timer), `stopwatch` (one-shot runs) and
+    Lessons time through `benchmark` (blocks of calls), `stopwatch` (one-shot runs) and
     `profile_events` (torch.profiler); each is replaced in the harness (where `run_script` finds it)
     and in every lesson module that imported it by name. So is the one reading of the machine's
     state, `resident_memory`: how much resident memory grows depends on what the process freed

@@ -888,7 +888,7 @@ def test_timing_printers_show_median_iqr_mark_and_the_thread_note(capsys):
     assert printed[1] == "A chain of 400 small ops on cpu, timed under each mode"
     assert printed[2].split() == ["mode", "median", "IQR", "median", "/", "op", "time", "/", "no_grad"]
     assert printed[4].split() == ["no_grad", "800", "µs", "5", "%", "2", "µs", "1.00×"]
-    # 20 % IQR: Timer warned, so the timing and the ratio built on it both carry the mark.
+    # 20 % IQR: noisy, so the timing and the ratio built on it both carry the mark.
     assert printed[5].split() == ["inference_mode", "600", "µs", "20", "%", NOISY_MARK, "1.5", "µs", "0.75×",
                                   NOISY_MARK]
     assert printed[6] == timing_note(1)

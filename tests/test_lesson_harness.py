@@ -76,57 +76,51 @@ def test_benchmark_measures_a_known_duration_on_one_thread():
     assert 0 <= timing.iqr < timing.median
 
 
-def test_benchmark_reports_timers_median_iqr_warning_and_threads(monkeypatch):
-    """A fake Timer whose measurement has median 1 ms, mean 4 ms, IQR 0.3 ms and a warning: the Timing says 1 ms,
-    0.3 ms and noisy; Timer gets the function, the minimum run time and the threads asked for, and the BLAS
-    libraries are limited to the same threads while it runs."""
+def _scripted_clock(monkeypatch, durations):
+    """A fake clock for the harness: each call of the returned function advances it by the next duration."""
+    now = [0.0]
+    monkeypatch.setattr(harness, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    remaining = iter(durations)
+
+    def call():
+        now[0] += next(remaining)
+
+    return call
+
+
+def test_benchmark_reports_the_median_and_iqr_of_its_blocks_and_skips_the_warm_up(monkeypatch):
+    """Calls of 1 ms make one-call blocks (the shortest block is 1 ms): the per-call times are the script's."""
+    warm_up, sizing = 0.5, 1e-3
+    blocks = [1e-3, 2e-3, 1.5e-3, 1e-3]
+    call = _scripted_clock(monkeypatch, [warm_up, sizing, *blocks])
+    timing = harness.benchmark(call, "cpu", min_run_time=0.004)  # four blocks hold 5.5 ms: enough
+    assert timing.median == pytest.approx(np.median(blocks))  # 1.25 ms: the 0.5 s warm-up is not in it
+    q1, q3 = np.percentile(blocks, [25, 75])  # NumPy's default is linear interpolation, as torch.quantile
+    assert timing.iqr == pytest.approx(q3 - q1) and timing.noisy  # 0.625 ms is 50 % of the median
+    assert timing.threads == 1
+
+
+def test_benchmark_sizes_blocks_to_hold_several_runs_and_measures_at_least_min_run_time(monkeypatch):
+    """Calls of 10 µs: blocks grow to min_run_time / (2 · MIN_RUNS) = 10 ms (1,000 calls) and run 80 ms."""
+    calls = []
+    call = _scripted_clock(monkeypatch, iter(lambda: 1e-5, None))
+    timing = harness.benchmark(lambda: calls.append(call()), "cpu", min_run_time=0.08)
+    assert timing.median == pytest.approx(1e-5) and timing.iqr == pytest.approx(0, abs=1e-12) and not timing.noisy
+    assert 1 + 0.08 / 1e-5 <= len(calls) < 1 + 3 * 0.08 / 1e-5  # warm-up, sizing, then 80 ms of blocks
+
+
+def test_benchmark_runs_on_the_threads_asked_for_and_restores_them():
+    """torch's intra-op threads and the BLAS libraries' are `threads` while `fn` runs, the caller's afterwards."""
     import threadpoolctl
 
-    built, blas_threads = {}, []
+    before, seen = torch.get_num_threads(), []
 
-    class FakeTimer:
-        def __init__(self, stmt, globals, num_threads):
-            built.update(stmt=stmt, globals=globals, num_threads=num_threads)
+    def probe():
+        seen.append((torch.get_num_threads(), {info["num_threads"] for info in threadpoolctl.threadpool_info()}))
 
-        def blocked_autorange(self, min_run_time):
-            built["min_run_time"] = min_run_time
-            blas_threads.extend(info["num_threads"] for info in threadpoolctl.threadpool_info())
-            return types.SimpleNamespace(median=1e-3, mean=4e-3, iqr=3e-4, has_warnings=True, times=[1e-3] * 9,
-                                         number_per_run=1)
-
-    monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=FakeTimer))
-    calls = []
-    timing = harness.benchmark(lambda: calls.append("called"), "cpu", min_run_time=0.3, threads=2)
-    assert timing == harness.Timing(median=1e-3, iqr=3e-4, threads=2, noisy=True)
-    assert built["min_run_time"] == 0.3 and built["num_threads"] == 2
-    assert all(n == 2 for n in blas_threads)
-    calls.clear()
-    eval(built["stmt"], built["globals"])
-    assert calls == ["called"]  # what Timer runs is the function given
-
-
-def test_a_call_slower_than_min_run_time_is_measured_again_for_enough_runs(monkeypatch):
-    """One block has an IQR of 0, which is no evidence of a quiet machine: benchmark asks Timer again for
-    MIN_RUNS blocks' worth of time; if that still gives too few runs, the timing is marked."""
-    asked = []
-
-    class SlowCall:
-        def __init__(self, stmt, globals, num_threads):
-            pass
-
-        def blocked_autorange(self, min_run_time):
-            asked.append(min_run_time)
-            runs = 1 if len(asked) == 1 else blocks_on_retry
-            return types.SimpleNamespace(median=0.3, iqr=0.0, has_warnings=False, number_per_run=2,
-                                         times=[0.3] * runs)
-
-    monkeypatch.setattr(harness, "_import_benchmark", lambda: types.SimpleNamespace(Timer=SlowCall))
-    blocks_on_retry = harness.MIN_RUNS
-    timing = harness.benchmark(lambda: None, min_run_time=0.1)
-    assert asked == [0.1, pytest.approx(1.25 * harness.MIN_RUNS * 0.6)] and not timing.noisy
-    asked.clear()
-    blocks_on_retry = harness.MIN_RUNS - 1
-    assert harness.benchmark(lambda: None, min_run_time=0.1).noisy
+    harness.benchmark(probe, "cpu", min_run_time=0.001, threads=1)
+    assert seen and all(seen_threads == (1, {1}) for seen_threads in seen)
+    assert torch.get_num_threads() == before
 
 
 def test_timing_cells_show_the_median_and_the_iqr_share_and_mark_noise():
@@ -146,22 +140,6 @@ def test_stopwatch_measures_a_known_duration_even_when_the_block_raises():
         time.sleep(0.02)
         raise KeyError("stop")
     assert 0.02 <= failed.seconds < 0.1
-
-
-def test_only_the_cuda_home_notice_is_dropped():
-    text = "before\nNo CUDA runtime is found, using CUDA_HOME='/usr/local'\nafter: CUDA_HOME unset\n"
-    assert harness.drop_cuda_home_notice(text) == "before\nafter: CUDA_HOME unset\n"
-
-
-@pytest.mark.slow
-def test_importing_the_benchmark_module_prints_nothing_in_a_fresh_process():
-    """CUDA builds on a GPU-less machine with a CUDA toolkit report CUDA_HOME on this import; not here."""
-    code = ("import logging, lesson_harness; level = logging.getLogger('torch.utils.cpp_extension').level; "
-            "lesson_harness._import_benchmark(); "
-            "assert logging.getLogger('torch.utils.cpp_extension').level == level")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=clean_env())
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(2.5, "2.5 s"), (0.0123, "12.3 ms"), (4.56e-5, "45.6 µs"),
