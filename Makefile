@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OLDEST := .venv-oldest
 SCRIPTS := $(shell $(PYTHON) course.py)
 
-.PHONY: venv venv-dev demo test test-fast test-oldest lint notebooks exercises timings gpu-check versions clean
+.PHONY: venv venv-dev demo test test-fast test-oldest lint notebooks exercises timings gpu-check versions doctor clean
 
 # The lessons' requirements only (`make demo`), then the test, lint and notebook tools on top.
 $(VENV)/.lessons: requirements.txt
@@ -56,6 +56,10 @@ notebooks: venv-dev
 
 exercises: venv-dev
 	$(PY) -m exercises.summary
+
+# What this machine can run: versions, devices, DDP backends, torch.compile and ONNX Runtime, a verdict per lesson.
+doctor: venv
+	$(PY) course.py doctor
 
 timings: venv
 	$(PY) tools/timings.py

@@ -57,5 +57,114 @@ def lesson(module: str) -> Lesson:
     raise ValueError(f"module={module!r} is not a lesson (lessons: {', '.join(r.module for r in LESSONS)})")
 
 
-if __name__ == "__main__":  # `python course.py` prints the scripts, for the Makefile
-    print(" ".join(row.script for row in LESSONS), file=sys.stdout)
+# `python course.py doctor`: what this machine can run, checked before the first lesson. Everything below
+# imports lazily and catches what fails, so a missing or broken package is a row in the table, not a traceback.
+DOCTOR_PACKAGES = ("torch", "numpy", "matplotlib", "scikit-learn", "onnx", "onnxscript", "onnxruntime")
+DOCTOR_COMPILE_TIMEOUT_S = 600  # the tiny compile runs in a child process; a cold Inductor cache takes tens of seconds
+DOCTOR_COMPILE_CODE = """
+import time, torch
+start = time.perf_counter()
+compiled = torch.compile(lambda x: torch.relu(x) * 2 + 1)
+x = torch.randn(8)
+assert torch.equal(compiled(x), torch.relu(x) * 2 + 1)
+print(f"{time.perf_counter() - start:.1f}")
+"""
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return f"{type(error).__name__}: {text}"[:200]
+
+
+def compile_check(python: str = sys.executable, timeout_s: float = DOCTOR_COMPILE_TIMEOUT_S) -> tuple[bool, str]:
+    """Compile and run a tiny function with torch.compile's default backend in a child process: (works, detail)."""
+    import subprocess
+
+    try:
+        done = subprocess.run([python, "-c", DOCTOR_COMPILE_CODE], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"no answer within {timeout_s:.0f} s"
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return False, (lines[-1] if lines else f"exit code {done.returncode}")[:200]
+    return True, f"first call {done.stdout.strip().splitlines()[-1]} s (compilation included)"
+
+
+def doctor_rows(compile_result: tuple[bool, str] | None = None) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(what, status, detail) rows about this machine, and one verdict line per lesson."""
+    import platform
+
+    rows = [("Python", "ok" if sys.version_info >= (3, 10) else "too old", platform.python_version())]
+    for package in DOCTOR_PACKAGES:
+        found = _version(package)
+        rows.append((package, "ok" if found else "missing", found or "run `make demo` (installs requirements.txt)"))
+    try:
+        import torch
+    except Exception as error:  # noqa: BLE001 -- a broken install is reported, whatever it raises
+        rows.append(("import torch", "fails", _one_line(error)))
+        return rows, [f"{row.module}: does not run (torch does not import)" for row in LESSONS]
+    cpu = torch.backends.cpu.get_cpu_capability()
+    rows.append(("CPU", "ok", f"{torch.get_num_threads()} threads; vector extensions torch uses: {cpu}"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        for index in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(index)
+            rows.append((f"CUDA device {index}", "ok", f"{torch.cuda.get_device_name(index)}, compute capability "
+                         f"{major}.{minor}, CUDA {torch.version.cuda}"))
+    else:
+        build = "" if torch.version.cuda else " (a CPU-only build of torch)"
+        rows.append(("CUDA", "absent", "no CUDA device" + build))
+    mps = torch.backends.mps.is_available()
+    rows.append(("MPS", "ok" if mps else "absent", "Apple GPU" if mps else "not an Apple-silicon Mac"))
+    distributed = torch.distributed.is_available()
+    gloo = distributed and torch.distributed.is_gloo_available()
+    nccl = distributed and torch.distributed.is_nccl_available()
+    rows.append(("DDP backend gloo", "ok" if gloo else "absent", "CPU processes (lesson 3)"))
+    rows.append(("DDP backend nccl", "ok" if nccl else "absent", "CUDA devices, one process each"))
+    compiled, detail = compile_result if compile_result is not None else compile_check()
+    rows.append(("torch.compile", "ok" if compiled else "fails", detail))
+    try:
+        import onnxruntime
+
+        rows.append(("ONNX Runtime", "ok", f"providers: {', '.join(onnxruntime.get_available_providers())}"))
+        runtime = True
+    except Exception as error:  # noqa: BLE001
+        rows.append(("ONNX Runtime", "fails", _one_line(error)))
+        runtime = False
+    verdicts = []
+    for row in LESSONS:
+        missing = []
+        if row.module == "linear_regression_torch" and not gloo:
+            missing.append("its DDP section (no gloo backend)")
+        if row.module == "digits_classifier":
+            missing += [] if compiled else ["torch.compile"]
+            missing += [] if runtime else ["ONNX Runtime"]
+        verdicts.append(f"{row.module}: runs" + (f" without {' and '.join(missing)}" if missing else ""))
+    return rows, verdicts
+
+
+def doctor() -> int:
+    print("Checking this machine (torch.compile's check compiles a tiny function: seconds, or a minute the "
+          "first time)...", flush=True)
+    rows, verdicts = doctor_rows()
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for what, status, detail in rows:
+        print(f"{what:<{widths[0]}}  {status:<{widths[1]}}  {detail}")
+    print()
+    print("\n".join(verdicts))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["doctor"]:
+        sys.exit(doctor())
+    print(" ".join(row.script for row in LESSONS), file=sys.stdout)  # `python course.py`: the scripts, for make

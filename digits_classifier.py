@@ -15,12 +15,18 @@ come from lesson 5 (`dataset_loader_demo.py`), where they are taught.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import logging
 import math
 import os
+import subprocess
+import sys
 import tempfile
+import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
@@ -37,7 +43,10 @@ from torch.utils.data import Subset, TensorDataset, random_split
 
 from dataset_loader_demo import DigitsDataset, FastBatchLoader, digit_mosaic
 from lesson_harness import (
+    TIMING_HEADERS,
+    LessonError,
     as_device,
+    benchmark,
     fmt_seconds,
     new_figure,
     print_pairs,
@@ -46,6 +55,8 @@ from lesson_harness import (
     save_figure,
     start_lesson,
     stopwatch,
+    timing_cells,
+    timing_note,
 )
 
 
@@ -91,10 +102,16 @@ SHOWN_MISTAKES = 8  # most confident test mistakes printed and drawn
 # the `LESSON_ARGS` environment variable in a notebook. It picks the device (CUDA, then MPS,
 # then the CPU, unless `--device` names one), seeds every random number generator with `--seed`
 # and prints what this run uses. Each section below ends with a cell that runs its code and
-# shows the result; importing the lesson runs none of them.
+# shows the result; importing the lesson runs none of them. `python digits_classifier.py predict
+# ...` is not the lesson but the prediction command of its last sections: that cell imports this
+# file as a module (its definitions, none of its cells) and hands over.
 
 # %%
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["predict"]:  # `python digits_classifier.py predict ...`: the command, not the lesson
+        from digits_classifier import predict_main
+
+        sys.exit(predict_main(sys.argv[2:]))
     ctx = start_lesson("digits_classifier")
     cfg = ctx.config(FULL, QUICK)
 
@@ -137,12 +154,22 @@ def _digits() -> DigitsDataset:
     return DigitsDataset()
 
 
+def _random_split(seed: int) -> list[Subset]:
+    return random_split(_digits(), DIGITS_SPLIT, generator=torch.Generator().manual_seed(seed))
+
+
+def training_statistics(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (0-dim float32) of the training split's pixels: every split, and every prediction, is scaled
+    by these two numbers. One channel: one mean, one std."""
+    train_images = _digits().inputs[_random_split(seed)[0].indices]  # (n_train, 1, 8, 8), pixels in [0, 1]
+    return train_images.mean(), train_images.std()
+
+
 def make_digits_splits(seed: int) -> tuple[Subset, Subset, Subset]:
     """(train, val, test) Subsets of (image (1, 8, 8) float32, label int64), standardised with train statistics."""
     digits = _digits()
-    train, val, test = random_split(digits, DIGITS_SPLIT, generator=torch.Generator().manual_seed(seed))
-    train_images = digits.inputs[train.indices]  # (n_train, 1, 8, 8), pixels in [0, 1]
-    mean, std = train_images.mean(), train_images.std()  # one channel: one mean, one std
+    train, val, test = _random_split(seed)
+    mean, std = training_statistics(seed)
     scaled = TensorDataset((digits.inputs - mean) / std, digits.targets.clone())  # new tensors: the cache stays intact
     return Subset(scaled, train.indices), Subset(scaled, val.indices), Subset(scaled, test.indices)
 
@@ -644,6 +671,12 @@ class DigitsRun:
     seconds: float  # wall-clock time of this call: one run on DIGITS_THREADS threads
 
 
+def normalization(seed: int) -> dict[str, float]:
+    """The training statistics as plain floats, for a checkpoint: a prediction scales its image by them."""
+    mean, std = training_statistics(seed)
+    return {"mean": mean.item(), "std": std.item()}
+
+
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -662,6 +695,8 @@ def fit_digits(arch: str, epochs: int = FULL.epochs, seed: int = 0, device: torc
     """Train `arch` on the digits with early stopping; checkpoint after `stop_after` epochs or resume from one.
 
     `schedule`: "cosine" (warm-up, then down to 0 at the last epoch) or "constant" (warm-up, then `peak_lr`).
+    `checkpoint_path` without `stop_after`: when training ends, write the kept model there for prediction
+    (its arch, weights and the training split's pixel mean and std); `predict_main` reads it.
     """
     device = as_device(device)
     if epochs < 1:
@@ -694,7 +729,8 @@ def fit_digits(arch: str, epochs: int = FULL.epochs, seed: int = 0, device: torc
             if stop:
                 break
             if epoch == stop_after:
-                save_checkpoint({**settings, **log, "epoch": epoch, "model": parts.model.state_dict(),
+                save_checkpoint({**settings, **log, "kind": "resume", "epoch": epoch,
+                                 "normalization": normalization(seed), "model": parts.model.state_dict(),
                                  "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
                                  "early_stopping": stopper.state_dict(),
                                  "rng": {"batch_order": parts.batch_order.get_state(), "cpu": torch.get_rng_state(),
@@ -705,6 +741,10 @@ def fit_digits(arch: str, epochs: int = FULL.epochs, seed: int = 0, device: torc
         if not checkpointed:
             parts.model.load_state_dict(log["best_model"])
             test_accuracy = evaluate(parts.model, parts.test_loader, parts.loss_fn, device)["accuracy"]
+            if checkpoint_path is not None:  # the kept model and what a prediction needs: tensors, numbers, strings
+                save_checkpoint({**settings, "kind": "model", "epoch": stopper.best_epoch,
+                                 "model": parts.model.state_dict(), "normalization": normalization(seed),
+                                 "test_accuracy": test_accuracy}, checkpoint_path)
     return DigitsRun(arch, parts.model, log["history"], test_accuracy, stopper.best_epoch, log["step_lrs"],
                      log["grad_norms"], clock.seconds)
 
@@ -713,6 +753,9 @@ def _restore_checkpoint(path: str | os.PathLike, settings: dict, parts: DigitsTr
                         log: dict, device: torch.device) -> int:
     """Load everything fit_digits saved into freshly built objects; return the last completed epoch."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("kind") != "resume":
+        raise ValueError(f"resume_from={str(path)!r} holds a trained model for prediction, not a training state to "
+                         "resume: write one with stop_after")
     found = {key: checkpoint.get(key) for key in settings}
     if found != settings:
         raise ValueError(f"resume_from={str(path)!r} was written with {found}, not {settings}")
@@ -762,7 +805,9 @@ def print_history(run: DigitsRun, epochs: int, title: str | None = None) -> None
 
 # %%
 if __name__ == "__main__":
-    runs = {arch: fit_digits(arch, cfg.epochs, ctx.seed, ctx.device) for arch in DIGITS_ARCHS}
+    checkpoints = tempfile.TemporaryDirectory(prefix="digits-checkpoints-")  # removed when the process ends
+    runs = {arch: fit_digits(arch, cfg.epochs, ctx.seed, ctx.device,
+                             checkpoint_path=Path(checkpoints.name) / f"{arch}.pt") for arch in DIGITS_ARCHS}
     lrs = runs["mlp"].step_lrs
     print(f"\nlearning rate, steps 1-12 of {len(lrs)}: {', '.join(f'{lr:.2e}' for lr in lrs[:12])}")
     for run in runs.values():
@@ -1317,3 +1362,515 @@ if __name__ == "__main__":
                                      shown, confusion, mistakes,
                                      [_digits()[splits[2].indices[m["index"]]][0] for m in mistakes]),
                 "digits_training.png", ctx.plots_dir)
+
+# %% [markdown]
+# ## Using the trained model: a checkpoint and a prediction command
+# `fit_digits(..., checkpoint_path=PATH)` without `stop_after` writes, when training ends, what a
+# prediction needs: the architecture's name, the weights of the kept epoch, and the mean and
+# standard deviation the training images were scaled with. A prediction must scale its image
+# the same way, or the model sees inputs unlike any it was trained on. The file holds only
+# tensors, numbers and strings, so `torch.load(..., weights_only=True)` reads it: that loader
+# refuses pickled objects of other kinds, which could run code when a file from elsewhere is
+# opened. The runs above wrote one such checkpoint per model into a temporary folder; give
+# `fit_digits` a path of your own to keep one, then
+#
+#     python digits_classifier.py predict --checkpoint digits_cnn.pt digit.png
+#
+# prints the predicted digit and its probability. The image is an 8×8 `.npy` array on the
+# dataset's scale, 0 (background) to 16 (ink), as in `sklearn.datasets.load_digits().images`,
+# or an 8×8 grayscale `.png` with dark ink on a light background, as
+# `plt.imsave(path, image, cmap="gray_r", vmin=0, vmax=16)` writes one. A missing file, a wrong
+# shape, values off that scale, or a file that is not such a checkpoint stop it with one line
+# and exit code 2. Below, the command runs on the first test image, saved both ways: a PNG
+# stores 8-bit gray levels, so its pixels come back within 16/255 of the array's, and the
+# probabilities may differ in the last digits.
+
+# %%
+PREDICT_PROG = "digits_classifier.py predict"  # how the prediction command names itself in its messages
+PIXEL_MAX = 16  # the digits' ink value: pixels run from 0 (background) to 16
+
+
+def load_classifier(path: str | os.PathLike) -> tuple[nn.Module, dict[str, float]]:
+    """The model (in eval mode) and the pixel normalization from a checkpoint that fit_digits wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise LessonError(f"checkpoint {str(path)!r}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- a file torch did not write fails in many ways (KeyError among them)
+        raise LessonError(f"checkpoint {str(path)!r} is not a file torch.save wrote, or holds objects "
+                          f"weights_only=True refuses ({type(error).__name__})") from error
+    if not isinstance(checkpoint, dict) or not {"arch", "model", "normalization"} <= checkpoint.keys():
+        raise LessonError(f"checkpoint {str(path)!r} was not written by fit_digits(..., checkpoint_path=...): "
+                          "it has no arch, model and normalization")
+    try:
+        model = make_digits_model(checkpoint["arch"])
+        model.load_state_dict(checkpoint["model"])
+    except (ValueError, RuntimeError) as error:
+        raise LessonError(f"checkpoint {str(path)!r} does not hold weights of a digits model: "
+                          f"{str(error).splitlines()[0]}") from error
+    return model.eval(), {key: float(checkpoint["normalization"][key]) for key in ("mean", "std")}
+
+
+def read_digit_image(path: str | os.PathLike) -> torch.Tensor:
+    """An (8, 8) float32 image on the digits' scale, 0 (background) to 16 (ink), from a .npy or .png file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LessonError(f"image {str(path)!r}: no such file")
+    try:
+        if path.suffix.lower() == ".npy":
+            image = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".png":
+            from matplotlib.image import imread
+
+            pixels = imread(path)  # (8, 8) gray or (8, 8, 3 or 4) RGB(A), floats in [0, 1]
+            gray = pixels if pixels.ndim == 2 else pixels[..., :3].mean(axis=-1)
+            image = PIXEL_MAX * (1.0 - gray)  # dark ink on a light background: ink → 16, background → 0
+        else:
+            raise LessonError(f"image {str(path)!r}: expected a .npy or a .png file")
+    except (ValueError, OSError, SyntaxError) as error:  # Pillow reports a broken PNG as SyntaxError
+        raise LessonError(f"image {str(path)!r} could not be read: {str(error).splitlines()[0]}") from error
+    if image.shape != (8, 8):
+        raise LessonError(f"image {str(path)!r} has shape {image.shape}; the model reads 8×8 images")
+    if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all() or not (
+            0 <= image.min() and image.max() <= PIXEL_MAX):
+        raise LessonError(f"image {str(path)!r} must hold numbers from 0 (background) to {PIXEL_MAX} (ink), "
+                          f"the digits' scale")
+    return torch.from_numpy(image.astype(np.float32))
+
+
+@torch.no_grad()
+def predict_digit(model: nn.Module, normalization: dict[str, float], image: torch.Tensor) -> tuple[int, float]:
+    """The predicted digit of one (8, 8) image on the 0-16 scale, and its softmax probability."""
+    scaled = (image / PIXEL_MAX - normalization["mean"]) / normalization["std"]  # as make_digits_splits scales
+    probs = torch.softmax(model(scaled.reshape(1, 1, 8, 8)), dim=1)[0]  # (10,)
+    return int(probs.argmax()), probs.max().item()
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """`python digits_classifier.py predict --checkpoint PATH IMAGE`: print the digit; exit code 2 on bad input."""
+    parser = argparse.ArgumentParser(prog=PREDICT_PROG, description="Predict the digit in an 8×8 image with a "
+                                     "model that fit_digits(..., checkpoint_path=PATH) saved.")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint fit_digits wrote")
+    parser.add_argument("image", type=Path, help="an 8×8 .npy array (0 = background, 16 = ink) or an 8×8 "
+                        "grayscale .png, dark ink on a light background")
+    args = parser.parse_args(argv)
+    try:
+        model, scaling = load_classifier(args.checkpoint)
+        digit, probability = predict_digit(model, scaling, read_digit_image(args.image))
+    except LessonError as error:
+        print(f"{PREDICT_PROG}: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.image.name}: digit {digit} (probability {100 * probability:.1f} %)")
+    return 0
+
+
+# %%
+if __name__ == "__main__":
+    import matplotlib.pyplot as plt
+
+    example = splits[2].indices[0]
+    raw = (PIXEL_MAX * _digits().inputs[example, 0]).numpy()  # (8, 8) on the 0-16 scale
+    shown_checkpoint = Path(checkpoints.name) / f"{shown}.pt"
+    np.save(Path(checkpoints.name) / "digit.npy", raw)
+    plt.imsave(Path(checkpoints.name) / "digit.png", raw, cmap="gray_r", vmin=0, vmax=PIXEL_MAX)
+    print(f"First test image, a {int(_digits().targets[example])}; {shown} checkpoint "
+          f"({shown_checkpoint.stat().st_size / 1024:.0f} KiB):")
+    for name in ("digit.npy", "digit.png"):
+        print(f"$ python {PREDICT_PROG} --checkpoint {shown}.pt {name}")
+        predict_main(["--checkpoint", str(shown_checkpoint), str(Path(checkpoints.name) / name)])
+
+# %% [markdown]
+# ## `torch.compile`: one compilation, then (perhaps) faster calls
+# `torch.compile(model)` returns a wrapper. On its first call, TorchDynamo reads the Python
+# bytecode of `forward` as it runs and records the tensor operations into a graph; AOTAutograd
+# derives the backward graph when gradients are needed; Inductor, the default backend, fuses
+# the operations into generated kernels (C++ with OpenMP on the CPU, Triton on a GPU) and
+# compiles them. Later calls whose inputs pass the recorded *guards* (the same shapes, dtypes,
+# devices and Python values the graph assumed) run the compiled code. That first call is costly:
+# on a fresh machine it compiles everything, including headers Inductor precompiles once; later
+# processes find the kernels in Inductor's on-disk cache (in the system's temporary folder),
+# and the first call shrinks to tracing and loading. `compile_report` times the first call once
+# (one run, no spread), says whether the cache was warm, then measures steady-state latency,
+# eager against compiled, with the median and spread of this course's benchmarks, for inference
+# and for a training step (forward, backward, AdamW step; the optimizer stays eager). The last
+# column divides the first call's cost by the time each call saves: the calls after which
+# compiling has paid for itself, or "never" when the compiled call is no faster.
+#
+# What to look for. With a model this small on a CPU thread or two, each call is dominated by
+# per-operator overhead that fusing trims only a little, so compiling may be no faster, or
+# faster by microseconds that need tens of thousands of calls to repay seconds of compilation.
+# The balance shifts with bigger models, longer runs and GPUs, where fusing many small
+# operations into one kernel saves memory traffic and kernel launches: compiling pays for long
+# training runs and for servers answering millions of requests, not for one notebook cell.
+# Where compiling cannot work here (no C++ compiler for the CPU backend, no Triton for a GPU,
+# a Python release Dynamo does not support yet), the lesson says why in one line and goes on:
+# everything else in it runs eagerly. `python course.py doctor` checks this for your machine.
+
+# %%
+COMPILE_MIN_RUN_S = 0.1  # benchmark time per latency row in the compile and serving sections
+COMPILE_BATCH = 256  # example batch for compilation and steady-state latency: about the evaluation batch
+
+
+def _first_lines(error: BaseException, lines: int = 2) -> str:
+    """The start of an error's message on one line: compiler errors put the cause on their second line."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    words = f"{type(error).__name__}: {text}"
+    return words if len(words) <= 300 else words[:297] + "..."
+
+
+def inductor_cache_state(hits: int, misses: int) -> str:
+    """How warm Inductor's on-disk graph cache was for one compilation, from its hit and miss counts."""
+    if hits and not misses:
+        return "warm"
+    if misses and not hits:
+        return "cold"
+    return "partly warm" if hits else "not used"
+
+
+def _compiled_first_call(compiled: Callable[[], object], device: torch.device) -> tuple[float, str]:
+    """Seconds of the first call of a compiled function (one run) and the state of Inductor's cache for it."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    with stopwatch(device) as clock:
+        compiled()
+    return clock.seconds, inductor_cache_state(counters["inductor"]["fxgraph_cache_hit"],
+                                               counters["inductor"]["fxgraph_cache_miss"])
+
+
+def break_even_calls(first_call_s: float, eager_s: float, compiled_s: float) -> int | None:
+    """Calls after which compiling has paid for its first call; None when a compiled call saves nothing."""
+    saved = eager_s - compiled_s
+    return math.ceil(first_call_s / saved) if saved > 0 else None
+
+
+def compile_report(model: nn.Module, example_batch: torch.Tensor, device: torch.device | str,
+                   backend: str | Callable = "inductor", min_run_time: float = COMPILE_MIN_RUN_S) -> dict[str, object]:
+    """torch.compile on copies of `model`: the first call's cost and cache state, then eager vs compiled latency.
+
+    "inference" (eval mode, no_grad) and "training step" (train mode, cross-entropy, backward, AdamW) each get
+    first_call_s, cache, eager and compiled Timings and break_even calls; "max_abs_difference" compares the
+    compiled and eager logits; "compiled" is the compiled inference model. Where compiling fails on this
+    machine, {"available": False, "reason": one line} instead: the caller goes on without it.
+    """
+    device = as_device(device)
+    images = example_batch.to(device)  # (batch, 1, 8, 8)
+    labels = torch.arange(len(images), device=device) % 10  # (batch,) any fixed labels: only the timing matters
+    eager, trained = copy.deepcopy(model).to(device).eval(), copy.deepcopy(model).to(device).train()
+    torch._dynamo.reset()  # forget what this process compiled before: the first call below compiles
+    compiled, compiled_train = torch.compile(eager, backend=backend), torch.compile(trained, backend=backend)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=DIGITS_PEAK_LR)  # the compiled copy shares them
+
+    @torch.no_grad()
+    def infer(net: nn.Module) -> torch.Tensor:
+        return net(images)
+
+    def train_step(net: nn.Module) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+
+    report: dict[str, object] = {"available": True, "backend": getattr(backend, "__name__", backend)}
+    with intra_op_threads(DIGITS_THREADS):
+        for name, step, fast, slow in (("inference", infer, compiled, eager),
+                                       ("training step", train_step, compiled_train, trained)):
+            try:
+                first_call_s, cache = _compiled_first_call(partial(step, fast), device)
+            except Exception as error:  # noqa: BLE001 -- whatever the compiler stack raises means "not here"
+                return {"available": False, "backend": report["backend"], "reason": _first_lines(error)}
+            timings = {label: benchmark(partial(step, net), device, min_run_time, threads=DIGITS_THREADS)
+                       for label, net in (("eager", slow), ("compiled", fast))}
+            report[name] = {"first_call_s": first_call_s, "cache": cache, **timings,
+                            "break_even": break_even_calls(first_call_s, timings["eager"].median,
+                                                           timings["compiled"].median)}
+    report["max_abs_difference"] = (infer(compiled) - infer(eager)).abs().max().item()
+    report["compiled"] = compiled
+    return report
+
+
+def print_compile_report(report: dict[str, object], arch: str) -> None:
+    if not report["available"]:
+        print(f"torch.compile is not available here, so this section is skipped: {report['reason']}")
+        return
+    print_table(f"torch.compile ({report['backend']}) on the trained {arch}, batch {COMPILE_BATCH}: the first call "
+                f"(one run) and steady-state latency on {threads_label(DIGITS_THREADS)}",
+                ["", "first call", "Inductor cache", "eager", TIMING_HEADERS[1], "compiled", TIMING_HEADERS[1],
+                 "eager / compiled", "calls to pay off"],
+                [[name, fmt_seconds(r["first_call_s"]), r["cache"], *timing_cells(r["eager"]),
+                  *timing_cells(r["compiled"]), f"{r['eager'].median / r['compiled'].median:.2f}×",
+                  "never" if r["break_even"] is None else f"{r['break_even']:,}"]
+                 for name, r in ((key, report[key]) for key in ("inference", "training step"))])
+    print(timing_note(DIGITS_THREADS))
+    print(f"Compiled and eager logits differ by at most {report['max_abs_difference']:.1e}: the fused kernels "
+          "add and multiply in another order, so float32 rounding differs a little.")
+    if "cold" in (report["inference"]["cache"], report["training step"]["cache"]):
+        print("The cache was cold: this run paid for compiling from scratch. Run the lesson again to see the "
+              "first call with a warm cache.")
+
+
+# %%
+if __name__ == "__main__":
+    if ctx.quick:
+        print("--quick leaves out torch.compile, torch.export and ONNX Runtime (seconds of compilation and export): "
+              "run `python digits_classifier.py` to see them.")
+    else:
+        test_images, _ = subset_tensors(splits[2])  # (269, 1, 8, 8), standardised
+        compiled_report = compile_report(runs[shown].model, test_images[:COMPILE_BATCH], ctx.device)
+        print_compile_report(compiled_report, shown)
+
+# %% [markdown]
+# ## Graph breaks and recompilation
+# Dynamo records tensor operations; when Python needs a tensor's *value* to go on (an `if` on a
+# tensor, `.item()`, a call into a library it cannot trace), it ends the graph there, lets
+# Python run that bit, and starts a new graph after it: a *graph break*. The code stays correct,
+# but each break splits what Inductor can fuse and adds a hand-over per call.
+# `torch._dynamo.explain(fn)(*args)` traces without compiling and reports the graphs, the breaks
+# and their reasons (set `TORCH_LOGS="graph_breaks"` to have them logged while a real program
+# runs). Below, `damped_softmax` halves logits that grow too large with a Python `if` before the
+# softmax: one break, two graphs. The same rule as a tensor expression (`torch.where`) keeps one
+# graph. Dynamo's reason names what it could not trace: for the `if`, a conditional jump
+# (`generic_jump`) on a tensor.
+#
+# Guards decide when a compiled graph may be reused. A new batch size fails the shape guard, and
+# what happens then depends on `dynamic`: with `dynamic=False` every new size compiles a new
+# graph; with the default (`dynamic=None`) the first change recompiles once with the batch
+# dimension as a symbol, and later sizes reuse that graph; `dynamic=True` starts symbolic. Sizes
+# 0 and 1 are always specialised (a dimension of size 1 broadcasts, so a graph for "any size"
+# cannot cover it), so a batch of one compiles its own graph even then. A symbolic size can
+# still carry conditions: an operator may choose its algorithm by the batch size, as CPU
+# convolutions do, which adds a guard such as `16 <= batch`, and a batch that fails it compiles
+# another graph. `TORCH_LOGS="recompiles"` prints the failed guard behind every recompilation.
+# A backend that only counts the graphs it is handed, and runs them as they are, shows all this
+# without Inductor's cost.
+# After `torch._dynamo.config.recompile_limit` graphs for one function (8 by default), Dynamo
+# stops compiling it and runs it eagerly: a data loader whose last batch is short, or inputs of
+# many lengths, are the usual causes of recompilation, and `dynamic=True` or padding to a few
+# fixed sizes are the usual cures.
+
+# %%
+RECOMPILE_BATCHES = (256, 37, 5, 1)  # batch sizes fed one after another to the compiled model
+DYNAMIC_SETTINGS = (False, None, True)  # torch.compile(dynamic=...): never symbolic, the default, from the start
+LARGE_LOGIT = 30.0  # damp_large_logits halves logits beyond this size (the trained models stay well below it)
+
+
+def damped_softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Probabilities, with the logits halved first when any exceeds LARGE_LOGIT: a Python `if` on a tensor."""
+    logits = model(images)  # (batch, 10)
+    if logits.abs().max() > LARGE_LOGIT:
+        logits = logits / 2
+    return logits.softmax(dim=1)
+
+
+def damped_softmax_traceable(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The same rule as one tensor expression, which Dynamo records into the graph."""
+    logits = model(images)  # (batch, 10)
+    return torch.where(logits.abs().max() > LARGE_LOGIT, logits / 2, logits).softmax(dim=1)
+
+
+def graph_breaks(fn: Callable, *args) -> dict[str, object]:
+    """What torch._dynamo.explain reports for fn(*args): graphs, breaks and the reason for each break."""
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(*args)
+    return {"graphs": explained.graph_count, "breaks": explained.graph_break_count,
+            "reasons": [str(r.reason).splitlines()[0] for r in explained.break_reasons]}
+
+
+def count_compilations(model: nn.Module, batch_sizes: Sequence[int], dynamic: bool | None) -> list[int]:
+    """Graphs compiled so far after each call of torch.compile(model, dynamic=dynamic) on these batch sizes."""
+    compiled_graphs = 0
+
+    def counting_backend(graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        nonlocal compiled_graphs
+        compiled_graphs += 1
+        return graph_module.forward  # run the captured graph as it is: no Inductor, no code generation
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counting_backend, dynamic=dynamic)
+    counts = []
+    with torch.no_grad():
+        for n in batch_sizes:
+            compiled(torch.zeros(n, 1, 8, 8, device=next(model.parameters()).device))
+            counts.append(compiled_graphs)
+    return counts
+
+
+def print_compilation_behaviour(breaks: dict[str, dict[str, object]], counts: dict[bool | None, list[int]]) -> None:
+    print_table("torch._dynamo.explain: graphs and breaks", ["function", "graphs", "graph breaks", "reason"],
+                [[name, b["graphs"], b["breaks"], "; ".join(b["reasons"]) or "-"] for name, b in breaks.items()])
+    print_table("Graphs compiled so far, after each batch size in turn (a counting backend)",
+                ["torch.compile(dynamic=...)", *(f"batch {n}" for n in RECOMPILE_BATCHES)],
+                [[repr(dynamic), *row] for dynamic, row in counts.items()])
+
+
+# %%
+if __name__ == "__main__":
+    if not ctx.quick:
+        eval_model = copy.deepcopy(runs[shown].model).eval()
+        print_compilation_behaviour(
+            {fn.__name__: graph_breaks(partial(fn, eval_model), test_images[:8])
+             for fn in (damped_softmax, damped_softmax_traceable)},
+            {dynamic: count_compilations(eval_model, RECOMPILE_BATCHES, dynamic) for dynamic in DYNAMIC_SETTINGS})
+
+# %% [markdown]
+# ## Leaving PyTorch: `torch.export`, ONNX and ONNX Runtime
+# A server or a phone rarely runs the Python that trained the model. `torch.export.export`
+# traces `forward` once into an `ExportedProgram`: the graph of aten operators with the weights,
+# and no Python left. Here the batch dimension is declared dynamic (`torch.export.Dim`), so one
+# program serves any batch size. `torch.export.save` writes it to a `.pt2` file, and
+# `torch.export.load` in a fresh process, with none of this lesson's code, gives it back: its
+# outputs are compared below with the model's.
+#
+# ONNX is the exchange format many serving runtimes read. `torch.onnx.export(..., dynamo=True)`
+# goes through `torch.export` and translates each aten operator into ONNX operators;
+# `onnx.checker` validates the file, and ONNX Runtime, a separate inference engine with its own
+# kernels, runs it. Its logits are not bit-identical to PyTorch's (other kernels, other orders
+# of summation), so they are compared against a stated tolerance, `ONNX_ATOL`, at two batch
+# sizes, and the predictions on the whole test split must agree. The latency table then serves
+# one request (batch 1) and a full batch (256) from PyTorch eagerly, compiled, and from ONNX
+# Runtime (on the CPU, with the same thread count). What to look for: at batch 1, where a call
+# is mostly overhead, a runtime with less per-call overhead wins; at 256 the arithmetic starts
+# to count. TorchScript (`torch.jit.script`, `torch.jit.trace`), the older route, is
+# deprecated in favour of `torch.export`; on phones, ExecuTorch runs exported programs.
+
+# %%
+ONNX_ATOL = 1e-4  # largest difference accepted between ONNX Runtime's and PyTorch's float32 logits
+ONNX_CHECK_BATCHES = (1, 37)  # batch sizes compared with PyTorch: one image, and a size unlike the example's
+LATENCY_BATCHES = (1, COMPILE_BATCH)  # serving latency: one request, and a full batch
+FRESH_PROCESS_TIMEOUT_S = 120  # the fresh process that loads the exported program: far more than it needs
+
+
+def _batch_dim() -> dict:
+    """dynamic_shapes for a model whose one input is (batch, 1, 8, 8): the batch size may vary."""
+    return {"input": {0: torch.export.Dim("batch")}}  # nn.Sequential.forward's argument is named `input`
+
+
+def export_program(model: nn.Module, example_batch: torch.Tensor) -> torch.export.ExportedProgram:
+    """`model` (a copy, on the CPU, in eval mode) traced by torch.export with a dynamic batch dimension."""
+    return torch.export.export(copy.deepcopy(model).cpu().eval(), (example_batch.cpu(),),
+                               dynamic_shapes=_batch_dim())
+
+
+def run_saved_program_in_fresh_process(program_path: str | os.PathLike, images: torch.Tensor) -> torch.Tensor:
+    """Load a .pt2 file with torch.export.load in a new Python process and return its outputs for `images`."""
+    code = ("import sys, torch; program = torch.export.load(sys.argv[1]); "
+            "torch.save(program.module()(torch.load(sys.argv[2], weights_only=True)), sys.argv[3])")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
+        torch.save(images.cpu(), inputs)
+        done = subprocess.run([sys.executable, "-c", code, str(program_path), str(inputs), str(outputs)],
+                              capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"loading {program_path} in a fresh process failed: {done.stderr.strip()[-500:]}")
+        return torch.load(outputs, weights_only=True)
+
+
+@contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """The exporter logs on every export that torchvision's operators are not registered (this model has none),
+    and some releases warn about torch's own internals (torch.utils._pytree): neither concerns the model."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example_batch: torch.Tensor) -> Path:
+    """Write `model` as ONNX through torch.export (dynamo=True), batch dimension dynamic; onnx.checker validates it.
+
+    The graph's input is named "images" and its output "logits".
+    """
+    import onnx
+
+    path = Path(path)
+    with _quiet_onnx_exporter():
+        torch.onnx.export(copy.deepcopy(model).cpu().eval(), (example_batch.cpu(),), path, dynamo=True,
+                          dynamic_shapes=_batch_dim(), input_names=["images"], output_names=["logits"],
+                          verbose=False)
+    onnx.checker.check_model(onnx.load(path), full_check=True)  # raises on an invalid model
+    return path
+
+
+def onnx_session(path: str | os.PathLike, threads: int = DIGITS_THREADS):
+    """An ONNX Runtime session on the CPU with `threads` intra-op threads, like the PyTorch timings."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def serving_agreement(model: nn.Module, session, program_outputs: torch.Tensor,
+                      images: torch.Tensor) -> list[dict[str, object]]:
+    """PyTorch's logits against ONNX Runtime's (at ONNX_CHECK_BATCHES and the whole of `images`) and against
+    the exported program's outputs from a fresh process (`program_outputs`, for all of `images`)."""
+    model = copy.deepcopy(model).cpu().eval()
+    rows = []
+    for n in (*ONNX_CHECK_BATCHES, len(images)):
+        batch = images[:n]  # (n, 1, 8, 8), or all of `images` if fewer
+        expected = model(batch)  # (n, 10)
+        served = torch.from_numpy(session.run(["logits"], {"images": batch.numpy()})[0])
+        rows.append({"runtime": "ONNX Runtime", "batch": len(batch),
+                     "max_abs_difference": (served - expected).abs().max().item(),
+                     "same_predictions": int((served.argmax(1) == expected.argmax(1)).sum())})
+    expected = model(images)
+    rows.append({"runtime": "torch.export.load, fresh process", "batch": len(images),
+                 "max_abs_difference": (program_outputs - expected).abs().max().item(),
+                 "same_predictions": int((program_outputs.argmax(1) == expected.argmax(1)).sum())})
+    return rows
+
+
+def serving_latency(model: nn.Module, compiled: nn.Module | None, session, images: torch.Tensor,
+                    device: torch.device, min_run_time: float = COMPILE_MIN_RUN_S) -> list[dict[str, object]]:
+    """Timings of one call at each of LATENCY_BATCHES: PyTorch eager and compiled on `device`, ONNX Runtime (CPU)."""
+    model = model.eval()
+    rows = []
+    for n in LATENCY_BATCHES:
+        batch = images[:n].to(device)  # (n, 1, 8, 8)
+        candidates = {f"PyTorch eager ({device.type})": partial(model, batch)}
+        if compiled is not None:
+            candidates[f"torch.compile ({device.type})"] = partial(compiled, batch)
+        candidates["ONNX Runtime (cpu)"] = partial(session.run, ["logits"], {"images": images[:n].numpy()})
+        with torch.no_grad():
+            for name, call in candidates.items():
+                rows.append({"batch": n, "runtime": name,
+                             "timing": benchmark(call, device, min_run_time, threads=DIGITS_THREADS)})
+    return rows
+
+
+def print_serving(agreement: list[dict[str, object]], latency: list[dict[str, object]], onnx_bytes: int,
+                  program_bytes: int) -> None:
+    print(f"Exported: ONNX file {onnx_bytes / 1024:.0f} KiB (onnx.checker passed), .pt2 file "
+          f"{program_bytes / 1024:.0f} KiB")
+    print_table(f"The exported model against PyTorch's logits (tolerance {ONNX_ATOL:g})",
+                ["runtime", "batch", "largest logit difference", "within tolerance", "same predicted digit"],
+                [[r["runtime"], r["batch"], f"{r['max_abs_difference']:.1e}", r["max_abs_difference"] <= ONNX_ATOL,
+                  f"{r['same_predictions']} of {r['batch']}"] for r in agreement])
+    print_table(f"Latency of one call, {threads_label(DIGITS_THREADS)} (ONNX Runtime: intra_op_num_threads too)",
+                ["batch", "runtime", *TIMING_HEADERS, "per image"],
+                [[r["batch"], r["runtime"], *timing_cells(r["timing"]), fmt_seconds(r["timing"].median / r["batch"])]
+                 for r in latency])
+    print(timing_note(DIGITS_THREADS))
+
+
+# %%
+if __name__ == "__main__":
+    if not ctx.quick:
+        exported = Path(checkpoints.name) / f"{shown}.pt2"
+        torch.export.save(export_program(runs[shown].model, test_images[:COMPILE_BATCH]), exported)
+        with ThreadPoolExecutor(1) as pool:  # the fresh process starts and runs while ONNX export works here
+            fresh_outputs = pool.submit(run_saved_program_in_fresh_process, exported, test_images)
+            onnx_path = export_onnx(runs[shown].model, Path(checkpoints.name) / f"{shown}.onnx",
+                                    test_images[:COMPILE_BATCH])
+            session = onnx_session(onnx_path)
+            agreement = serving_agreement(runs[shown].model, session, fresh_outputs.result(), test_images)
+        print_serving(agreement,
+                      serving_latency(runs[shown].model, compiled_report.get("compiled"), session, test_images,
+                                      ctx.device),
+                      onnx_path.stat().st_size, exported.stat().st_size)

@@ -811,3 +811,225 @@ def test_readme_results_are_what_a_full_run_prints(tmp_path, capsys, fake_timing
     assert run_script("digits_classifier", ["--device", "cpu", "--plots-dir", str(tmp_path)], only=cells) == 0
     quotes = readme_quotes("digits_classifier")
     assert len(quotes) >= 3 and not unprinted_quotes(quotes, capsys.readouterr().out)
+
+
+# --- from a trained model to a deployed one -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_mlp(tmp_path_factory):
+    """A two-epoch MLP run that wrote its kept model for prediction, and the checkpoint's path."""
+    path = tmp_path_factory.mktemp("checkpoint") / "mlp.pt"
+    return dc.fit_digits("mlp", epochs=2, seed=3, checkpoint_path=path), path
+
+
+def _raw_test_images(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test split's images on the 0-16 scale and labels, straight from scikit-learn (independent of the lesson)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    test_indices = dc.make_digits_splits(seed)[2].indices
+    return digits.images[test_indices], digits.target[test_indices]
+
+
+def test_the_prediction_checkpoint_holds_the_kept_model_and_the_training_statistics(saved_mlp):
+    from sklearn.datasets import load_digits
+
+    run, path = saved_mlp
+    model, scaling = dc.load_classifier(path)
+    train_indices = dc.make_digits_splits(3)[0].indices
+    pixels = load_digits().images[train_indices].astype(np.float64) / 16  # NumPy, float64: the reference
+    assert scaling["mean"] == pytest.approx(pixels.mean(), rel=1e-5)
+    assert scaling["std"] == pytest.approx(pixels.std(ddof=1), rel=1e-4)  # torch.std is the unbiased estimate
+    images, _ = dc.subset_tensors(dc.make_digits_splits(3)[2])
+    run.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), run.model(images))  # the kept weights, in eval mode
+    assert not model.training
+
+
+def test_predict_digit_scales_a_raw_image_as_training_did(saved_mlp):
+    run, path = saved_mlp
+    model, scaling = dc.load_classifier(path)
+    raw, _ = _raw_test_images(3)
+    standardised, _ = dc.subset_tensors(dc.make_digits_splits(3)[2])
+    with torch.no_grad():
+        expected = torch.softmax(run.model.eval()(standardised), dim=1)  # (n_test, 10)
+    for i in range(20):
+        digit, probability = dc.predict_digit(model, scaling, torch.from_numpy(raw[i].astype(np.float32)))
+        assert digit == int(expected[i].argmax()) and probability == pytest.approx(expected[i].max().item(), abs=1e-5)
+
+
+def test_a_png_written_with_gray_r_reads_back_on_the_digits_scale(tmp_path):
+    import matplotlib.pyplot as plt
+
+    raw, _ = _raw_test_images(0)
+    for i in range(5):
+        plt.imsave(tmp_path / "digit.png", raw[i], cmap="gray_r", vmin=0, vmax=16)
+        np.testing.assert_allclose(dc.read_digit_image(tmp_path / "digit.png").numpy(), raw[i], atol=16 / 255 + 1e-6)
+
+
+def _predict(argv, capsys) -> tuple[int, str, str]:
+    code = dc.predict_main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_predict_command_prints_the_digit_for_npy_and_png(saved_mlp, tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    run, path = saved_mlp
+    raw, labels = _raw_test_images(3)
+    model, scaling = dc.load_classifier(path)
+    np.save(tmp_path / "digit.npy", raw[0])
+    plt.imsave(tmp_path / "digit.png", raw[0], cmap="gray_r", vmin=0, vmax=16)
+    expected = dc.predict_digit(model, scaling, torch.from_numpy(raw[0].astype(np.float32)))[0]
+    for name in ("digit.npy", "digit.png"):
+        code, out, err = _predict(["--checkpoint", path, tmp_path / name], capsys)
+        assert (code, err) == (0, "") and out.startswith(f"{name}: digit {expected} (probability ")
+
+
+@pytest.mark.parametrize("bad", ["missing checkpoint", "not a checkpoint", "a dict without the keys",
+                                 "weights of another model", "missing image", "wrong shape", "0-255 scale",
+                                 "a text file named .png", "another suffix"])
+def test_predict_command_turns_bad_input_into_one_line_and_exit_code_2(bad, saved_mlp, tmp_path, capsys):
+    _, path = saved_mlp
+    image = tmp_path / "digit.npy"
+    np.save(image, np.zeros((8, 8)))
+    if bad == "missing checkpoint":
+        path = tmp_path / "nope.pt"
+    elif bad == "not a checkpoint":
+        path = tmp_path / "notes.pt"
+        path.write_text("hello")
+    elif bad == "a dict without the keys":
+        path = tmp_path / "other.pt"
+        torch.save({"model": {}}, path)
+    elif bad == "weights of another model":
+        path = tmp_path / "other.pt"
+        checkpoint = torch.load(saved_mlp[1], weights_only=True)
+        torch.save({**checkpoint, "arch": "cnn"}, path)
+    elif bad == "missing image":
+        image = tmp_path / "none.npy"
+    elif bad == "wrong shape":
+        np.save(image, np.zeros((7, 7)))
+    elif bad == "0-255 scale":
+        np.save(image, np.full((8, 8), 255.0))
+    elif bad == "a text file named .png":
+        image = tmp_path / "digit.png"
+        image.write_text("not an image")
+    elif bad == "another suffix":
+        image = tmp_path / "digit.jpg"
+        image.write_bytes(b"\xff\xd8")
+    code, out, err = _predict(["--checkpoint", path, image], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("digits_classifier.py predict: error: ") and err.count("\n") == 1
+
+
+def test_predict_runs_as_a_command_in_a_real_process(saved_mlp, tmp_path):
+    raw, _ = _raw_test_images(3)
+    np.save(tmp_path / "digit.npy", raw[0])
+    good = subprocess.run([sys.executable, "digits_classifier.py", "predict", "--checkpoint", str(saved_mlp[1]),
+                           str(tmp_path / "digit.npy")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0 and good.stderr == "" and good.stdout.startswith("digit.npy: digit ")
+    assert "===" not in good.stdout  # the command, not the lesson: no banner, no sections
+
+
+def test_a_prediction_checkpoint_is_refused_as_a_resume_point(saved_mlp):
+    with pytest.raises(ValueError, match="not a training state"):
+        dc.fit_digits("mlp", epochs=2, seed=3, resume_from=saved_mlp[1])
+
+
+def test_break_even_and_cache_state_follow_their_definitions():
+    assert dc.break_even_calls(2.0, 3e-3, 1e-3) == 1000  # 2 s / 2 ms saved per call
+    assert dc.break_even_calls(2.0, 3e-3, 2.999e-3) == math.ceil(2.0 / (3e-3 - 2.999e-3))
+    assert dc.break_even_calls(2.0, 1e-3, 1e-3) is None and dc.break_even_calls(2.0, 1e-3, 2e-3) is None
+    assert [dc.inductor_cache_state(h, m) for h, m in ((2, 0), (0, 1), (1, 1), (0, 0))] == [
+        "warm", "cold", "partly warm", "not used"]
+
+
+def test_compiled_model_agrees_with_eager_and_the_report_is_consistent(default_runs):
+    model = default_runs["cnn"].model
+    before = copy.deepcopy(model.state_dict())
+    images, _ = dc.subset_tensors(dc.make_digits_splits(0)[2])
+    report = dc.compile_report(model, images[:64], "cpu", min_run_time=0.01)
+    assert report["available"] and report["max_abs_difference"] <= 1e-5
+    model.eval()
+    with torch.no_grad():  # a batch size the compilation did not see
+        torch.testing.assert_close(report["compiled"](images[:37]), model(images[:37]), atol=1e-5, rtol=1e-5)
+    for name in ("inference", "training step"):
+        r = report[name]
+        assert r["first_call_s"] > 0 and r["cache"] in ("warm", "cold", "partly warm")
+        assert r["break_even"] == dc.break_even_calls(r["first_call_s"], r["eager"].median, r["compiled"].median)
+    after = model.state_dict()  # the training steps worked on a copy: the trained weights are as they were
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_where_compiling_fails_the_report_says_why_and_the_lesson_goes_on(capsys):
+    def no_compiler(graph_module, example_inputs):
+        raise RuntimeError("no working C++ compiler found")
+
+    report = dc.compile_report(dc.make_digits_model("mlp"), torch.zeros(4, 1, 8, 8), "cpu", backend=no_compiler)
+    assert report == {"available": False, "backend": "no_compiler", "reason": report["reason"]}
+    assert "no working C++ compiler found" in report["reason"]
+    dc.print_compile_report(report, "mlp")
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_a_python_if_on_a_tensor_breaks_the_graph_and_torch_where_does_not():
+    model = dc.make_digits_model("mlp").eval()
+    images = torch.randn(8, 1, 8, 8)
+    assert {k: v for k, v in dc.graph_breaks(partial_model(dc.damped_softmax, model), images).items()
+            if k != "reasons"} == {"graphs": 2, "breaks": 1}
+    assert dc.graph_breaks(partial_model(dc.damped_softmax_traceable, model), images) == {
+        "graphs": 1, "breaks": 0, "reasons": []}
+    with torch.no_grad():
+        for scale in (1.0, 1e3):  # below and above LARGE_LOGIT: both branches, against a direct computation
+            model[-1].weight.mul_(scale)
+            logits = model(images)
+            expected = F.softmax(logits / 2 if logits.abs().max() > dc.LARGE_LOGIT else logits, dim=1)
+            for fn in (dc.damped_softmax, dc.damped_softmax_traceable):
+                torch.testing.assert_close(fn(model, images), expected)
+
+
+def partial_model(fn, model):
+    return lambda images: fn(model, images)
+
+
+@pytest.mark.parametrize("arch", dc.DIGITS_ARCHS)
+def test_recompilation_follows_the_dynamic_setting(arch):
+    model = dc.make_digits_model(arch).eval()
+    sizes = (256, 37, 1, 64)
+    static, default, dynamic = (dc.count_compilations(model, sizes, d) for d in (False, None, True))
+    assert static == [1, 2, 3, 4]  # every new size, a new graph
+    assert default[:2] == [1, 2] and dynamic[:2] == [1, 1]  # the default turns symbolic at the first change
+    assert dynamic[2] == dynamic[1] + 1  # a batch of one is specialised even with dynamic=True
+    assert default[3] <= default[2] + 1 and dynamic[3] <= dynamic[2] + 1
+
+
+def test_onnx_runtime_and_a_fresh_process_give_the_models_logits(default_runs, tmp_path):
+    import onnx
+
+    model = default_runs["cnn"].model.eval()
+    example = torch.randn(16, 1, 8, 8)
+    path = dc.export_onnx(model, tmp_path / "cnn.onnx", example)
+    graph_input = onnx.load(path).graph.input[0]
+    assert graph_input.name == "images"
+    assert not graph_input.type.tensor_type.shape.dim[0].HasField("dim_value")  # the batch dimension is symbolic
+    session = dc.onnx_session(path)
+    generator = torch.Generator().manual_seed(5)
+    for n in dc.ONNX_CHECK_BATCHES:  # inputs the export never saw, at batch sizes unlike the example's
+        images = torch.randn(n, 1, 8, 8, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        served = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+        torch.testing.assert_close(served, expected, atol=dc.ONNX_ATOL, rtol=0)
+    program = tmp_path / "cnn.pt2"
+    torch.export.save(dc.export_program(model, example), program)
+    images = torch.randn(41, 1, 8, 8, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(dc.run_saved_program_in_fresh_process(program, images), model(images))
+    with torch.no_grad():
+        rows = dc.serving_agreement(model, session, model(images) + 1.0, images)  # a program 1.0 off everywhere
+    assert [r["batch"] for r in rows] == [*dc.ONNX_CHECK_BATCHES, 41, 41]
+    assert all(r["max_abs_difference"] <= dc.ONNX_ATOL for r in rows[:3])
+    assert rows[3]["max_abs_difference"] == pytest.approx(1.0) and rows[3]["same_predictions"] == 41
