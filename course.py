@@ -21,6 +21,8 @@ class Lesson:
     # How its worker processes start: None (it starts none), "spawn" (always spawned: DDP ranks) or "default"
     # (DataLoader workers, started by the platform's default method: the notebook tests run it both ways).
     worker_start: str | None = None
+    # Commands besides the lesson: `python <module>.py <command> ...` runs the module's `<command>_main(argv)`.
+    commands: tuple[str, ...] = ()
 
     @property
     def script(self) -> str:
@@ -39,7 +41,7 @@ LESSONS = (
     Lesson("dataset_loader_demo", "Lesson 5: datasets and loaders",
            ("digits_samples.png", "dataset_loader_analysis.png"), 1.75, 4, worker_start="default"),
     Lesson("digits_classifier", "Lesson 6: training a digit classifier",
-           ("digits_training.png",), 2, 4),
+           ("digits_training.png",), 2, 4, commands=("predict",)),
 )
 # Budgets are in import floors, not seconds: this machine's speed drifts 2× within a day, and a floor
 # (a fresh process that imports torch, NumPy, matplotlib and scikit-learn, then exits) drifts with it.
@@ -93,6 +95,8 @@ def compile_check(python: str = sys.executable, timeout_s: float = DOCTOR_COMPIL
         done = subprocess.run([python, "-c", DOCTOR_COMPILE_CODE], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return False, f"no answer within {timeout_s:.0f} s"
+    except OSError as error:  # the interpreter itself could not start
+        return False, _one_line(error)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return False, (lines[-1] if lines else f"exit code {done.returncode}")[:200]

@@ -103,15 +103,11 @@ SHOWN_MISTAKES = 8  # most confident test mistakes printed and drawn
 # then the CPU, unless `--device` names one), seeds every random number generator with `--seed`
 # and prints what this run uses. Each section below ends with a cell that runs its code and
 # shows the result; importing the lesson runs none of them. `python digits_classifier.py predict
-# ...` is not the lesson but the prediction command of its last sections: that cell imports this
-# file as a module (its definitions, none of its cells) and hands over.
+# ...` is not the lesson but the prediction command of its last sections: this cell hands over
+# to `predict_main`, and no section runs.
 
 # %%
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["predict"]:  # `python digits_classifier.py predict ...`: the command, not the lesson
-        from digits_classifier import predict_main
-
-        sys.exit(predict_main(sys.argv[2:]))
     ctx = start_lesson("digits_classifier")
     cfg = ctx.config(FULL, QUICK)
 
@@ -1379,11 +1375,11 @@ if __name__ == "__main__":
 # prints the predicted digit and its probability. The image is an 8×8 `.npy` array on the
 # dataset's scale, 0 (background) to 16 (ink), as in `sklearn.datasets.load_digits().images`,
 # or an 8×8 grayscale `.png` with dark ink on a light background, as
-# `plt.imsave(path, image, cmap="gray_r", vmin=0, vmax=16)` writes one. A missing file, a wrong
-# shape, values off that scale, or a file that is not such a checkpoint stop it with one line
-# and exit code 2. Below, the command runs on the first test image, saved both ways: a PNG
-# stores 8-bit gray levels, so its pixels come back within 16/255 of the array's, and the
-# probabilities may differ in the last digits.
+# `matplotlib.image.imsave(path, image, cmap="gray_r", vmin=0, vmax=16)` (or `plt.imsave`)
+# writes one. A missing file, a wrong shape, values off that scale, or a file that is not such a
+# checkpoint stop it with one line and exit code 2. Below, the command runs on the first test
+# image, saved both ways: a PNG stores 8-bit gray levels, so its pixels come back within 16/255
+# of the array's, and the probabilities may differ in the last digits.
 
 # %%
 PREDICT_PROG = "digits_classifier.py predict"  # how the prediction command names itself in its messages
@@ -1467,13 +1463,13 @@ def predict_main(argv: Sequence[str]) -> int:
 
 # %%
 if __name__ == "__main__":
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave
 
     example = splits[2].indices[0]
     raw = (PIXEL_MAX * _digits().inputs[example, 0]).numpy()  # (8, 8) on the 0-16 scale
     shown_checkpoint = Path(checkpoints.name) / f"{shown}.pt"
     np.save(Path(checkpoints.name) / "digit.npy", raw)
-    plt.imsave(Path(checkpoints.name) / "digit.png", raw, cmap="gray_r", vmin=0, vmax=PIXEL_MAX)
+    imsave(Path(checkpoints.name) / "digit.png", raw, cmap="gray_r", vmin=0, vmax=PIXEL_MAX)
     print(f"First test image, a {int(_digits().targets[example])}; {shown} checkpoint "
           f"({shown_checkpoint.stat().st_size / 1024:.0f} KiB):")
     for name in ("digit.npy", "digit.png"):
@@ -1497,12 +1493,15 @@ if __name__ == "__main__":
 # column divides the first call's cost by the time each call saves: the calls after which
 # compiling has paid for itself, or "never" when the compiled call is no faster.
 #
-# What to look for. With a model this small on a CPU thread or two, each call is dominated by
-# per-operator overhead that fusing trims only a little, so compiling may be no faster, or
-# faster by microseconds that need tens of thousands of calls to repay seconds of compilation.
-# The balance shifts with bigger models, longer runs and GPUs, where fusing many small
-# operations into one kernel saves memory traffic and kernel launches: compiling pays for long
-# training runs and for servers answering millions of requests, not for one notebook cell.
+# What to look for: the speed-up in each row and the calls to pay off. On the CPU, Inductor
+# fuses the elementwise operations (ReLU, BatchNorm's scale and shift in eval mode) into the
+# loops around them and removes Python and dispatcher work per operator, so a small model's
+# inference can gain severalfold; a training step, where the backward pass and the eager
+# optimizer do much of the work, can gain far less. Against that stands the first call's cost, seconds even with a
+# warm cache: compiling pays for long training runs and for servers answering many requests,
+# not for a cell that runs once. On a GPU the balance moves again, since fused kernels save
+# memory traffic and kernel launches.
+#
 # Where compiling cannot work here (no C++ compiler for the CPU backend, no Triton for a GPU,
 # a Python release Dynamo does not support yet), the lesson says why in one line and goes on:
 # everything else in it runs eagerly. `python course.py doctor` checks this for your machine.
@@ -1705,7 +1704,7 @@ def print_compilation_behaviour(breaks: dict[str, dict[str, object]], counts: di
 
 # %%
 if __name__ == "__main__":
-    if not ctx.quick:
+    if not ctx.quick and compiled_report["available"]:  # otherwise the line above said why
         eval_model = copy.deepcopy(runs[shown].model).eval()
         print_compilation_behaviour(
             {fn.__name__: graph_breaks(partial(fn, eval_model), test_images[:8])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import importlib
 import math
 import os
 import platform
@@ -447,13 +448,19 @@ def _one_line_for_known_errors(prog: str) -> None:
 def start_lesson(module: str, argv: Sequence[str] | None = None) -> LessonContext:
     """The lesson's set-up cell: read the flags, pick the device, seed everything, print the banner.
 
-    The flags come from the command line in a script and from $LESSON_ARGS in a notebook. A device
+    The flags come from the command line in a script and from $LESSON_ARGS in a notebook. A script run as
+    `python <lesson>.py <command> ...`, for a command the lesson's row in course.py lists, runs the lesson's
+    `<command>_main(argv)` instead and exits with its code. A device
     that is not there or an unwritable plots directory stops a script with one line and exit code 2;
     in a notebook the cell raises LessonError with the same message.
     """
     from course import lesson
 
     row = lesson(module)
+    if argv is None and not in_notebook() and sys.argv[1:2] and sys.argv[1] in row.commands:
+        # `python <lesson>.py <command> ...`: not the lesson but one of its commands (course.py lists them).
+        # The script is imported as a module, so only its definitions run, none of its cells.
+        sys.exit(getattr(importlib.import_module(module), f"{sys.argv[1]}_main")(sys.argv[2:]))
     script = Path(__file__).resolve().parent / row.script
     description = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
     args = build_parser(row.script, description).parse_args(lesson_argv(argv))

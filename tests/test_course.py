@@ -78,3 +78,45 @@ def test_make_timings_divides_by_the_floor_and_flags_what_is_over(monkeypatch, c
     total = next(line for line in out.splitlines() if line.startswith("total"))
     assert total.split()[2] == f"{n * (n + 1) / 2 / 2:.2f}"
     assert "over budget: " in out and f"{course.LESSONS[0].script} full" in out
+
+
+@pytest.mark.slow
+def test_doctor_reports_this_machine_and_a_verdict_per_lesson():
+    import torch
+
+    done = subprocess.run([sys.executable, "course.py", "doctor"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=course.DOCTOR_COMPILE_TIMEOUT_S + 60)
+    assert done.returncode == 0 and done.stderr == ""
+    rows = {line.split("  ")[0]: line.split() for line in done.stdout.splitlines()[1:] if "  " in line}
+    assert torch.__version__ in rows["torch"]
+    from importlib.metadata import version
+
+    for package in ("onnx", "onnxscript", "onnxruntime", "scikit-learn"):
+        assert rows[package][1:3] == ["ok", version(package)]
+    assert rows["CUDA"][1] == ("ok" if torch.cuda.is_available() else "absent")
+    assert rows["MPS"][1] == ("ok" if torch.backends.mps.is_available() else "absent")
+    assert rows["DDP backend gloo"][3] == ("ok" if torch.distributed.is_gloo_available() else "absent")
+    assert rows["torch.compile"][1] == "ok" and rows["ONNX Runtime"][2] == "ok"  # both work on the test machines
+    assert [line for line in done.stdout.splitlines() if line.endswith(": runs")] == [
+        f"{lesson.module}: runs" for lesson in course.LESSONS]
+
+
+def test_doctor_names_what_a_lesson_runs_without(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    rows, verdicts = course.doctor_rows(compile_result=(False, "InvalidCxxCompiler: no working C++ compiler"))
+    assert ("torch.compile", "fails", "InvalidCxxCompiler: no working C++ compiler") in rows
+    assert [row[:2] for row in rows if row[0] == "ONNX Runtime"] == [("ONNX Runtime", "fails")]
+    assert verdicts[-1] == "digits_classifier: runs without torch.compile and ONNX Runtime"
+    assert verdicts[:-1] == [f"{lesson.module}: runs" for lesson in course.LESSONS[:-1]]
+    monkeypatch.setitem(sys.modules, "torch", None)
+    rows, verdicts = course.doctor_rows(compile_result=(True, "-"))
+    assert rows[-1][:2] == ("import torch", "fails")
+    assert verdicts == [f"{lesson.module}: does not run (torch does not import)" for lesson in course.LESSONS]
+
+
+def test_a_compile_check_that_fails_or_hangs_is_one_line_not_a_traceback(monkeypatch):
+    monkeypatch.setattr(course, "DOCTOR_COMPILE_CODE", "raise RuntimeError('InvalidCxxCompiler: no C++ compiler')")
+    assert course.compile_check(timeout_s=60) == (False, "RuntimeError: InvalidCxxCompiler: no C++ compiler")
+    monkeypatch.setattr(course, "DOCTOR_COMPILE_CODE", "import time; time.sleep(30)")
+    assert course.compile_check(timeout_s=1) == (False, "no answer within 1 s")
+    assert course.compile_check(python="/nonexistent/python", timeout_s=1)[0] is False

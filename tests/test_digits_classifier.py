@@ -861,11 +861,11 @@ def test_predict_digit_scales_a_raw_image_as_training_did(saved_mlp):
 
 
 def test_a_png_written_with_gray_r_reads_back_on_the_digits_scale(tmp_path):
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave
 
     raw, _ = _raw_test_images(0)
     for i in range(5):
-        plt.imsave(tmp_path / "digit.png", raw[i], cmap="gray_r", vmin=0, vmax=16)
+        imsave(tmp_path / "digit.png", raw[i], cmap="gray_r", vmin=0, vmax=16)
         np.testing.assert_allclose(dc.read_digit_image(tmp_path / "digit.png").numpy(), raw[i], atol=16 / 255 + 1e-6)
 
 
@@ -876,13 +876,13 @@ def _predict(argv, capsys) -> tuple[int, str, str]:
 
 
 def test_predict_command_prints_the_digit_for_npy_and_png(saved_mlp, tmp_path, capsys):
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave
 
     run, path = saved_mlp
     raw, labels = _raw_test_images(3)
     model, scaling = dc.load_classifier(path)
     np.save(tmp_path / "digit.npy", raw[0])
-    plt.imsave(tmp_path / "digit.png", raw[0], cmap="gray_r", vmin=0, vmax=16)
+    imsave(tmp_path / "digit.png", raw[0], cmap="gray_r", vmin=0, vmax=16)
     expected = dc.predict_digit(model, scaling, torch.from_numpy(raw[0].astype(np.float32)))[0]
     for name in ("digit.npy", "digit.png"):
         code, out, err = _predict(["--checkpoint", path, tmp_path / name], capsys)
@@ -1033,3 +1033,15 @@ def test_onnx_runtime_and_a_fresh_process_give_the_models_logits(default_runs, t
     assert [r["batch"] for r in rows] == [*dc.ONNX_CHECK_BATCHES, 41, 41]
     assert all(r["max_abs_difference"] <= dc.ONNX_ATOL for r in rows[:3])
     assert rows[3]["max_abs_difference"] == pytest.approx(1.0) and rows[3]["same_predictions"] == 41
+    test_images, _ = dc.subset_tensors(dc.make_digits_splits(0)[2])  # the trained model's own test split
+    with torch.no_grad():
+        rows = dc.serving_agreement(model, session, model(test_images), test_images)
+    assert rows[2]["batch"] == len(test_images) and rows[2]["same_predictions"] == len(test_images)
+
+
+def test_quick_mode_says_how_to_see_compilation_and_export(tmp_path, capsys):
+    argv = ["--quick", "--device", "cpu", "--plots-dir", str(tmp_path)]
+    assert run_script("digits_classifier", argv, only=("compile_report(", "count_compilations", "export_onnx(")) == 0
+    printed = capsys.readouterr().out.split("mode: quick", 1)[1]
+    assert printed.strip() == ("--quick leaves out torch.compile, torch.export and ONNX Runtime (seconds of "
+                               "compilation and export): run `python digits_classifier.py` to see them.")

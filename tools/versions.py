@@ -5,8 +5,8 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-PACKAGES = ("torch", "numpy", "matplotlib", "scikit-learn", "setuptools", "pytest", "pytest-xdist", "hypothesis",
-            "ruff", "jupytext", "nbclient", "ipykernel")  # what requirements*.txt name
+PACKAGES = ("torch", "numpy", "matplotlib", "scikit-learn", "setuptools", "onnx", "onnxscript", "onnxruntime",
+            "pytest", "pytest-xdist", "hypothesis", "ruff", "jupytext", "nbclient", "ipykernel")  # requirements*.txt
 
 
 def versions() -> str:
