@@ -1774,6 +1774,7 @@ def _quiet_onnx_exporter() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning, module="onnxscript")  # onnxscript 0.2's own
             yield
     finally:
         logger.setLevel(level)
@@ -1801,6 +1802,7 @@ def onnx_session(path: str | os.PathLike, threads: int = DIGITS_THREADS):
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3  # errors only: older releases log notes on graph clean-up for every session
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
