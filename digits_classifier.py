@@ -1471,7 +1471,7 @@ if __name__ == "__main__":
     shown_checkpoint = Path(checkpoints.name) / f"{shown}.pt"
     np.save(Path(checkpoints.name) / "digit.npy", raw)
     imsave(Path(checkpoints.name) / "digit.png", raw, cmap="gray_r", vmin=0, vmax=PIXEL_MAX)
-    print(f"First test image, a {int(_digits().targets[example])}; {shown} checkpoint "
+    print(f"\nFirst test image, a {int(_digits().targets[example])}; {shown} checkpoint "
           f"({shown_checkpoint.stat().st_size / 1024:.0f} KiB):")
     for name in ("digit.npy", "digit.png"):
         print(f"$ python {PREDICT_PROG} --checkpoint {shown}.pt {name}")
@@ -1809,10 +1809,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_batch: torch.
     import onnx
 
     path = Path(path)
-    with _quiet_exporter():
-        torch.onnx.export(copy.deepcopy(model).cpu().eval(), (example_batch.cpu(),), path, dynamo=True,
-                          dynamic_shapes=_batch_dim(), input_names=["images"], output_names=["logits"],
-                          verbose=False)
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(copy.deepcopy(model).cpu().eval(), (example_batch.cpu(),), path, dynamo=True,
+                              dynamic_shapes=_batch_dim(), input_names=["images"], output_names=["logits"],
+                              verbose=False)
+    except Exception as error:  # noqa: BLE001 -- the exporter's errors span torch, onnxscript and onnx
+        from importlib.metadata import version
+
+        raise LessonError(f"torch.onnx.export failed with torch {torch.__version__} and onnxscript "
+                          f"{version('onnxscript')} ({_first_lines(error)[:160]}); the two must be a matched pair: "
+                          "see the README's troubleshooting") from error
     onnx.checker.check_model(onnx.load(path))  # raises on an invalid model
     return path
 
@@ -1868,7 +1875,7 @@ def serving_latency(model: nn.Module, compiled: nn.Module | None, session, image
 
 def print_serving(agreement: list[dict[str, object]], latency: list[dict[str, object]], onnx_bytes: int,
                   program_bytes: int) -> None:
-    print(f"Exported: ONNX file {onnx_bytes / 1024:.0f} KiB (onnx.checker passed), .pt2 file "
+    print(f"\nExported: ONNX file {onnx_bytes / 1024:.0f} KiB (onnx.checker passed), .pt2 file "
           f"{program_bytes / 1024:.0f} KiB")
     print_table(f"The exported model against PyTorch's logits (tolerance {ONNX_ATOL:g})",
                 ["runtime", "batch", "largest logit difference", "within tolerance", "same predicted digit"],

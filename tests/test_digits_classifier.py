@@ -951,7 +951,8 @@ def test_compiled_model_agrees_with_eager_and_the_report_is_consistent(default_r
     model = default_runs["cnn"].model
     before = copy.deepcopy(model.state_dict())
     images, _ = dc.subset_tensors(dc.make_digits_splits(0)[2])
-    report = dc.compile_report(model, images[:64], "cpu", min_run_time=0.01)
+    # The lesson's batch size and model: after `make demo`, Inductor's on-disk cache holds these graphs.
+    report = dc.compile_report(model, images[:dc.COMPILE_BATCH], "cpu", min_run_time=0.01)
     assert report["available"] and report["max_abs_difference"] <= 1e-5
     model.eval()
     with torch.no_grad():  # a batch size the compilation did not see
@@ -1006,12 +1007,18 @@ def test_recompilation_follows_the_dynamic_setting(arch):
     assert default[3] <= default[2] + 1 and dynamic[3] <= dynamic[2] + 1
 
 
-def test_onnx_runtime_and_a_fresh_process_give_the_models_logits(default_runs, tmp_path):
-    import onnx
-
+@pytest.fixture(scope="module")
+def exported_cnn(default_runs, tmp_path_factory):
+    """The trained CNN, exported to ONNX once from a random example batch, and the example."""
     model = default_runs["cnn"].model.eval()
     example = torch.randn(16, 1, 8, 8)
-    path = dc.export_onnx(model, tmp_path / "cnn.onnx", example)
+    return model, example, dc.export_onnx(model, tmp_path_factory.mktemp("onnx") / "cnn.onnx", example)
+
+
+def test_onnx_runtime_and_a_fresh_process_give_the_models_logits(exported_cnn, tmp_path):
+    import onnx
+
+    model, example, path = exported_cnn
     graph_input = onnx.load(path).graph.input[0]
     assert graph_input.name == "images"
     assert not graph_input.type.tensor_type.shape.dim[0].HasField("dim_value")  # the batch dimension is symbolic
@@ -1045,3 +1052,52 @@ def test_quick_mode_says_how_to_see_compilation_and_export(tmp_path, capsys):
     printed = capsys.readouterr().out.split("mode: quick", 1)[1]
     assert printed.strip() == ("--quick leaves out torch.compile, torch.export and ONNX Runtime (seconds of "
                                "compilation and export): run `python digits_classifier.py` to see them.")
+
+
+def test_compile_table_states_threads_one_run_ratios_and_never(capsys):
+    from lesson_harness import Timing
+
+    fast, slow = Timing(1e-3, 1e-5, 1, False), Timing(4e-3, 8e-4, 1, True)
+    report = {"available": True, "backend": "inductor", "max_abs_difference": 1e-6, "compiled": None,
+              "inference": {"first_call_s": 2.0, "cache": "cold", "eager": slow, "compiled": fast,
+                            "break_even": dc.break_even_calls(2.0, 4e-3, 1e-3)},
+              "training step": {"first_call_s": 0.5, "cache": "warm", "eager": fast, "compiled": slow,
+                                "break_even": None}}
+    dc.print_compile_report(report, "cnn")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert "(one run)" in lines[0] and "1 thread (DIGITS_THREADS)" in lines[0]
+    assert lines[3].split() == ["inference", "2", "s", "cold", "4", "ms", "20", "%", "!", "1", "ms", "1", "%",
+                                "4.00×", "667"]  # 2 s / 3 ms saved per call = 666.7 calls
+    assert lines[4].split()[-2:] == ["0.25×", "never"]
+    assert lines[5].startswith("Median over timed blocks of calls on 1 thread")
+    assert lines[-1].startswith("The cache was cold")
+
+
+def test_serving_rows_and_table_cover_every_runtime_and_batch(exported_cnn, fake_timings, capsys):
+    from conftest import FAKE_MEDIAN_S
+
+    from lesson_harness import fmt_seconds
+
+    model, _, path = exported_cnn
+    session = dc.onnx_session(path)
+    rows = dc.serving_latency(model, None, session, torch.randn(300, 1, 8, 8), torch.device("cpu"))
+    assert [(r["batch"], r["runtime"]) for r in rows] == [
+        (n, name) for n in dc.LATENCY_BATCHES for name in ("PyTorch eager (cpu)", "ONNX Runtime (cpu)")]
+    agreement = [{"runtime": "ONNX Runtime", "batch": 1, "max_abs_difference": 2e-4, "same_predictions": 1}]
+    dc.print_serving(agreement, rows, 10 * 1024, 100 * 1024)
+    lines = capsys.readouterr().out.splitlines()
+    assert "ONNX file 10 KiB" in lines[1] and ".pt2 file 100 KiB" in lines[1]
+    assert [line.split() for line in lines if line.startswith("ONNX Runtime")] == [
+        ["ONNX", "Runtime", "1", "2.0e-04", "False", "1", "of", "1"]]  # beyond ONNX_ATOL = 1e-4
+    full_batch = [line.split() for line in lines if line.startswith(str(dc.LATENCY_BATCHES[-1]))]
+    assert len(full_batch) == 2 and all(" ".join(row[-2:]) == fmt_seconds(FAKE_MEDIAN_S / dc.LATENCY_BATCHES[-1])
+                                        for row in full_batch)
+
+
+def test_a_failing_onnx_export_is_one_line_naming_the_versions(monkeypatch, tmp_path):
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("PassError: The model contains functions.\nmore detail")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with pytest.raises(dc.LessonError, match=r"torch .* and onnxscript .*PassError: The model contains functions"):
+        dc.export_onnx(dc.make_digits_model("mlp"), tmp_path / "m.onnx", torch.zeros(2, 1, 8, 8))
