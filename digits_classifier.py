@@ -6,7 +6,10 @@ split scaled with training statistics only, a numerically stable loss with label
 AdamW with parameter groups, a warm-up and cosine schedule, gradient clipping (and how it meets
 a mixed-precision gradient scaler), `train()` and `eval()` modes, early stopping and how it
 meets the schedule, a checkpoint that resumes bit for bit on the CPU, a profile of where an
-epoch's time goes, and one final measurement on a test split with its uncertainty.
+epoch's time goes, and one final measurement on a test split with its uncertainty. Then the
+model leaves training: a checkpoint for prediction and a command that uses it
+(`python digits_classifier.py predict --checkpoint PATH IMAGE`), `torch.compile` measured
+honestly, graph breaks and recompilation, and `torch.export` to ONNX, served by ONNX Runtime.
 Figure: plots/digits_training.png.
 
 The one import between lessons: the digits Dataset, the fast batch loader and the image mosaic
@@ -124,7 +127,9 @@ if __name__ == "__main__":
 # checkpoint that resumes bit for bit on the CPU, a profile of where an epoch's time goes, and
 # one final measurement on a test split that no decision has seen. scikit-learn's logistic
 # regression on the same split is the baseline to compare with; with a few hundred test
-# images, the comparison comes with its uncertainty.
+# images, the comparison comes with its uncertainty. The last sections take the trained model
+# out of training: a checkpoint and a command for prediction, `torch.compile` with its costs,
+# and an export to ONNX, served by ONNX Runtime.
 
 # %% [markdown]
 # ## Data: one seeded split, scaled with training statistics
