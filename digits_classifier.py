@@ -1373,19 +1373,23 @@ if __name__ == "__main__":
 # the same way, or the model sees inputs unlike any it was trained on. The file holds only
 # tensors, numbers and strings, so `torch.load(..., weights_only=True)` reads it: that loader
 # refuses pickled objects of other kinds, which could run code when a file from elsewhere is
-# opened. The runs above wrote one such checkpoint per model into a temporary folder; give
-# `fit_digits` a path of your own to keep one, then
+# opened. The runs above wrote one such checkpoint per model into a temporary folder, removed
+# when the lesson ends. To keep one, train it with a path of your own, then predict:
 #
+#     python -c "from digits_classifier import fit_digits; fit_digits('cnn', checkpoint_path='digits_cnn.pt')"
 #     python digits_classifier.py predict --checkpoint digits_cnn.pt digit.png
 #
-# prints the predicted digit and its probability. The image is an 8×8 `.npy` array on the
+# The command prints the predicted digit and its probability. The image is an 8×8 `.npy` array on the
 # dataset's scale, 0 (background) to 16 (ink), as in `sklearn.datasets.load_digits().images`,
-# or an 8×8 grayscale `.png` with dark ink on a light background, as
+# or an 8×8 `.png` with dark ink on a light (or transparent) background, as
 # `matplotlib.image.imsave(path, image, cmap="gray_r", vmin=0, vmax=16)` (or `plt.imsave`)
 # writes one. A missing file, a wrong shape, values off that scale, or a file that is not such a
-# checkpoint stop it with one line and exit code 2. Below, the command runs on the first test
-# image, saved both ways: a PNG stores 8-bit gray levels, so its pixels come back within 16/255
-# of the array's, and the probabilities may differ in the last digits.
+# checkpoint stop it with one line and exit code 2. Light ink on a dark background (MNIST's
+# convention) must be inverted first: read the other way round it gives a confident wrong
+# answer. Below, the command's function runs in this process on the first test image, saved
+# both ways next to the checkpoint in the temporary folder: a PNG stores 8-bit gray levels, so
+# its pixels come back within 16/255 of the array's, and the probabilities may differ in the
+# last digits.
 
 # %%
 PREDICT_PROG = "digits_classifier.py predict"  # how the prediction command names itself in its messages
@@ -1405,6 +1409,9 @@ def load_classifier(path: str | os.PathLike) -> tuple[nn.Module, dict[str, float
     if not isinstance(checkpoint, dict) or not {"arch", "model", "normalization"} <= checkpoint.keys():
         raise LessonError(f"checkpoint {str(path)!r} was not written by fit_digits(..., checkpoint_path=...): "
                           "it has no arch, model and normalization")
+    if checkpoint.get("kind") != "model":
+        raise LessonError(f"checkpoint {str(path)!r} holds a training state to resume (written with stop_after), "
+                          "not the trained model: let fit_digits finish with checkpoint_path=...")
     try:
         model = make_digits_model(checkpoint["arch"])
         model.load_state_dict(checkpoint["model"])
@@ -1427,13 +1434,16 @@ def read_digit_image(path: str | os.PathLike) -> torch.Tensor:
 
             pixels = imread(path)  # (8, 8) gray or (8, 8, 3 or 4) RGB(A), floats in [0, 1]
             gray = pixels if pixels.ndim == 2 else pixels[..., :3].mean(axis=-1)
+            if pixels.ndim == 3 and pixels.shape[-1] == 4:  # transparent pixels are background: over white
+                gray = gray * pixels[..., 3] + (1.0 - pixels[..., 3])
             image = PIXEL_MAX * (1.0 - gray)  # dark ink on a light background: ink → 16, background → 0
         else:
             raise LessonError(f"image {str(path)!r}: expected a .npy or a .png file")
     except (ValueError, OSError, SyntaxError) as error:  # Pillow reports a broken PNG as SyntaxError
         raise LessonError(f"image {str(path)!r} could not be read: {str(error).splitlines()[0]}") from error
     if image.shape != (8, 8):
-        raise LessonError(f"image {str(path)!r} has shape {image.shape}; the model reads 8×8 images")
+        raise LessonError(f"image {str(path)!r} has shape {image.shape}; the model reads 8×8 images: resize "
+                          "it first, e.g. PIL.Image.open(path).convert('L').resize((8, 8))")
     if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all() or not (
             0 <= image.min() and image.max() <= PIXEL_MAX):
         raise LessonError(f"image {str(path)!r} must hold numbers from 0 (background) to {PIXEL_MAX} (ink), "
@@ -1455,7 +1465,7 @@ def predict_main(argv: Sequence[str]) -> int:
                                      "model that fit_digits(..., checkpoint_path=PATH) saved.")
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint fit_digits wrote")
     parser.add_argument("image", type=Path, help="an 8×8 .npy array (0 = background, 16 = ink) or an 8×8 "
-                        "grayscale .png, dark ink on a light background")
+                        ".png, dark ink on a light (or transparent) background; invert a light-on-dark image first")
     args = parser.parse_args(argv)
     try:
         model, scaling = load_classifier(args.checkpoint)
@@ -1476,10 +1486,11 @@ if __name__ == "__main__":
     shown_checkpoint = Path(checkpoints.name) / f"{shown}.pt"
     np.save(Path(checkpoints.name) / "digit.npy", raw)
     imsave(Path(checkpoints.name) / "digit.png", raw, cmap="gray_r", vmin=0, vmax=PIXEL_MAX)
-    print(f"\nFirst test image, a {int(_digits().targets[example])}; {shown} checkpoint "
-          f"({shown_checkpoint.stat().st_size / 1024:.0f} KiB):")
+    print(f"\nFirst test image, a {int(_digits().targets[example])}, saved as digit.npy and digit.png next to "
+          f"the {shown} checkpoint {shown}.pt ({shown_checkpoint.stat().st_size / 1024:.0f} KiB), in the temporary "
+          "folder:")
     for name in ("digit.npy", "digit.png"):
-        print(f"$ python {PREDICT_PROG} --checkpoint {shown}.pt {name}")
+        print(f"predict_main(['--checkpoint', '{shown}.pt', '{name}']), as `python {PREDICT_PROG}` would:")
         predict_main(["--checkpoint", str(shown_checkpoint), str(Path(checkpoints.name) / name)])
 
 # %% [markdown]
@@ -1491,21 +1502,24 @@ if __name__ == "__main__":
 # compiles them. Later calls whose inputs pass the recorded *guards* (the same shapes, dtypes,
 # devices and Python values the graph assumed) run the compiled code. That first call is costly:
 # on a fresh machine it compiles everything, including headers Inductor precompiles once; later
-# processes find the kernels in Inductor's on-disk cache (in the system's temporary folder),
-# and the first call shrinks to tracing and loading. `compile_report` times the first call once
+# processes find the kernels in Inductor's on-disk cache (in the system's temporary folder,
+# `/tmp/torchinductor_<user>` on Linux, which a reboot may clear; `TORCHINDUCTOR_CACHE_DIR`
+# moves it), and the first call shrinks to tracing and loading. `compile_report` times the first call once
 # (one run, no spread), says whether the cache was warm, then measures steady-state latency,
 # eager against compiled, with the median and spread of this course's benchmarks, for inference
 # and for a training step (forward, backward, AdamW step; the optimizer stays eager). The last
 # column divides the first call's cost by the time each call saves: the calls after which
-# compiling has paid for itself, or "never" when the compiled call is no faster.
+# compiling has paid for itself, "never" when the compiled call is no faster, and "within noise"
+# when the two medians differ by less than the larger IQR, too little to count on.
 #
 # What to look for: the speed-up in each row and the calls to pay off. On the CPU, Inductor
 # fuses the elementwise operations (ReLU, BatchNorm's scale and shift in eval mode) into the
 # loops around them and removes Python and dispatcher work per operator, so a small model's
 # inference can gain severalfold; a training step, where the backward pass and the eager
-# optimizer do much of the work, can gain far less. Against that stands the first call's cost, seconds even with a
-# warm cache: compiling pays for long training runs and for servers answering many requests,
-# not for a cell that runs once. On a GPU the balance moves again, since fused kernels save
+# optimizer do much of the work, can gain far less. Against that stands the first call's cost,
+# from hundreds of milliseconds with a warm cache to tens of seconds with a cold one: compiling
+# pays for long training runs and for servers answering many requests, not for a cell that
+# runs once. On a GPU the balance moves again, since fused kernels save
 # memory traffic and kernel launches.
 #
 # Where compiling cannot work here (no C++ compiler for the CPU backend, no Triton for a GPU,
@@ -1545,12 +1559,18 @@ def _compiled_first_call(compiled: Callable[[], object], device: torch.device) -
 
 
 def _import_cpp_extension_quietly() -> None:
-    """torch.compile imports torch.utils.cpp_extension, which prints "No CUDA runtime is found, using
+    """torch.compile imports torch.utils.cpp_extension, which reports "No CUDA runtime is found, using
     CUDA_HOME=..." where a CUDA build of torch meets a CUDA toolkit but no GPU: harmless (see the README's
-    troubleshooting). That one line is dropped; anything else the import prints is passed on."""
-    buffer = io.StringIO()
-    with redirect_stderr(buffer):
-        import torch.utils.cpp_extension  # noqa: F401
+    troubleshooting). Recent releases log it as a warning, older ones print it; that one line is dropped
+    either way, and anything else the import prints is passed on."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level, buffer = logger.level, io.StringIO()
+    logger.setLevel(logging.ERROR)
+    try:
+        with redirect_stderr(buffer):
+            import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        logger.setLevel(level)
     for line in buffer.getvalue().splitlines():
         if not line.startswith("No CUDA runtime is found"):
             print(line, file=sys.stderr)
@@ -1576,8 +1596,11 @@ def compile_report(model: nn.Module, example_batch: torch.Tensor, device: torch.
     images = example_batch.to(device)  # (batch, 1, 8, 8)
     labels = torch.arange(len(images), device=device) % 10  # (batch,) any fixed labels: only the timing matters
     eager, trained = copy.deepcopy(model).to(device).eval(), copy.deepcopy(model).to(device).train()
-    torch._dynamo.reset()  # forget what this process compiled before: the first call below compiles
-    compiled, compiled_train = torch.compile(eager, backend=backend), torch.compile(trained, backend=backend)
+    try:  # torch.compile itself refuses some Python releases; the first call finds a missing compiler
+        torch.compiler.reset()  # forget what this process compiled before: the first call below compiles
+        compiled, compiled_train = torch.compile(eager, backend=backend), torch.compile(trained, backend=backend)
+    except Exception as error:  # noqa: BLE001 -- whatever the compiler stack raises means "not here"
+        return {"available": False, "backend": getattr(backend, "__name__", backend), "reason": _first_lines(error)}
     optimizer = torch.optim.AdamW(trained.parameters(), lr=DIGITS_PEAK_LR)  # the compiled copy shares them
 
     @torch.no_grad()
@@ -1599,9 +1622,11 @@ def compile_report(model: nn.Module, example_batch: torch.Tensor, device: torch.
                 return {"available": False, "backend": report["backend"], "reason": _first_lines(error)}
             timings = {label: benchmark(partial(step, net), device, min_run_time, threads=DIGITS_THREADS)
                        for label, net in (("eager", slow), ("compiled", fast))}
+            saved = timings["eager"].median - timings["compiled"].median
             report[name] = {"first_call_s": first_call_s, "cache": cache, **timings,
                             "break_even": break_even_calls(first_call_s, timings["eager"].median,
-                                                           timings["compiled"].median)}
+                                                           timings["compiled"].median),
+                            "within_noise": abs(saved) < max(t.iqr for t in timings.values())}
     report["max_abs_difference"] = (infer(compiled) - infer(eager)).abs().max().item()
     report["compiled"] = compiled
     return report
@@ -1617,7 +1642,8 @@ def print_compile_report(report: dict[str, object], arch: str) -> None:
                  "eager / compiled", "calls to pay off"],
                 [[name, fmt_seconds(r["first_call_s"]), r["cache"], *timing_cells(r["eager"]),
                   *timing_cells(r["compiled"]), f"{r['eager'].median / r['compiled'].median:.2f}×",
-                  "never" if r["break_even"] is None else f"{r['break_even']:,}"]
+                  "within noise" if r["within_noise"] else "never" if r["break_even"] is None
+                  else f"{r['break_even']:,}"]
                  for name, r in ((key, report[key]) for key in ("inference", "training step"))])
     print(timing_note(DIGITS_THREADS))
     print(f"Compiled and eager logits differ by at most {report['max_abs_difference']:.1e}: the fused kernels "
@@ -1638,99 +1664,6 @@ if __name__ == "__main__":
         print_compile_report(compiled_report, shown)
 
 # %% [markdown]
-# ## Graph breaks and recompilation
-# Dynamo records tensor operations; when Python needs a tensor's *value* to go on (an `if` on a
-# tensor, `.item()`, a call into a library it cannot trace), it ends the graph there, lets
-# Python run that bit, and starts a new graph after it: a *graph break*. The code stays correct,
-# but each break splits what Inductor can fuse and adds a hand-over per call.
-# `torch._dynamo.explain(fn)(*args)` traces without compiling and reports the graphs, the breaks
-# and their reasons (set `TORCH_LOGS="graph_breaks"` to have them logged while a real program
-# runs). Below, `damped_softmax` halves logits that grow too large with a Python `if` before the
-# softmax: one break, two graphs. The same rule as a tensor expression (`torch.where`) keeps one
-# graph. Dynamo's reason names what it could not trace: for the `if`, a conditional jump
-# (`generic_jump`) on a tensor.
-#
-# Guards decide when a compiled graph may be reused. A new batch size fails the shape guard, and
-# what happens then depends on `dynamic`: with `dynamic=False` every new size compiles a new
-# graph; with the default (`dynamic=None`) the first change recompiles once with the batch
-# dimension as a symbol, and later sizes reuse that graph; `dynamic=True` starts symbolic. Sizes
-# 0 and 1 are always specialised (a dimension of size 1 broadcasts, so a graph for "any size"
-# cannot cover it), so a batch of one compiles its own graph even then. A symbolic size can
-# still carry conditions: an operator may choose its algorithm by the batch size, as CPU
-# convolutions do, which adds a guard such as `16 <= batch`, and a batch that fails it compiles
-# another graph. `TORCH_LOGS="recompiles"` prints the failed guard behind every recompilation.
-# A backend that only counts the graphs it is handed, and runs them as they are, shows all this
-# without Inductor's cost.
-# After `torch._dynamo.config.recompile_limit` graphs for one function (8 by default), Dynamo
-# stops compiling it and runs it eagerly: a data loader whose last batch is short, or inputs of
-# many lengths, are the usual causes of recompilation, and `dynamic=True` or padding to a few
-# fixed sizes are the usual cures.
-
-# %%
-RECOMPILE_BATCHES = (256, 37, 5, 1)  # batch sizes fed one after another to the compiled model
-DYNAMIC_SETTINGS = (False, None, True)  # torch.compile(dynamic=...): never symbolic, the default, from the start
-LARGE_LOGIT = 30.0  # damp_large_logits halves logits beyond this size (the trained models stay well below it)
-
-
-def damped_softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Probabilities, with the logits halved first when any exceeds LARGE_LOGIT: a Python `if` on a tensor."""
-    logits = model(images)  # (batch, 10)
-    if logits.abs().max() > LARGE_LOGIT:
-        logits = logits / 2
-    return logits.softmax(dim=1)
-
-
-def damped_softmax_traceable(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The same rule as one tensor expression, which Dynamo records into the graph."""
-    logits = model(images)  # (batch, 10)
-    return torch.where(logits.abs().max() > LARGE_LOGIT, logits / 2, logits).softmax(dim=1)
-
-
-def graph_breaks(fn: Callable, *args) -> dict[str, object]:
-    """What torch._dynamo.explain reports for fn(*args): graphs, breaks and the reason for each break."""
-    torch._dynamo.reset()
-    explained = torch._dynamo.explain(fn)(*args)
-    return {"graphs": explained.graph_count, "breaks": explained.graph_break_count,
-            "reasons": [str(r.reason).splitlines()[0] for r in explained.break_reasons]}
-
-
-def count_compilations(model: nn.Module, batch_sizes: Sequence[int], dynamic: bool | None) -> list[int]:
-    """Graphs compiled so far after each call of torch.compile(model, dynamic=dynamic) on these batch sizes."""
-    compiled_graphs = 0
-
-    def counting_backend(graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        nonlocal compiled_graphs
-        compiled_graphs += 1
-        return graph_module.forward  # run the captured graph as it is: no Inductor, no code generation
-
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend=counting_backend, dynamic=dynamic)
-    counts = []
-    with torch.no_grad():
-        for n in batch_sizes:
-            compiled(torch.zeros(n, 1, 8, 8, device=next(model.parameters()).device))
-            counts.append(compiled_graphs)
-    return counts
-
-
-def print_compilation_behaviour(breaks: dict[str, dict[str, object]], counts: dict[bool | None, list[int]]) -> None:
-    print_table("torch._dynamo.explain: graphs and breaks", ["function", "graphs", "graph breaks", "reason"],
-                [[name, b["graphs"], b["breaks"], "; ".join(b["reasons"]) or "-"] for name, b in breaks.items()])
-    print_table("Graphs compiled so far, after each batch size in turn (a counting backend)",
-                ["torch.compile(dynamic=...)", *(f"batch {n}" for n in RECOMPILE_BATCHES)],
-                [[repr(dynamic), *row] for dynamic, row in counts.items()])
-
-
-# %%
-if __name__ == "__main__":
-    if not ctx.quick and compiled_report["available"]:  # otherwise the line above said why
-        eval_model = copy.deepcopy(runs[shown].model).eval()
-        print_compilation_behaviour(
-            {fn.__name__: graph_breaks(partial(fn, eval_model), test_images[:8])
-             for fn in (damped_softmax, damped_softmax_traceable)},
-            {dynamic: count_compilations(eval_model, RECOMPILE_BATCHES, dynamic) for dynamic in DYNAMIC_SETTINGS})
-
-# %% [markdown]
 # ## Leaving PyTorch: `torch.export`, ONNX and ONNX Runtime
 # A server or a phone rarely runs the Python that trained the model. `torch.export.export`
 # traces `forward` once into an `ExportedProgram`: the graph of aten operators with the weights,
@@ -1746,10 +1679,12 @@ if __name__ == "__main__":
 # of summation), so they are compared against a stated tolerance, `ONNX_ATOL`, at two batch
 # sizes, and the predictions on the whole test split must agree. The latency table then serves
 # one request (batch 1) and a full batch (256) from PyTorch eagerly, compiled, and from ONNX
-# Runtime (on the CPU, with the same thread count). What to look for: at batch 1, where a call
-# is mostly overhead, a runtime with less per-call overhead wins; at 256 the arithmetic starts
-# to count. TorchScript (`torch.jit.script`, `torch.jit.trace`), the older route, is
-# deprecated in favour of `torch.export`; on phones, ExecuTorch runs exported programs.
+# Runtime (on the CPU, with the same thread count); the compiled model meets batch 1 for the
+# first time here, and the warm-up call before its timing compiles it again (the last section
+# says why). What to look for: at batch 1, where a call is mostly overhead, a runtime with less
+# per-call overhead wins; at 256 the arithmetic starts to count. TorchScript
+# (`torch.jit.script`, `torch.jit.trace`), the older route, is deprecated in favour of
+# `torch.export`; on phones, ExecuTorch runs exported programs.
 
 # %%
 ONNX_ATOL = 1e-4  # largest difference accepted between ONNX Runtime's and PyTorch's float32 logits
@@ -1818,7 +1753,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_batch: torch.
         with _quiet_exporter():
             torch.onnx.export(copy.deepcopy(model).cpu().eval(), (example_batch.cpu(),), path, dynamo=True,
                               dynamic_shapes=_batch_dim(), input_names=["images"], output_names=["logits"],
-                              verbose=False)
+                              external_data=False, verbose=False)  # weights inside the file: one file to ship
     except Exception as error:  # noqa: BLE001 -- the exporter's errors span torch, onnxscript and onnx
         from importlib.metadata import version
 
@@ -1908,3 +1843,96 @@ if __name__ == "__main__":
                       serving_latency(runs[shown].model, compiled_report.get("compiled"), session, test_images,
                                       ctx.device),
                       onnx_path.stat().st_size, exported.stat().st_size)
+
+# %% [markdown]
+# ## Graph breaks and recompilation
+# Dynamo records tensor operations; when Python needs a tensor's *value* to go on (an `if` on a
+# tensor, `.item()`, a call into a library it cannot trace), it ends the graph there, lets
+# Python run that bit, and starts a new graph after it: a *graph break*. The code stays correct,
+# but each break splits what Inductor can fuse and adds a hand-over per call.
+# `torch._dynamo.explain(fn)(*args)` traces without compiling and reports the graphs, the breaks
+# and their reasons (set `TORCH_LOGS="graph_breaks"` to have them logged while a real program
+# runs). Below, `damped_softmax` halves logits that grow too large with a Python `if` before the
+# softmax: one break, two graphs. The same rule as a tensor expression (`torch.where`) keeps one
+# graph. Dynamo's reason names what it could not trace: for the `if`, a conditional jump
+# (`generic_jump`) on a tensor.
+#
+# Guards decide when a compiled graph may be reused. A new batch size fails the shape guard, and
+# what happens then depends on `dynamic`: with `dynamic=False` every new size compiles a new
+# graph; with the default (`dynamic=None`) the first change recompiles once with the batch
+# dimension as a symbol, and later sizes reuse that graph; `dynamic=True` starts symbolic. Sizes
+# 0 and 1 are always specialised (a dimension of size 1 broadcasts, so a graph for "any size"
+# cannot cover it), so a batch of one compiles its own graph even then. A symbolic size can
+# still carry conditions: an operator may choose its algorithm by the batch size, as CPU
+# convolutions do, which adds a guard such as `16 <= batch`, and a batch that fails it compiles
+# another graph. `TORCH_LOGS="recompiles"` prints the failed guard behind every recompilation.
+# A backend that only counts the graphs it is handed, and runs them as they are, shows all this
+# without Inductor's cost.
+# After `torch._dynamo.config.recompile_limit` graphs for one function (8 by default), Dynamo
+# stops compiling it and runs it eagerly: a data loader whose last batch is short, or inputs of
+# many lengths, are the usual causes of recompilation, and `dynamic=True` or padding to a few
+# fixed sizes are the usual cures.
+
+# %%
+RECOMPILE_BATCHES = (256, 37, 100, 5, 1)  # batch sizes fed one after another to the compiled model
+DYNAMIC_SETTINGS = (False, None, True)  # torch.compile(dynamic=...): never symbolic, the default, from the start
+LARGE_LOGIT = 30.0  # damp_large_logits halves logits beyond this size (the trained models stay well below it)
+
+
+def damped_softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Probabilities, with the logits halved first when any exceeds LARGE_LOGIT: a Python `if` on a tensor."""
+    logits = model(images)  # (batch, 10)
+    if logits.abs().max() > LARGE_LOGIT:
+        logits = logits / 2
+    return logits.softmax(dim=1)
+
+
+def damped_softmax_traceable(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The same rule as one tensor expression, which Dynamo records into the graph."""
+    logits = model(images)  # (batch, 10)
+    return torch.where(logits.abs().max() > LARGE_LOGIT, logits / 2, logits).softmax(dim=1)
+
+
+def graph_breaks(fn: Callable, *args) -> dict[str, object]:
+    """What torch._dynamo.explain reports for fn(*args): graphs, breaks and the reason for each break."""
+    torch.compiler.reset()
+    explained = torch._dynamo.explain(fn)(*args)
+    return {"graphs": explained.graph_count, "breaks": explained.graph_break_count,
+            "reasons": [str(r.reason).splitlines()[0] for r in explained.break_reasons]}
+
+
+def count_compilations(model: nn.Module, batch_sizes: Sequence[int], dynamic: bool | None) -> list[int]:
+    """Graphs compiled so far after each call of torch.compile(model, dynamic=dynamic) on these batch sizes."""
+    compiled_graphs = 0
+
+    def counting_backend(graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        nonlocal compiled_graphs
+        compiled_graphs += 1
+        return graph_module.forward  # run the captured graph as it is: no Inductor, no code generation
+
+    torch.compiler.reset()
+    compiled = torch.compile(model, backend=counting_backend, dynamic=dynamic)
+    counts = []
+    with torch.no_grad():
+        for n in batch_sizes:
+            compiled(torch.zeros(n, 1, 8, 8, device=next(model.parameters()).device))
+            counts.append(compiled_graphs)
+    return counts
+
+
+def print_compilation_behaviour(breaks: dict[str, dict[str, object]], counts: dict[bool | None, list[int]]) -> None:
+    print_table("torch._dynamo.explain: graphs and breaks", ["function", "graphs", "graph breaks", "reason"],
+                [[name, b["graphs"], b["breaks"], "; ".join(b["reasons"]) or "-"] for name, b in breaks.items()])
+    print_table("Graphs compiled so far, after each batch size in turn (a counting backend)",
+                ["torch.compile(dynamic=...)", *(f"batch {n}" for n in RECOMPILE_BATCHES)],
+                [[repr(dynamic), *row] for dynamic, row in counts.items()])
+
+
+# %%
+if __name__ == "__main__":
+    if not ctx.quick and compiled_report["available"]:  # otherwise the line above said why
+        eval_model = copy.deepcopy(runs[shown].model).eval()
+        print_compilation_behaviour(
+            {fn.__name__: graph_breaks(partial(fn, eval_model), test_images[:8].to(ctx.device))
+             for fn in (damped_softmax, damped_softmax_traceable)},
+            {dynamic: count_compilations(eval_model, RECOMPILE_BATCHES, dynamic) for dynamic in DYNAMIC_SETTINGS})

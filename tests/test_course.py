@@ -96,6 +96,8 @@ def test_doctor_reports_this_machine_and_a_verdict_per_lesson():
     assert rows["MPS"][1] == ("ok" if torch.backends.mps.is_available() else "absent")
     assert rows["DDP backend gloo"][3] == ("ok" if torch.distributed.is_gloo_available() else "absent")
     assert rows["torch.compile"][1] == "ok" and rows["ONNX Runtime"][2] == "ok"  # both work on the test machines
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert rows["torch.compile"][2:8] == ["a", "small", "convolution", "on", f"{device}:", "first"]
     assert [line for line in done.stdout.splitlines() if line.endswith(": runs")] == [
         f"{lesson.module}: runs" for lesson in course.LESSONS]
 
@@ -105,8 +107,12 @@ def test_doctor_names_what_a_lesson_runs_without(monkeypatch):
     rows, verdicts = course.doctor_rows(compile_result=(False, "InvalidCxxCompiler: no working C++ compiler"))
     assert ("torch.compile", "fails", "InvalidCxxCompiler: no working C++ compiler") in rows
     assert [row[:2] for row in rows if row[0] == "ONNX Runtime"] == [("ONNX Runtime", "fails")]
-    assert verdicts[-1] == "digits_classifier: runs without torch.compile and ONNX Runtime"
+    assert verdicts[-1] == ("digits_classifier: --quick runs; the full run stops at its export without onnxruntime "
+                            "(run `make demo`)")
     assert verdicts[:-1] == [f"{lesson.module}: runs" for lesson in course.LESSONS[:-1]]
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    _, verdicts = course.doctor_rows(compile_result=(False, "InvalidCxxCompiler: no working C++ compiler"))
+    assert verdicts[-1] == "digits_classifier: runs without torch.compile"
     monkeypatch.setitem(sys.modules, "torch", None)
     rows, verdicts = course.doctor_rows(compile_result=(True, "-"))
     assert rows[-1][:2] == ("import torch", "fails")
