@@ -169,7 +169,7 @@ def doctor_rows(compile_result: tuple[bool, str] | None = None) -> tuple[list[tu
 
 def doctor() -> int:
     """Print the table and the verdicts; exit code 1 where something a lesson needs is missing or fails."""
-    print("Checking this machine (torch.compile's check compiles a tiny function: seconds, or a minute the "
+    print("Checking this machine (torch.compile's check compiles a small convolution: seconds, or a minute the "
           "first time)...", flush=True)
     rows, verdicts = doctor_rows()
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
