@@ -1524,7 +1524,8 @@ if __name__ == "__main__":
 #
 # Where compiling cannot work here (no C++ compiler for the CPU backend, no Triton for a GPU,
 # a Python release Dynamo does not support yet), the lesson says why in one line and goes on:
-# everything else in it runs eagerly. `python course.py doctor` checks this for your machine.
+# the serving table leaves out its compiled rows and the last section is skipped.
+# `python course.py doctor` checks this for your machine.
 
 # %%
 COMPILE_MIN_RUN_S = 0.1  # benchmark time per latency row in the compile and serving sections

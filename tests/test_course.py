@@ -119,6 +119,13 @@ def test_doctor_names_what_a_lesson_runs_without(monkeypatch):
     assert verdicts == [f"{lesson.module}: does not run (torch does not import)" for lesson in course.LESSONS]
 
 
+def test_doctor_exits_1_when_something_fails(monkeypatch, capsys):
+    monkeypatch.setattr(course, "compile_check", lambda: (False, "InvalidCxxCompiler"))
+    assert course.doctor() == 1
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["torch.compile", "fails", "InvalidCxxCompiler"] in printed
+
+
 def test_a_compile_check_that_fails_or_hangs_is_one_line_not_a_traceback(monkeypatch):
     monkeypatch.setattr(course, "DOCTOR_COMPILE_CODE", "raise RuntimeError('InvalidCxxCompiler: no C++ compiler')")
     assert course.compile_check(timeout_s=60) == (False, "RuntimeError: InvalidCxxCompiler: no C++ compiler")

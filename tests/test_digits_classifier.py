@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -450,7 +451,8 @@ def test_the_demo_run_stops_early_and_keeps_the_best_epochs_weights(tmp_path):
     """The run the lesson shows: a rate too large to settle, held constant; early stopping fires before the cap."""
     settings = dict(peak_lr=dc.STOPPING_LR, schedule="constant", patience=dc.DIGITS_PATIENCE)
     cap = dc.STOPPING_EPOCHS  # the same in --quick and in a full run
-    run = dc.fit_digits("mlp", cap, seed=0, **settings)
+    kept = tmp_path / "kept.pt"  # the prediction checkpoint of a run whose best epoch is not its last
+    run = dc.fit_digits("mlp", cap, seed=0, checkpoint_path=kept, **settings)
     last, best = len(run.history), run.best_epoch
     assert last < cap  # it stops before its last epoch
     assert best == last - dc.DIGITS_PATIENCE  # the stop comes `patience` epochs after the best
@@ -466,6 +468,9 @@ def test_the_demo_run_stops_early_and_keeps_the_best_epochs_weights(tmp_path):
     assert state.keys() == at_best.keys()
     for key, value in state.items():
         assert torch.equal(value, at_best[key]), key
+    model, _ = dc.load_classifier(kept)  # the prediction checkpoint holds the kept epoch, and says which
+    assert all(torch.equal(value, at_best[key]) for key, value in model.state_dict().items())
+    assert torch.load(kept, weights_only=True)["epoch"] == best
     summary = dc.stopping_summary(run, cap, dc.DIGITS_PATIENCE)
     assert summary == {"stopped early": True, "last epoch": last, "best epoch": best,
                        "epochs after the best": dc.DIGITS_PATIENCE, "patience": dc.DIGITS_PATIENCE, "max epochs": cap}
@@ -900,8 +905,9 @@ def test_predict_command_prints_the_digit_for_npy_and_png(saved_mlp, tmp_path, c
 
 
 @pytest.mark.parametrize("bad", ["missing checkpoint", "not a checkpoint", "a dict without the keys",
-                                 "weights of another model", "a resume checkpoint", "missing image", "wrong shape",
-                                 "0-255 scale", "a text file named .png", "another suffix"])
+                                 "weights of another model", "an unknown arch", "a resume checkpoint", "missing image",
+                                 "wrong shape", "0-255 scale", "negative values", "a text file named .png",
+                                 "another suffix"])
 def test_predict_command_turns_bad_input_into_one_line_and_exit_code_2(bad, saved_mlp, tmp_path, capsys):
     _, path = saved_mlp
     image = tmp_path / "digit.npy"
@@ -918,6 +924,9 @@ def test_predict_command_turns_bad_input_into_one_line_and_exit_code_2(bad, save
         path = tmp_path / "other.pt"
         checkpoint = torch.load(saved_mlp[1], weights_only=True)
         torch.save({**checkpoint, "arch": "cnn"}, path)
+    elif bad == "an unknown arch":
+        path = tmp_path / "other.pt"
+        torch.save({**torch.load(saved_mlp[1], weights_only=True), "arch": "resnet"}, path)
     elif bad == "a resume checkpoint":
         path = tmp_path / "resume.pt"
         dc.fit_digits("mlp", epochs=2, seed=3, checkpoint_path=path, stop_after=1)
@@ -927,6 +936,8 @@ def test_predict_command_turns_bad_input_into_one_line_and_exit_code_2(bad, save
         np.save(image, np.zeros((7, 7)))
     elif bad == "0-255 scale":
         np.save(image, np.full((8, 8), 255.0))
+    elif bad == "negative values":
+        np.save(image, np.full((8, 8), -1.0))
     elif bad == "a text file named .png":
         image = tmp_path / "digit.png"
         image.write_text("not an image")
@@ -945,6 +956,16 @@ def test_predict_runs_as_a_command_in_a_real_process(saved_mlp, tmp_path):
                            str(tmp_path / "digit.npy")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert good.returncode == 0 and good.stderr == "" and good.stdout.startswith("digit.npy: digit ")
     assert "===" not in good.stdout  # the command, not the lesson: no banner, no sections
+
+
+
+def test_the_lessons_command_dispatch_passes_on_the_exit_code_of_a_failure(tmp_path, capsys):
+    np.save(tmp_path / "digit.npy", np.zeros((8, 8)))
+    argv = ["predict", "--checkpoint", str(tmp_path / "no.pt"), str(tmp_path / "digit.npy")]
+    assert run_script("digits_classifier", argv) == 2  # through start_lesson, as `python digits_classifier.py ...`
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1
+    assert out.err.startswith("digits_classifier.py predict: error: checkpoint ")
 
 
 def test_a_prediction_checkpoint_is_refused_as_a_resume_point(saved_mlp):
@@ -1008,6 +1029,11 @@ def test_a_python_if_on_a_tensor_breaks_the_graph_and_torch_where_does_not():
     assert dc.graph_breaks(partial_model(dc.damped_softmax_traceable, model), images) == {
         "graphs": 1, "breaks": 0, "reasons": []}
     with torch.no_grad():
+        model[-1].bias.fill_(-100.0)  # every logit large and negative: the test is on the size, not the sign
+        logits = model(images)
+        for fn in (dc.damped_softmax, dc.damped_softmax_traceable):
+            torch.testing.assert_close(fn(model, images), F.softmax(logits / 2, dim=1))
+        model[-1].bias.zero_()
         for scale in (1.0, 1e3):  # below and above LARGE_LOGIT: both branches, against a direct computation
             model[-1].weight.mul_(scale)
             logits = model(images)
@@ -1060,7 +1086,7 @@ def test_onnx_runtime_and_a_fresh_process_give_the_models_logits(exported_cnn, t
     with torch.no_grad():
         torch.testing.assert_close(dc.run_saved_program_in_fresh_process(program, images), model(images))
     with torch.no_grad():
-        rows = dc.serving_agreement(model, session, model(images) + 1.0, images)  # a program 1.0 off everywhere
+        rows = dc.serving_agreement(model, session, model(images) - 1.0, images)  # a program 1.0 below everywhere
     assert [r["batch"] for r in rows] == [*dc.ONNX_CHECK_BATCHES, 41, 41]
     assert all(r["max_abs_difference"] <= dc.ONNX_ATOL for r in rows[:3])
     assert rows[3]["max_abs_difference"] == pytest.approx(1.0) and rows[3]["same_predictions"] == 41
@@ -1095,6 +1121,10 @@ def test_compile_table_states_threads_one_run_ratios_and_never(capsys):
     assert lines[4].split()[-2:] == ["0.25×", "never"]
     assert lines[5].startswith("Median over timed blocks of calls on 1 thread")
     assert lines[-1].startswith("The cache was cold")
+    report["inference"]["cache"], report["training step"]["cache"] = "warm", "cold"  # a cold training step alone
+    # still says the cache was cold
+    dc.print_compile_report(report, "cnn")
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("The cache was cold")
     report["training step"]["within_noise"] = True
     dc.print_compile_report(report, "cnn")
     assert [line for line in capsys.readouterr().out.splitlines() if line][4].split()[-3:] == [
@@ -1120,6 +1150,28 @@ def test_serving_rows_and_table_cover_every_runtime_and_batch(exported_cnn, fake
     full_batch = [line.split() for line in lines if line.startswith(str(dc.LATENCY_BATCHES[-1]))]
     assert len(full_batch) == 2 and all(" ".join(row[-2:]) == fmt_seconds(FAKE_MEDIAN_S / dc.LATENCY_BATCHES[-1])
                                         for row in full_batch)
+
+
+def test_a_program_that_fails_in_the_fresh_process_is_an_error_with_its_message(tmp_path):
+    (tmp_path / "not.pt2").write_text("not a program")
+    with pytest.raises(RuntimeError, match="fresh process failed"):
+        dc.run_saved_program_in_fresh_process(tmp_path / "not.pt2", torch.zeros(2, 1, 8, 8))
+
+
+def test_onnx_sessions_use_the_threads_asked_for_and_export_runs_the_checker(exported_cnn, monkeypatch, tmp_path):
+    import onnx
+
+    _, example, path = exported_cnn
+    for threads in (1, 3):
+        assert dc.onnx_session(path, threads).get_session_options().intra_op_num_threads == threads
+
+    def refuse(model, *args, **kwargs):
+        raise onnx.checker.ValidationError("checked")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    monkeypatch.setattr(torch.onnx, "export", lambda model, args, f, **kwargs: shutil.copy(path, f))  # no re-export
+    with pytest.raises(onnx.checker.ValidationError, match="checked"):
+        dc.export_onnx(dc.make_digits_model("mlp"), tmp_path / "m.onnx", example)
 
 
 def test_a_failing_onnx_export_is_one_line_naming_the_versions(monkeypatch, tmp_path):
