@@ -949,13 +949,15 @@ def test_predict_command_turns_bad_input_into_one_line_and_exit_code_2(bad, save
     assert err.startswith("digits_classifier.py predict: error: ") and err.count("\n") == 1
 
 
-def test_predict_runs_as_a_command_in_a_real_process(saved_mlp, tmp_path):
+def test_predict_runs_as_the_lessons_command(saved_mlp, tmp_path, capsys):
+    """`python digits_classifier.py predict ...` as run_script runs it: the set-up cell hands over to predict_main."""
     raw, _ = _raw_test_images(3)
     np.save(tmp_path / "digit.npy", raw[0])
-    good = subprocess.run([sys.executable, "digits_classifier.py", "predict", "--checkpoint", str(saved_mlp[1]),
-                           str(tmp_path / "digit.npy")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert good.returncode == 0 and good.stderr == "" and good.stdout.startswith("digit.npy: digit ")
-    assert "===" not in good.stdout  # the command, not the lesson: no banner, no sections
+    assert run_script("digits_classifier", ["predict", "--checkpoint", str(saved_mlp[1]),
+                                            str(tmp_path / "digit.npy")]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and out.out.startswith("digit.npy: digit ")
+    assert "===" not in out.out  # the command, not the lesson: no banner, no sections
 
 
 
@@ -1152,8 +1154,9 @@ def test_serving_rows_and_table_cover_every_runtime_and_batch(exported_cnn, fake
                                         for row in full_batch)
 
 
-def test_a_program_that_fails_in_the_fresh_process_is_an_error_with_its_message(tmp_path):
+def test_a_program_that_fails_in_the_fresh_process_is_an_error_with_its_message(tmp_path, monkeypatch):
     (tmp_path / "not.pt2").write_text("not a program")
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a process that fails at once, without importing torch
     with pytest.raises(RuntimeError, match="fresh process failed"):
         dc.run_saved_program_in_fresh_process(tmp_path / "not.pt2", torch.zeros(2, 1, 8, 8))
 
