@@ -88,9 +88,11 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
-    return f"{type(error).__name__}: {text}"[:200]
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """An error's type and message on one line, cut to `limit` characters: compiler errors put the cause on a
+    later line, so the lines are joined rather than the first one kept."""
+    text = f"{type(error).__name__}: " + " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def compile_check(python: str = sys.executable, timeout_s: float = DOCTOR_COMPILE_TIMEOUT_S) -> tuple[bool, str]:
@@ -102,7 +104,7 @@ def compile_check(python: str = sys.executable, timeout_s: float = DOCTOR_COMPIL
     except subprocess.TimeoutExpired:
         return False, f"no answer within {timeout_s:.0f} s"
     except OSError as error:  # the interpreter itself could not start
-        return False, _one_line(error)
+        return False, one_line(error)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return False, (lines[-1] if lines else f"exit code {done.returncode}")[:200]
@@ -121,7 +123,7 @@ def doctor_rows(compile_result: tuple[bool, str] | None = None) -> tuple[list[tu
     try:
         import torch
     except Exception as error:  # noqa: BLE001 -- a broken install is reported, whatever it raises
-        rows.append(("import torch", "fails", _one_line(error)))
+        rows.append(("import torch", "fails", one_line(error)))
         return rows, [f"{row.module}: does not run (torch does not import)" for row in LESSONS]
     cpu = torch.backends.cpu.get_cpu_capability()
     rows.append(("CPU", "ok", f"{torch.get_num_threads()} threads; vector extensions torch uses: {cpu}"))
@@ -149,7 +151,7 @@ def doctor_rows(compile_result: tuple[bool, str] | None = None) -> tuple[list[tu
         rows.append(("ONNX Runtime", "ok", f"providers: {', '.join(onnxruntime.get_available_providers())}"))
         runtime = True
     except Exception as error:  # noqa: BLE001
-        rows.append(("ONNX Runtime", "fails", _one_line(error)))
+        rows.append(("ONNX Runtime", "fails", one_line(error)))
         runtime = False
     verdicts = []
     for row in LESSONS:

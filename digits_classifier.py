@@ -45,6 +45,7 @@ from torch.autograd import DeviceType
 from torch.profiler import record_function
 from torch.utils.data import Subset, TensorDataset, random_split
 
+from course import one_line
 from dataset_loader_demo import DigitsDataset, FastBatchLoader, digit_mosaic
 from lesson_harness import (
     TIMING_HEADERS,
@@ -1532,13 +1533,6 @@ COMPILE_MIN_RUN_S = 0.1  # benchmark time per latency row in the compile and ser
 COMPILE_BATCH = 256  # example batch for compilation and steady-state latency: about the evaluation batch
 
 
-def _first_lines(error: BaseException, lines: int = 2) -> str:
-    """The start of an error's message on one line: compiler errors put the cause on their second line."""
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    words = f"{type(error).__name__}: {text}"
-    return words if len(words) <= 300 else words[:297] + "..."
-
-
 def inductor_cache_state(hits: int, misses: int) -> str:
     """How warm Inductor's on-disk graph cache was for one compilation, from its hit and miss counts."""
     if hits and not misses:
@@ -1559,19 +1553,28 @@ def _compiled_first_call(compiled: Callable[[], object], device: torch.device) -
                                                counters["inductor"]["fxgraph_cache_miss"])
 
 
+@contextmanager
+def _loggers_at_error(*names: str) -> Iterator[None]:
+    """Only errors from these loggers while the block runs; their levels are restored after it."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _import_cpp_extension_quietly() -> None:
     """torch.compile imports torch.utils.cpp_extension, which reports "No CUDA runtime is found, using
     CUDA_HOME=..." where a CUDA build of torch meets a CUDA toolkit but no GPU: harmless (see the README's
     troubleshooting). Recent releases log it as a warning, older ones print it; that one line is dropped
     either way, and anything else the import prints is passed on."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level, buffer = logger.level, io.StringIO()
-    logger.setLevel(logging.ERROR)
-    try:
-        with redirect_stderr(buffer):
-            import torch.utils.cpp_extension  # noqa: F401
-    finally:
-        logger.setLevel(level)
+    buffer = io.StringIO()
+    with _loggers_at_error("torch.utils.cpp_extension"), redirect_stderr(buffer):
+        import torch.utils.cpp_extension  # noqa: F401
     for line in buffer.getvalue().splitlines():
         if not line.startswith("No CUDA runtime is found"):
             print(line, file=sys.stderr)
@@ -1601,7 +1604,7 @@ def compile_report(model: nn.Module, example_batch: torch.Tensor, device: torch.
         torch.compiler.reset()  # forget what this process compiled before: the first call below compiles
         compiled, compiled_train = torch.compile(eager, backend=backend), torch.compile(trained, backend=backend)
     except Exception as error:  # noqa: BLE001 -- whatever the compiler stack raises means "not here"
-        return {"available": False, "backend": getattr(backend, "__name__", backend), "reason": _first_lines(error)}
+        return {"available": False, "backend": getattr(backend, "__name__", backend), "reason": one_line(error)}
     optimizer = torch.optim.AdamW(trained.parameters(), lr=DIGITS_PEAK_LR)  # the compiled copy shares them
 
     @torch.no_grad()
@@ -1620,7 +1623,7 @@ def compile_report(model: nn.Module, example_batch: torch.Tensor, device: torch.
             try:
                 first_call_s, cache = _compiled_first_call(partial(step, fast), device)
             except Exception as error:  # noqa: BLE001 -- whatever the compiler stack raises means "not here"
-                return {"available": False, "backend": report["backend"], "reason": _first_lines(error)}
+                return {"available": False, "backend": report["backend"], "reason": one_line(error)}
             timings = {label: benchmark(partial(step, net), device, min_run_time, threads=DIGITS_THREADS)
                        for label, net in (("eager", slow), ("compiled", fast))}
             saved = timings["eager"].median - timings["compiled"].median
@@ -1727,19 +1730,11 @@ def _quiet_exporter() -> Iterator[None]:
     none), and some releases warn about torch's and onnxscript's own internals. torch 2.6's export also logs
     that it ignored the guard `batch >= 16` a CPU convolution adds (see "Graph breaks and recompilation"): it
     only picks the convolution's algorithm, and the tests compare the exported model at batch sizes 1 and 37."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx._internal.exporter._registration",
-                                                    "torch.fx.experimental.symbolic_shapes")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning, module="onnxscript")  # onnxscript 0.2's own
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    with (_loggers_at_error("torch.onnx._internal.exporter._registration", "torch.fx.experimental.symbolic_shapes"),
+          warnings.catch_warnings()):
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="onnxscript")  # onnxscript 0.2's own
+        yield
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_batch: torch.Tensor) -> Path:
@@ -1759,7 +1754,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_batch: torch.
         from importlib.metadata import version
 
         raise LessonError(f"torch.onnx.export failed with torch {torch.__version__} and onnxscript "
-                          f"{version('onnxscript')} ({_first_lines(error)[:160]}); the two must be a matched pair: "
+                          f"{version('onnxscript')} ({one_line(error, 160)}); the two must be a matched pair: "
                           "see the README's troubleshooting") from error
     onnx.checker.check_model(onnx.load(path))  # raises on an invalid model
     return path
@@ -1780,20 +1775,17 @@ def serving_agreement(model: nn.Module, session, program_outputs: torch.Tensor,
                       images: torch.Tensor) -> list[dict[str, object]]:
     """PyTorch's logits against ONNX Runtime's (at ONNX_CHECK_BATCHES and the whole of `images`) and against
     the exported program's outputs from a fresh process (`program_outputs`, for all of `images`)."""
-    model = copy.deepcopy(model).cpu().eval()
-    rows = []
-    for n in (*ONNX_CHECK_BATCHES, len(images)):
-        batch = images[:n]  # (n, 1, 8, 8), or all of `images` if fewer
-        expected = model(batch)  # (n, 10)
-        served = torch.from_numpy(session.run(["logits"], {"images": batch.numpy()})[0])
-        rows.append({"runtime": "ONNX Runtime", "batch": len(batch),
-                     "max_abs_difference": (served - expected).abs().max().item(),
-                     "same_predictions": int((served.argmax(1) == expected.argmax(1)).sum())})
-    expected = model(images)
-    rows.append({"runtime": "torch.export.load, fresh process", "batch": len(images),
-                 "max_abs_difference": (program_outputs - expected).abs().max().item(),
-                 "same_predictions": int((program_outputs.argmax(1) == expected.argmax(1)).sum())})
-    return rows
+    expected = copy.deepcopy(model).cpu().eval()(images)  # (n, 10): the reference for every row
+
+    def row(runtime: str, outputs: torch.Tensor) -> dict[str, object]:
+        reference = expected[:len(outputs)]
+        return {"runtime": runtime, "batch": len(outputs),
+                "max_abs_difference": (outputs - reference).abs().max().item(),
+                "same_predictions": int((outputs.argmax(1) == reference.argmax(1)).sum())}
+
+    served = [torch.from_numpy(session.run(["logits"], {"images": images[:n].numpy()})[0])
+              for n in (*ONNX_CHECK_BATCHES, len(images))]  # images[:n]: all of them if fewer
+    return [row("ONNX Runtime", out) for out in served] + [row("torch.export.load, fresh process", program_outputs)]
 
 
 def serving_latency(model: nn.Module, compiled: nn.Module | None, session, images: torch.Tensor,
