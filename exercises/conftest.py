@@ -2,7 +2,7 @@
 
 EXERCISES unset (or empty): your answers in exercises/<lesson>.py.
 EXERCISES=solutions: the reference solutions in exercises/solutions/.
-EXERCISES=wrong (for maintainers): every plausible wrong answer in exercises/wrong_answers.py,
+EXERCISES=wrong (for maintainers): every plausible wrong answer in exercises/mistakes/<lesson>.py,
 one test per wrong answer; each must fail (tests/test_exercises.py checks that it does).
 
 A test named test_<exercise> checks the exercise <exercise>, which its `answer` fixture provides.
@@ -10,15 +10,22 @@ A test named test_<exercise> checks the exercise <exercise>, which its `answer` 
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import importlib
 import inspect
 import os
-import re
+import signal
+import threading
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
+
+from exercises import catalog
+from exercises.checks import checking, hint_lines
+from exercises.rules import watching
 
 MODES = ("", "solutions", "wrong")  # the values EXERCISES may take ("" = unset = your answers)
 EXERCISES_DIR = Path(__file__).resolve().parent
@@ -66,11 +73,10 @@ def module_under_test(lesson: str):
 def pytest_generate_tests(metafunc) -> None:
     if "answer" not in metafunc.fixturenames or exercise_mode() != "wrong":
         return
-    from exercises.wrong_answers import WRONG_ANSWERS
+    from exercises.mistakes import all_mistakes
 
-    wrong = WRONG_ANSWERS.get(exercise_name(metafunc.function), [])
-    metafunc.parametrize("answer", [w.implementation for w in wrong], ids=[w.mistake_id for w in wrong],
-                         indirect=True)
+    wrong = all_mistakes().get(exercise_name(metafunc.function), [])
+    metafunc.parametrize("answer", wrong, ids=[mistake.mistake_id for _, mistake in wrong], indirect=True)
 
 
 @pytest.fixture
@@ -79,7 +85,9 @@ def answer(request):
     name = exercise_name(request.function)
     lesson = request.module.LESSON
     if hasattr(request, "param"):  # EXERCISES=wrong: a parametrized wrong answer
-        implementation = request.param
+        from exercises.mistakes import build
+
+        implementation = build(*request.param)
     else:
         implementation = getattr(module_under_test(lesson), name, None)
         if implementation is None:
@@ -90,13 +98,6 @@ def answer(request):
     return implementation
 
 
-def docstring_hint(lesson: str, name: str) -> str:
-    """The 'Hint:' paragraph of the exercise's docstring in the stub module."""
-    doc = inspect.getdoc(getattr(stub_module(lesson), name, None)) or ""
-    match = re.search(r"^Hint:(.*?)(?:\n\s*\n|\Z)", doc, re.S | re.M)
-    return " ".join(match.group(1).split()) if match else "read the docstring of the exercise again."
-
-
 def _source_file(implementation) -> str | None:
     try:
         return inspect.getsourcefile(implementation)
@@ -104,19 +105,93 @@ def _source_file(implementation) -> str | None:
         return None
 
 
+class CheckTimedOut(BaseException):
+    """Raised into a check that ran past its time limit (a BaseException: `except Exception` does not catch it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Stop the code inside after `seconds`: SIGALRM where there is one, else a timer interrupting the main thread."""
+    if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+        def on_alarm(signum, frame):
+            raise CheckTimedOut
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    fired = threading.Event()
+
+    def interrupt() -> None:
+        fired.set()
+        _thread.interrupt_main()
+
+    timer = threading.Timer(seconds, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if fired.is_set():
+            raise CheckTimedOut from None
+        raise
+    finally:
+        timer.cancel()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem):
-    """Turn an unattempted exercise into 'not done yet' and a crash in your code into a short message."""
-    try:
+    """Run an exercise's check under its rules and time limit; turn an unattempted exercise into 'not done yet',
+    a crash in your code into a short message, an endless loop into a timeout and a banned call into the rule."""
+    exercise = catalog.BY_NAME.get(exercise_name(pyfuncitem.function))
+    if exercise is None:  # not an exercise's check
         return (yield)
-    except NotImplementedError:
-        message = _not_done_message(pyfuncitem)
-    except Exception as error:
-        message = _crash_message(pyfuncitem, error)
-        if message is None:  # not raised in the code under test: a bug in the check itself, show everything
-            raise
+    message, result = None, None
+    with checking(exercise), watching(exercise.rules) as watch:
+        try:
+            with time_limit(exercise.limit_s()):
+                result = yield
+        except CheckTimedOut:
+            message = _timeout_message(exercise)
+        except NotImplementedError:
+            message = _not_done_message(pyfuncitem)
+        except pytest.fail.Exception:
+            if not watch.seen:
+                raise
+        except Exception as error:
+            message = _crash_message(pyfuncitem, error)
+            if message is None and not watch.seen:  # not raised in the code under test: a bug in the check
+                raise
+        if watch.seen and not (message or "").startswith(NOT_DONE):
+            message = _rule_message(exercise, watch)
+    if message is None:
+        return result
     # Outside the except blocks, so the report shows only the message, not "during handling of ...".
     pytest.fail(message, pytrace=False)
+
+
+NOT_DONE = "not done yet"  # how an unattempted exercise's message starts (exercises/summary.py reads it)
+
+
+def _timeout_message(exercise: catalog.Exercise) -> str:
+    return "\n".join([f"{exercise.name} took longer than {exercise.limit_s():g} s and was stopped: an endless loop? "
+                      "A right answer takes a small fraction of that.", *hint_lines("")])
+
+
+def _rule_message(exercise: catalog.Exercise, watch) -> str:
+    lines = []
+    for rule in exercise.rules:
+        calls = [label for label in watch.seen if watch.rule_of.get(label) is rule]
+        if calls:
+            lines += [f"{exercise.name} breaks a rule of this exercise: {rule.says}.",
+                      f"  Yours called {', '.join(calls)} (the function itself, whatever name it was imported "
+                      "under, and even where its error was caught).",
+                      f"  Why the rule: {rule.why}."]
+    return "\n".join(lines + hint_lines(""))
 
 
 def _relative(path: Path) -> str:
@@ -127,7 +202,7 @@ def _relative(path: Path) -> str:
 def _not_done_message(item) -> str:
     name, lesson, implementation = getattr(item, "exercise", (item.name, "?", None))
     where = _relative(Path(_source_file(implementation) or EXERCISES_DIR / f"{lesson}.py"))
-    return f"not done yet: {name} — open {where} and replace the NotImplementedError"
+    return f"{NOT_DONE}: {name} — open {where} and replace the NotImplementedError"
 
 
 def _crash_message(item, error: Exception) -> str | None:
@@ -141,5 +216,4 @@ def _crash_message(item, error: Exception) -> str | None:
     frame = frames[-1]
     return (f"{name} raised {type(error).__name__}: {error}\n"
             f"  in {_relative(Path(source))}, line {frame.lineno}, in {frame.name}:\n"
-            f"      {frame.line}\n"
-            f"Hint: {docstring_hint(lesson, name)}")
+            f"      {frame.line}\n" + "\n".join(hint_lines("")))

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader, TensorDataset
 
-from exercises.checks import check, check_close, check_equal, check_raises_value_error
+from exercises.checks import broken_rule, check, check_close, check_equal, check_raises_value_error
 
 LESSON = "dataset_loader_demo"
 TEXT = "the café in 東京 is the cafe"  # repeated and non-ASCII characters: one token per code point
@@ -58,12 +58,20 @@ def test_pad_and_sort_collate(answer):
         expected_padded[row, :lengths[i]] = batch[i][0].numpy()
     padded, got_lengths, labels = answer(batch)
     what = "pad_and_sort_collate(batch) for sequences of lengths [3, 5, 2, 5, 1] with labels [10, 11, 12, 13, 14]"
+    ascending = np.argsort(np.array(lengths), kind="stable")
     check_close(got_lengths, torch.tensor([lengths[i] for i in order]), what=what + ": lengths", rtol=0, atol=0,
-                hint="Return the true lengths before padding, longest first, as int64.")
+                looks_like={"sorted shortest first: pack_padded_sequence(enforce_sorted=True) wants the longest first":
+                            torch.tensor([lengths[i] for i in ascending]),
+                            "the padded length for every row instead of each sequence's own length":
+                            torch.full((len(batch),), max(lengths))},
+                hint="The lengths are the true lengths before padding, longest first.")
     check_close(padded, torch.from_numpy(expected_padded), what=what + ": padded", rtol=0, atol=0,
-                hint="Sort longest first, keeping equal lengths in batch order (a stable sort), and pad with zeros.")
+                hint="Longest first, equal lengths in batch order (a stable sort); the zeros of the padding come "
+                     "after each sequence's values.")
     check_close(labels, torch.tensor([10 + i for i in order]), what=what + ": labels", rtol=0, atol=0,
-                hint="Reorder the labels with the same order as the sequences, so each stays with its sequence.")
+                looks_like={"the labels are still in batch order while the sequences were sorted: every label "
+                            "now sits next to another sequence": torch.tensor([10 + i for i in range(len(batch))])},
+                hint="A label belongs to its sequence.")
     pack_padded_sequence(padded.unsqueeze(-1), got_lengths, batch_first=True, enforce_sorted=True)  # must not raise
     loader = DataLoader(batch, batch_size=5, collate_fn=answer)
     loaded_padded, _, _ = next(iter(loader))
@@ -84,27 +92,27 @@ def test_BucketBatchSampler(answer):
                 hint="There are ceil(n / batch_size) batches: the last, smaller batch counts too.")
     global_state = torch.get_rng_state()
     first = _batches(sampler)
-    check(torch.equal(global_state, torch.get_rng_state()), "BucketBatchSampler drew from torch's global RNG although "
-          "it was given a generator.", expected="the global RNG untouched", got="the global RNG advanced",
-          hint="Pass generator=self.generator to torch.randperm.")
+    if not torch.equal(global_state, torch.get_rng_state()):
+        broken_rule("BucketBatchSampler", "it drew from torch's global RNG although it was given a generator",
+                    hint="torch.randperm draws from the global RNG unless it is given a generator.")
     check_equal(sorted(i for batch in first for i in batch), list(range(n)),
-                what="all indices of one pass, sorted", hint="Every index exactly once per pass: do not drop the "
-                                                             "last batch, and do not repeat indices.")
+                what="all indices of one pass, sorted", hint="Every index exactly once per pass, the last, smaller "
+                                                             "batch included.")
     sorted_order = np.argsort(lengths, kind="stable").tolist()
     expected_batches = [sorted(sorted_order[i:i + batch_size]) for i in range(0, n, batch_size)]
     got_batches = sorted(sorted(batch) for batch in first)
     check(got_batches == sorted(expected_batches), "BucketBatchSampler's batches are not neighbours in length order.",
           expected=sorted(expected_batches)[:3], got=got_batches[:3],
-          hint="Sort the indices by length first, then cut consecutive runs of batch_size; shuffle only the order "
-               "of the batches, not their contents.")
+          hint="A batch holds indices that are neighbours in length order: shuffle which batch comes when, "
+               "not what is in it.")
     batch_order = [sorted_order.index(batch[0]) // batch_size for batch in first]  # position of each batch
     check(batch_order != sorted(batch_order), "BucketBatchSampler yields its batches in length order, unshuffled.",
           expected="the batches in a random order", got=f"batch positions {batch_order}",
-          hint="Visit the batches in torch.randperm(len(batches), generator=...) order.")
+          hint="The order of the batches must be random.")
     second = _batches(sampler)
     check(second != first, "Two passes over BucketBatchSampler gave the same batch order.",
           expected="a new order each pass", got=f"the same order twice: {first[:3]} ...",
-          hint="Draw the permutation in __iter__ (not once in __init__), from the same generator: it advances.")
+          hint="An order drawn once, when the sampler is built, repeats on every pass.")
     again = _batches(answer(lengths, batch_size, generator=torch.Generator().manual_seed(0)))
     check(again == first, "Two BucketBatchSamplers with generators seeded alike gave different orders.",
           expected=first[:3], got=again[:3], hint="Draw only from the generator you were given.")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from exercises.checks import check, check_close, check_equal, check_raises_value_error, fail, forbidden
+from exercises.checks import broken_rule, check_close, check_equal, check_raises_value_error, fail
+from exercises.rules import reference
 
 LESSON = "tensor_basics"
 
@@ -13,12 +14,14 @@ LESSON = "tensor_basics"
 def test_vandermonde(answer):
     x = torch.tensor([-1.5, 0.0, 0.5, 2.0, 3.0], dtype=torch.float64)
     for degree in (3, 0):
-        expected = torch.from_numpy(np.vander(x.numpy(), degree + 1, increasing=True))  # (n, degree + 1)
+        with reference():
+            expected = torch.from_numpy(np.vander(x.numpy(), degree + 1, increasing=True))  # (n, degree + 1)
         check_close(answer(x, degree), expected, what=f"vandermonde(x, degree={degree}) with x = {x.tolist()}",
-                    rtol=1e-12, atol=1e-12,
+                    rtol=1e-12, atol=1e-12, looks_like={"the powers in decreasing order": expected.flip(-1)},
                     hint="Column j is x**j for j = 0 … degree: degree + 1 columns, and column 0 is all ones.")
     x32 = torch.linspace(-1, 1, 4)
-    expected32 = torch.from_numpy(np.vander(x32.numpy(), 3, increasing=True)).to(torch.float32)
+    with reference():
+        expected32 = torch.from_numpy(np.vander(x32.numpy(), 3, increasing=True)).to(torch.float32)
     check_close(answer(x32, 2), expected32, what="vandermonde(float32 x, degree=2)", rtol=1e-6, atol=1e-6,
                 hint="The result keeps x's dtype; float32 in, float32 out.")
 
@@ -31,13 +34,11 @@ def test_sliding_windows(answer):
         got = answer(x, size, step)
         check_close(got, expected, what=f"sliding_windows(x of length {n}, size={size}, step={step})",
                     rtol=0, atol=0,
-                    hint="There are (n - size) // step + 1 windows: the last one starts at "
-                         "((n - size) // step) * step. Count again (off by one?).")
-        shares = got.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-        check(shares, f"sliding_windows(x of length {n}, size={size}, step={step}) copied the data.",
-              expected="a view of x (same storage, no copy)", got="a new tensor with its own storage",
-              hint="Use x.unfold(0, size, step) or x.as_strided(...): they return views; torch.stack and "
-                   "torch.cat copy.")
+                    hint="The last window starts at ((n − size) // step) · step: count the windows again.")
+        if got.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            broken_rule("sliding_windows", f"sliding_windows(x of length {n}, size={size}, step={step}) returned a "
+                        "new tensor with its own storage, a copy of x's values",
+                        hint="torch.stack and torch.cat copy; unfold and as_strided return views.")
     x = torch.arange(5.0)
     for size, step, argument in [(6, 1, "size"), (0, 1, "size"), (2, 0, "step")]:
         check_raises_value_error(lambda size=size, step=step: answer(x, size, step), argument=argument,
@@ -62,31 +63,45 @@ def test_broadcast_shape(answer):
     fixed = [((8, 1, 6), (7, 1)), ((), (3,)), ((5,), ()), ((2, 1), (1, 3)), ((0,), (1,)), ((1, 0), (4, 1)),
              ((3,), (4,)), ((0,), (3,)), ((2, 3), (3, 2)), ((4, 1, 3), (2, 1))]
     for shape_a, shape_b in fixed + _random_shape_pairs(300, seed=0):
-        try:
-            expected = tuple(int(size) for size in np.broadcast_shapes(shape_a, shape_b))
-        except ValueError:
-            expected = None
+        with reference():
+            try:
+                expected = tuple(int(size) for size in np.broadcast_shapes(shape_a, shape_b))
+            except ValueError:
+                expected = None
         call = f"broadcast_shape({shape_a}, {shape_b})"
         if expected is None:
             try:
                 got = answer(shape_a, shape_b)
             except ValueError:
                 continue
+            larger = tuple(max(a, b) for a, b in zip(_padded(shape_a, shape_b), _padded(shape_b, shape_a)))
             fail(f"{call} should raise ValueError: the shapes do not broadcast.", expected="ValueError",
-                 got=got, hint="After right-aligning, two sizes that differ and are both not 1 cannot broadcast "
-                               "(0 vs 3 included).")
+                 got=got, hint="Two sizes that differ and are both not 1 cannot broadcast (0 vs 3 included).",
+                 details=["Looks like: yours took the larger size where the sizes conflict."] if got == larger else [])
         try:
             got = answer(shape_a, shape_b)
         except ValueError as error:
+            left = _left_aligned(shape_a, shape_b)
             fail(f"{call} raised ValueError, but these shapes do broadcast.", expected=expected, got=str(error),
-                 hint="A size of 1 stretches to any size (also to 0); missing leading sizes count as 1.")
+                 hint="A size of 1 stretches to any size (also to 0); missing leading sizes count as 1.",
+                 details=["Looks like: the shapes lined up on the left, where they do not fit."] if left is None else [])
         check_equal(tuple(got) if isinstance(got, list) else got, expected, what=call,
-                    hint="Align the shapes on the right, not the left; missing leading sizes count as 1, and "
-                         "1 stretches to the other size (also to 0).")
+                    looks_like={"the shapes lined up on the left instead of the right":
+                                _left_aligned(shape_a, shape_b)},
+                    hint="Missing leading sizes count as 1, and 1 stretches to the other size (also to 0).")
 
 
-SOFTMAX_FUNCTIONS = [(torch, "softmax", "torch.softmax"), (torch.nn.functional, "softmax", "F.softmax"),
-                     (torch.Tensor, "softmax", "Tensor.softmax"), (torch.special, "softmax", "torch.special.softmax")]
+def _padded(shape: tuple[int, ...], other: tuple[int, ...]) -> tuple[int, ...]:
+    return (1,) * (len(other) - len(shape)) + tuple(shape)
+
+
+def _left_aligned(shape_a: tuple[int, ...], shape_b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """What lining the shapes up on the left gives (the usual mistake), None where that does not fit."""
+    ndim = max(len(shape_a), len(shape_b))
+    a, b = tuple(shape_a) + (1,) * (ndim - len(shape_a)), tuple(shape_b) + (1,) * (ndim - len(shape_b))
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        return None
+    return tuple(y if x == 1 else x for x, y in zip(a, b))
 
 
 def test_stable_softmax(answer):
@@ -96,18 +111,19 @@ def test_stable_softmax(answer):
     cases = [(x, -1, "x (4, 6), dim=-1"), (x, 0, "x (4, 6), dim=0"),
              (torch.randn(2, 3, 5, generator=gen, dtype=torch.float64), 1, "x (2, 3, 5), dim=1"),
              (large, -1, "large float32 values [[1000, 1001, 999], [-1000, -1002, -1001]], dim=-1")]
-    expected = [torch.softmax(t.double(), dim=dim).to(t.dtype) for t, dim, _ in cases]  # before the ban below
-    with forbidden(SOFTMAX_FUNCTIONS, exercise="stable_softmax", instead="exp and sum, written out",
-                   hint="Subtract x.amax(dim, keepdim=True), exponentiate, divide by the sum along dim."):
-        got = [answer(t, dim) for t, dim, _ in cases]
-    for (tensor, _, label), got_one, expected_one in zip(cases, got, expected):
+    with reference():
+        expected = [torch.softmax(t.double(), dim=dim).to(t.dtype) for t, dim, _ in cases]
+        over_all = [(t - t.amax(dim=dim, keepdim=True)).double().exp() for t, dim, _ in cases]
+        over_all = [(e / e.sum()).to(t.dtype) for e, (t, _, _) in zip(over_all, cases)]
+    got = [answer(t, dim) for t, dim, _ in cases]
+    for (tensor, _, label), got_one, expected_one, all_one in zip(cases, got, expected, over_all):
         large_case = tensor is large
         check_close(got_one, expected_one, what=f"stable_softmax({label})", rtol=1e-5 if large_case else 1e-10,
                     atol=1e-6 if large_case else 1e-12,
-                    hint="In float32 exp(1000) overflows to inf (and inf/inf is NaN): subtract x.amax(dim, "
-                         "keepdim=True) before exp()." if large_case else
-                         "Normalise along `dim` only: sum(dim=dim, keepdim=True), and subtract the max along the "
-                         "same dim.")
+                    looks_like={"normalised by the sum over every element, not along `dim`": all_one},
+                    hint="In float32 exp(1000) overflows to inf, and inf / inf is NaN: what keeps exp's argument "
+                         "small?" if large_case else "The values along `dim` must sum to 1, for every position of "
+                                                     "the other dimensions.")
 
 
 def test_cholesky_solve(answer):
@@ -116,16 +132,15 @@ def test_cholesky_solve(answer):
     M = torch.randn(n, n, generator=gen, dtype=torch.float64)
     A = M @ M.mT + n * torch.eye(n, dtype=torch.float64)  # symmetric positive definite, well conditioned
     B = torch.randn(n, k, generator=gen, dtype=torch.float64)
-    expected = torch.from_numpy(np.linalg.solve(A.numpy(), B.numpy()))
-
-    banned = [(torch.linalg, "solve", "torch.linalg.solve"), (torch.linalg, "inv", "torch.linalg.inv"),
-              (torch.linalg, "lstsq", "torch.linalg.lstsq"), (torch, "cholesky_solve", "torch.cholesky_solve"),
-              (torch, "inverse", "torch.inverse")]
-    with forbidden(banned, exercise="cholesky_solve", instead="the Cholesky factor and two triangular solves",
-                   hint="Use torch.linalg.cholesky(A), then torch.linalg.solve_triangular twice."):
-        got = answer(A, B)
+    with reference():
+        expected = torch.from_numpy(np.linalg.solve(A.numpy(), B.numpy()))
+        L = torch.from_numpy(np.linalg.cholesky(A.numpy()))
+        forward = torch.linalg.solve_triangular(L, B, upper=False)  # Y = L⁻¹B
+        mistakes = {"you stopped after the first triangular solve: Y = L⁻¹B, not X": forward,
+                    "both solves used L: L⁻¹L⁻¹B; the second one needs Lᵀ (L.mT, upper=True)":
+                        torch.linalg.solve_triangular(L, forward, upper=False)}
+    got = answer(A, B)
     check_close(got, expected, what="cholesky_solve(A, B) for a 6×6 SPD A and B of shape (6, 3)",
-                rtol=1e-9, atol=1e-10,
-                hint="With A = L Lᵀ: first L Y = B (L is lower, upper=False), then Lᵀ X = Y (L.mT is upper, "
-                     "upper=True). Solving with L twice, or skipping the second solve, gives these numbers.")
+                rtol=1e-9, atol=1e-10, looks_like=mistakes,
+                hint="A X = B with A = L Lᵀ is two triangular systems, one with L and one with Lᵀ.")
 

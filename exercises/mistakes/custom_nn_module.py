@@ -1,0 +1,119 @@
+"""Plausible wrong answers to the exercises of lesson 4 (custom_nn_module.py), each a small change to
+exercises/solutions/custom_nn_module.py."""
+
+from __future__ import annotations
+
+from exercises.mistakes import Mistake
+
+PARAMETER_COUNT_BODY = '''total = 0
+    for kind, *sizes in layers:
+        if kind == "linear":
+            n_in, n_out = sizes
+            total += n_in * n_out + n_out  # weight + bias
+        elif kind == "linear_no_bias":
+            n_in, n_out = sizes
+            total += n_in * n_out
+        elif kind in ("batchnorm", "layernorm"):
+            (features,) = sizes
+            total += 2 * features  # scale γ and shift β; running statistics are buffers
+        elif kind == "embedding":
+            n_embeddings, dim = sizes
+            total += n_embeddings * dim
+        elif kind not in ("relu", "tanh", "dropout"):
+            raise ValueError(f"unknown layer kind {kind!r}")
+    return total'''
+LAYER_NORM_FORWARD = (
+    "mean = x.mean(dim=-1, keepdim=True)  # (..., 1)\n"
+    "        var = x.var(dim=-1, correction=0, keepdim=True)  # (..., 1), biased: divide by n\n"
+    "        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias"
+)
+HOOKS_REMOVED_IN_FINALLY = (
+    "try:\n"
+    "        model(x)\n"
+    "    finally:\n"
+    "        for handle in handles:\n"
+    "            handle.remove()"
+)
+ATTENTION = (
+    "scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (batch, heads, seq, seq)\n"
+    "        if causal:\n"
+    "            # True = masked (masked_fill's reading, and nn.MultiheadAttention's): the future, j > i\n"
+    "            future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(diagonal=1)\n"
+    '            scores = scores.masked_fill(future, float("-inf"))\n'
+    "        attended = scores.softmax(dim=-1) @ v  # (batch, heads, seq, head_dim)"
+)
+
+MISTAKES = [
+    Mistake("parameter_count", "forgets_biases", "Counts in·out for every Linear, leaving out the biases.",
+            change={"total += n_in * n_out + n_out  # weight + bias": "total += n_in * n_out  # weight"}),
+    Mistake("parameter_count", "counts_running_statistics",
+            "Counts BatchNorm's running mean and variance as parameters: 4 per feature.",
+            change={'elif kind in ("batchnorm", "layernorm"):':
+                    'elif kind == "batchnorm":\n'
+                    "            (features,) = sizes\n"
+                    "            total += 4 * features  # γ, β, running mean and running variance\n"
+                    '        elif kind == "layernorm":'}),
+    Mistake("parameter_count", "unknown_kind_is_zero", "Counts unknown kinds as 0 instead of raising ValueError.",
+            change={'        elif kind not in ("relu", "tanh", "dropout"):\n'
+                    '            raise ValueError(f"unknown layer kind {kind!r}")\n': ""}),
+    Mistake("parameter_count", "builds_modules", "Right numbers, but builds the modules and counts their parameters.",
+            change={PARAMETER_COUNT_BODY:
+                    'modules = {"linear": nn.Linear, "linear_no_bias": lambda i, o: nn.Linear(i, o, bias=False),\n'
+                    '               "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm,\n'
+                    '               "embedding": nn.Embedding, "relu": nn.ReLU, "tanh": nn.Tanh,\n'
+                    '               "dropout": nn.Dropout}\n'
+                    "    return sum(p.numel() for kind, *sizes in layers\n"
+                    "               for p in modules[kind](*sizes).parameters())"}),
+    Mistake("parameter_count", "endless_loop",
+            "A while loop over the layers that never moves on: it runs forever on any non-empty list.",
+            change={"for kind, *sizes in layers:": "while layers:\n        kind, *sizes = layers[0]"}),
+
+    Mistake("LayerNorm", "unbiased_variance", "Divides the variance by n − 1 (torch.var's default) instead of n.",
+            change={"x.var(dim=-1, correction=0, keepdim=True)  # (..., 1), biased: divide by n":
+                    "x.var(dim=-1, keepdim=True)  # (..., 1)"}),
+    Mistake("LayerNorm", "eps_outside_sqrt", "Adds eps to the standard deviation: sqrt(var) + eps.",
+            change={"torch.sqrt(var + self.eps)": "(torch.sqrt(var) + self.eps)"}),
+    Mistake("LayerNorm", "forgotten_keepdim",
+            "Reduces without keepdim=True: the (…,) statistics no longer broadcast against (…, n).",
+            change={"x.mean(dim=-1, keepdim=True)  # (..., 1)": "x.mean(dim=-1)  # (...,)",
+                    "x.var(dim=-1, correction=0, keepdim=True)  # (..., 1)": "x.var(dim=-1, correction=0)  # (...,)"}),
+    Mistake("LayerNorm", "plain_tensors",
+            "Stores weight and bias as plain tensors: not parameters, so nothing would train them.",
+            change={"nn.Parameter(torch.ones(normalized_size))": "torch.ones(normalized_size)",
+                    "nn.Parameter(torch.zeros(normalized_size))": "torch.zeros(normalized_size)"}),
+    Mistake("LayerNorm", "ignores_eps_argument", "Uses a fixed 1e-5 whatever eps the caller passes.",
+            change={"var + self.eps": "var + 1e-5"}),
+    Mistake("LayerNorm", "calls_F_layer_norm", "Right numbers, but hands the work to F.layer_norm.",
+            setup="import torch.nn.functional as F",
+            change={LAYER_NORM_FORWARD: "return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)"}),
+
+    Mistake("record_output_shapes", "hooks_left_behind", "Never removes its hooks.",
+            change={HOOKS_REMOVED_IN_FINALLY: "model(x)"}),
+    Mistake("record_output_shapes", "includes_containers",
+            "Hooks every module, the root and the nested Sequential included.",
+            change={" if not list(module.children())": ""}),
+    Mistake("record_output_shapes", "input_shapes", "Records each module's input shape instead of its output shape.",
+            change={"tuple(output.shape)": "tuple(inputs[0].shape)"}),
+    Mistake("record_output_shapes", "no_finally", "Removes the hooks only when the forward pass succeeds.",
+            change={HOOKS_REMOVED_IN_FINALLY: "model(x)\n    for handle in handles:\n        handle.remove()"}),
+
+    Mistake("MultiHeadSelfAttention", "heads_without_transpose",
+            "Splits heads with a plain view to (batch, heads, seq, head_dim), mixing positions and heads.",
+            change={"t.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)":
+                    "t.reshape(batch, self.n_heads, seq, self.head_dim)",
+                    "attended.transpose(1, 2).reshape(batch, seq, d_model)": "attended.reshape(batch, seq, d_model)"}),
+    Mistake("MultiHeadSelfAttention", "scaled_by_d_model",
+            "Scales the scores by 1/sqrt(d_model) instead of 1/sqrt(head_dim).",
+            change={"math.sqrt(self.head_dim)": "math.sqrt(d_model)"}),
+    Mistake("MultiHeadSelfAttention", "mask_hides_diagonal",
+            "Causal mask triu(diagonal=0): a position may not attend to itself, and the first sees nothing (NaN).",
+            change={".triu(diagonal=1)": ".triu(diagonal=0)"}),
+    Mistake("MultiHeadSelfAttention", "uses_sdpa",
+            "Right numbers, but calls F.scaled_dot_product_attention for the attention itself.",
+            setup="import torch.nn.functional as F",
+            change={ATTENTION: "attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal)"}),
+    Mistake("MultiHeadSelfAttention", "mask_inverted",
+            "Causal mask from tril() (True = may attend: F.scaled_dot_product_attention's convention) given to "
+            "masked_fill (True = masked): it hides the past and the present instead of the future.",
+            change={".triu(diagonal=1)": ".tril()"}),
+]
