@@ -23,9 +23,8 @@ def vector_jacobian_product(f: Callable[[torch.Tensor], torch.Tensor], x: torch.
     Signature: vector_jacobian_product(f, x, v) -> Tensor
     Shapes: x (any shape), v (shape of f(x)) -> shape of x. Entry i is Σ_k v_k ∂f_k/∂x_i.
     Return a detached tensor, and leave the caller's x as it was (do not switch on its requires_grad).
-    Hint: work on a new leaf, x_copy = x.detach().requires_grad_(), with y = f(x_copy); then either
-    y.backward(gradient=v) and read x_copy.grad, or torch.autograd.grad(y, x_copy, grad_outputs=v).
-    Summing y first would give 1ᵀJ, not vᵀJ.
+    Rule: one reverse pass, no Jacobian.
+    Hint: one backward pass, seeded with v instead of ones, is exactly vᵀJ.
     """
     raise NotImplementedError
 
@@ -40,9 +39,8 @@ def accumulated_gradient(model: nn.Module, loss_fn: Callable[[torch.Tensor, torc
     Shapes: X (n, ...), y (n, ...); loss_fn returns the mean over the rows it is given (like F.mse_loss).
     The model must never see more than one chunk at a time. Gradients already in .grad before the call
     must not leak into the result.
-    Hint: .grad adds up over backward calls. A chunk's mean loss must be weighted by its share of the rows,
-    len(chunk) / n: the chunks of tensor_split can differ in size (10 rows in 3 chunks: 4, 3, 3), so
-    dividing every chunk by n_chunks is not the same. Clear old gradients first (model.zero_grad()).
+    Rule: micro-batches: one chunk per forward pass, one backward per chunk.
+    Hint: .grad adds up over backward calls; each chunk's share of the full-batch mean is what to add.
     """
     raise NotImplementedError
 
@@ -54,9 +52,7 @@ def newton_step(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> t
     Signature: newton_step(f, x) -> Tensor
     Shapes: x (n,) -> x_new (n,), detached, dtype of x; ∇f(x) is (n,) and H(x) is (n, n).
     For a quadratic f(x) = ½ xᵀAx − bᵀx one step lands exactly on the minimum A⁻¹b, from anywhere.
-    Hint: torch.autograd.grad(f(x), x) gives the gradient (x must require grad) and
-    torch.autograd.functional.hessian(f, x) the Hessian (or differentiate the gradient again, built with
-    create_graph=True). Solve H d = g with torch.linalg.solve rather than inverting H, and mind the sign.
+    Hint: Newton's step is the minimum of the local quadratic model: curvature (H) and slope (∇f) together.
     """
     raise NotImplementedError
 
@@ -68,9 +64,9 @@ class Softplus(torch.autograd.Function):
     Section: "Custom autograd Functions" in autograd_demo.py (lesson 2).
     Signature: Softplus.apply(x) -> Tensor; you write forward(ctx, x) and backward(ctx, grad_output).
     Shapes: x (any shape) -> same shape; backward: grad_output (shape of x) -> gradient w.r.t. x (shape of x).
-    Hint: log(1 + exp(x)) = max(x, 0) + log1p(exp(−|x|)) never overflows (exp(100) is inf in float32).
-    The derivative is sigmoid(x) = 1 / (1 + exp(−x)); torch.sigmoid computes it stably. Save x with
-    ctx.save_for_backward, and multiply by grad_output (the chain rule).
+    Rule: your own forward and backward: no F.softplus.
+    Hint: forward computes and saves what backward needs; backward multiplies the local derivative by grad_output
+    (the chain rule).
     """
 
     @staticmethod
@@ -90,8 +86,7 @@ def jacobian_vector_product(f: Callable[[torch.Tensor], torch.Tensor], x: torch.
     Section: "Jacobians, four ways" in autograd_demo.py (lesson 2).
     Signature: jacobian_vector_product(f, x, v) -> Tensor
     Shapes: x (n,), v (n,) -> (m,) for f: R^n -> R^m. Entry k is Σ_i ∂f_k/∂x_i v_i. Return it detached.
-    Hint: the double-backward trick. For a dummy u of f(x)'s shape with requires_grad=True,
-    g(u) = uᵀJ = torch.autograd.grad(y, x, grad_outputs=u, create_graph=True) is linear in u,
-    and the gradient of g(u)·v with respect to u is J v. Mind: J v is not vᵀJ unless J is symmetric.
+    Rule: exactly two reverse passes: no torch.func, torch.autograd.functional or forward-mode AD.
+    Hint: uᵀJ is linear in u; differentiate it with respect to u, and J v comes out.
     """
     raise NotImplementedError

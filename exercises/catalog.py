@@ -28,6 +28,7 @@ class Exercise:
     recipe: str  # hint 2: the steps, close to the code
     rules: tuple[Rule, ...] = ()  # what the exercise asks you not to use, checked however you reach it
     time_limit_s: float = TIME_LIMIT_S
+    crashes: tuple[tuple[str, str], ...] = ()  # (text in an error your code raised, what it usually means)
 
     @property
     def stars(self) -> str:
@@ -159,6 +160,8 @@ EXERCISES: tuple[Exercise, ...] = (
                     "whatever the size of J",
                     banned=NO_JACOBIAN_HELPERS, banned_files=("torch.autograd.functional",
                                                               "torch.autograd.forward_ad")),),
+        crashes=(("does not require grad", "the first pass's result is not part of a graph, so the second pass has "
+                                           "nothing to differentiate: the first pass needs create_graph=True"),),
     ),
     # Lesson 3 --------------------------------------------------------------------------------------
     Exercise(

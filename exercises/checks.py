@@ -99,10 +99,12 @@ def fail(what: str, *, expected: object, got: object, hint: str, show_values: bo
     raise pytest.fail.Exception("\n".join(lines), pytrace=False) from None
 
 
-def check(condition: bool, what: str, *, expected: object, got: object, hint: str) -> None:
-    """Fail with the message unless `condition` holds."""
+def check(condition: bool, what: str, *, expected: object, got: object, hint: str,
+          looks_like: dict[str, object] | None = None) -> None:
+    """Fail with the message unless `condition` holds; `looks_like` maps a known mistake to what it gives."""
     if not condition:
-        fail(what, expected=expected, got=got, hint=hint)
+        fail(what, expected=expected, got=got, hint=hint,
+             details=[f"Looks like: {text}." for text, value in (looks_like or {}).items() if value == got])
 
 
 def check_equal(got: object, expected: object, *, what: str, hint: str,
@@ -159,10 +161,10 @@ def _looks_like(got: torch.Tensor, expected: torch.Tensor, scales: dict[float, s
         kind = "NaN" if bool(got[bad].isnan().any()) else "inf"
         where = bad.nonzero().tolist()
         rows = sorted({tuple(i[:-1]) for i in where}) if got.ndim >= 2 else []
-        place = (f"in {len(rows)} row(s), e.g. row {_index_text(rows[0])}" if rows else
-                 f"at {len(where)} position(s), e.g. {_index_text(tuple(where[0]))}")
-        found.append(f"yours holds {kind} {place}, where the expected values are finite: an overflow "
-                     "(exp of a large number), 0/0, or a row with nothing left to normalise")
+        place = (f" in {len(rows)} row(s), e.g. row {_index_text(rows[0])}" if rows else
+                 f" at {len(where)} position(s), e.g. {_index_text(tuple(where[0]))}" if got.ndim else "")
+        found.append(f"yours holds {kind}{place}, where the expected values are finite: an overflow (exp of a "
+                     "large number), 0/0, or a row with nothing left to normalise")
         return found
     nonzero = expected.abs() > 1e-12
     if bool(nonzero.any()) and bool(((got == 0) == (expected == 0)).all()):
@@ -191,7 +193,7 @@ def _looks_like(got: torch.Tensor, expected: torch.Tensor, scales: dict[float, s
                          "(off by one?)")
     if expected.ndim == 2 and bool((expected == 0).any()):
         zeros_first = [i for i in range(len(expected)) if not torch.equal(got[i], expected[i])
-                       and bool((expected[i, -1] == 0)) and bool(got[i, 0] == 0)
+                       and bool(expected[i, -1] == 0) and bool(got[i, 0] == 0)
                        and torch.equal(got[i][got[i] != 0], expected[i][expected[i] != 0])]
         if zeros_first:
             found.append(f"in rows {zeros_first} the zeros come first and the values after them: padding on the "
@@ -227,8 +229,8 @@ def _compare(got: torch.Tensor, expected: torch.Tensor, *, what: str, hint: str,
              check_dtype: bool, looks_like: dict[str, torch.Tensor], scales: dict[float, str]) -> None:
     known = [f"Looks like: {text}." for text, value in looks_like.items()
              if torch.is_tensor(value) and value.shape == got.shape and
-             torch.allclose(got.detach().cpu().double(), value.detach().cpu().double(), rtol=1e-6, atol=1e-9,
-                            equal_nan=True)]
+             torch.allclose(got.detach().cpu().double(), value.detach().cpu().double(), rtol=max(rtol, 1e-6),
+                            atol=max(atol, 1e-9), equal_nan=True)]
     if got.shape != expected.shape:
         details = known[:]
         differs = [d for d in range(max(got.ndim, expected.ndim)) if got.ndim == expected.ndim and

@@ -99,6 +99,11 @@ def answer(request):
 
 
 def _source_file(implementation) -> str | None:
+    """The file the implementation's code was written in (for a maintainer's mistake: its "<mistake ...>" name)."""
+    functions = list(vars(implementation).values()) if isinstance(implementation, type) else [implementation]
+    codes = [f.__code__ for f in (getattr(f, "__func__", f) for f in functions) if hasattr(f, "__code__")]
+    if codes:
+        return codes[0].co_filename
     try:
         return inspect.getsourcefile(implementation)
     except TypeError:
@@ -205,6 +210,13 @@ def _not_done_message(item) -> str:
     return f"{NOT_DONE}: {name} — open {where} and replace the NotImplementedError"
 
 
+CRASH_SIGNS = (  # (text in an error message, what it usually means), for every exercise
+    ("must match the size of tensor", "two shapes that do not line up: a reduction without keepdim=True, whose "
+                                      "result no longer broadcasts against the tensor it came from?"),
+    ("mat1 and mat2 shapes cannot be multiplied", "a matrix product whose inner sizes differ: a missing transpose?"),
+)
+
+
 def _crash_message(item, error: Exception) -> str | None:
     if not hasattr(item, "exercise"):
         return None
@@ -214,6 +226,10 @@ def _crash_message(item, error: Exception) -> str | None:
     if not frames:
         return None
     frame = frames[-1]
-    return (f"{name} raised {type(error).__name__}: {error}\n"
-            f"  in {_relative(Path(source))}, line {frame.lineno}, in {frame.name}:\n"
-            f"      {frame.line}\n" + "\n".join(hint_lines("")))
+    record = catalog.BY_NAME.get(name)
+    signs = (*(record.crashes if record else ()), *CRASH_SIGNS)
+    looks = [f"Looks like: {meaning}" for text, meaning in signs if text in str(error)][:1]
+    where = f"line {frame.lineno}, in {frame.name}:\n      {frame.line}" if frame.line else (
+        f"line {frame.lineno}, in {frame.name}")
+    return "\n".join([f"{name} raised {type(error).__name__}: {error}", f"  in {_relative(Path(source))}, {where}",
+                      *looks, *hint_lines("")])

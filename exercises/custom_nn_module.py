@@ -30,8 +30,8 @@ def parameter_count(layers: Sequence[tuple]) -> int:
         ("relu",) ("tanh",) ("dropout", p)              no parameters
     Any other kind raises ValueError naming it. An empty list has 0 parameters.
     Example: parameter_count([("linear", 4, 3), ("relu",)]) -> 15
-    Hint: a Linear has in·out weights plus out biases. BatchNorm and LayerNorm learn a scale and a shift per
-    feature; BatchNorm's running mean and variance are buffers, not parameters.
+    Rule: from the formulas: build no modules.
+    Hint: count what each layer learns; running statistics are buffers, not parameters.
     """
     raise NotImplementedError
 
@@ -45,9 +45,8 @@ class LayerNorm(nn.Module):
     Shapes: x (..., normalized_size) -> same shape; parameters weight (normalized_size,) initialised to ones
     and bias (normalized_size,) initialised to zeros.
     y = (x − mean) / sqrt(var + eps) · weight + bias, with mean and var over the last dimension.
-    Hint: register weight and bias as nn.Parameter so .parameters() and optimizers see them. Use the biased
-    variance (divide by n: x.var(dim=-1, correction=0, keepdim=True)), keep the reduced dimension
-    (keepdim=True) so it broadcasts, and add eps inside the square root.
+    Rule: tensor operations only: no nn.LayerNorm or F.layer_norm.
+    Hint: normalise each row over its last dimension, then let learned parameters scale and shift it.
     """
 
     def __init__(self, normalized_size: int, eps: float = 1e-5):
@@ -65,9 +64,7 @@ def record_output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[i
     Signature: record_output_shapes(model, x) -> dict[str, tuple[int, ...]]
     Shapes: keys are the names from model.named_modules() (e.g. "0", "2.1"), values tuple(output.shape).
     Example: for nn.Sequential(nn.Linear(6, 5), nn.ReLU()) and x (3, 6): {"0": (3, 5), "1": (3, 5)}
-    Hint: module.register_forward_hook(hook) calls hook(module, inputs, output) after each forward and returns a
-    handle; collect the handles and call handle.remove() on each in a `finally:` block. Skip the containers:
-    `not list(module.children())` picks the leaves. A hook left behind fires on every later call.
+    Hint: a forward hook sees each module's output; a hook left behind fires on every later call.
     """
     raise NotImplementedError
 
@@ -90,11 +87,8 @@ class MultiHeadSelfAttention(nn.Module):
     F.scaled_dot_product_attention's (True = may attend).
     Shapes: x (batch, seq, d_model) -> (batch, seq, d_model); per head, q, k, v are (batch, n_heads, seq,
     head_dim) with head_dim = d_model // n_heads, and the scores (batch, n_heads, seq, seq).
-    Hint: q, k, v = self.in_proj(x).chunk(3, dim=-1); split heads with .view(batch, seq, n_heads, head_dim)
-    .transpose(1, 2) (a plain view to (batch, n_heads, seq, head_dim) mixes positions and heads).
-    Scale the scores by 1 / sqrt(head_dim), not d_model. Causal: fill the scores above the diagonal
-    (j > i) with -inf before the softmax. Merge heads back with .transpose(1, 2).reshape(batch, seq, d_model),
-    then out_proj.
+    Rule: tensor operations only: no scaled_dot_product_attention or nn.MultiheadAttention.
+    Hint: each head attends within its own slice of d_model; the causal mask hides the future, not the present.
     """
 
     def __init__(self, d_model: int, n_heads: int):

@@ -25,8 +25,7 @@ class CharDataset(Dataset):
     token is its index there. There are len(text) − seq_len items. A negative i counts from the end (like a
     list); i ≥ len(dataset) or i < −len(dataset) raises IndexError. Raise ValueError naming seq_len unless
     1 ≤ seq_len < len(text).
-    Hint: encode the whole text once in __init__ (torch.tensor([...], dtype=torch.long)); then an item is two
-    slices. The last item's target must end at the last character: count the items again if it comes up short.
+    Hint: the target is the input one character later; the last target must end at the last character.
     """
 
     def __init__(self, text: str, seq_len: int):
@@ -49,9 +48,7 @@ def pad_and_sort_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]
     Shapes: batch is a list of B pairs (sequence (T_i,) float, label () int64) -> padded (B, T_max) with the
     dtype of the sequences, lengths (B,) int64 (the true lengths, descending), labels (B,) int64. Sequences of
     equal length keep their order in the batch (a stable sort).
-    Hint: order = sorted(range(B), key=lambda i: -len(batch[i][0])) is stable; then
-    torch.nn.utils.rnn.pad_sequence([...], batch_first=True) pads. Reorder the labels with the same order as
-    the sequences, or every label lands on the wrong sequence.
+    Hint: sort by length, longest first, and move every part of an item together; padding goes at the end.
     """
     raise NotImplementedError
 
@@ -66,10 +63,9 @@ class BucketBatchSampler(Sampler):
     indices; len(sampler) is the number of batches. Use it as DataLoader(dataset, batch_sampler=sampler).
     Shapes: lengths is a sequence of n ints -> ceil(n / batch_size) batches; every index 0 … n−1 appears
     exactly once per pass.
-    Hint: order = sorted(range(n), key=lengths.__getitem__); batches = [order[i:i + batch_size] for i in
-    range(0, n, batch_size)]; then visit them in torch.randperm(len(batches), generator=self.generator) order.
-    Draw only from the generator you were given (with None, make your own, seeded from torch's global RNG
-    as RandomSampler does). Do not drop the last, smaller batch.
+    With generator=None, make your own generator, seeded from torch's global RNG (as RandomSampler does).
+    Rule: draw only from the generator you were given.
+    Hint: batch neighbours in length order, then shuffle which batch comes when, with the generator given.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None):

@@ -22,8 +22,8 @@ def label_smoothing_cross_entropy(logits: torch.Tensor, target: torch.Tensor, sm
     Signature: label_smoothing_cross_entropy(logits, target, smoothing) -> a 0-dim tensor (autograd must work)
     Shapes: logits (B, C) float, target (B,) int64 class indices. It must stay finite for logits as large as
     ±1000 in float32. Raise ValueError naming smoothing unless 0 ≤ smoothing ≤ 1.
-    Hint: F.log_softmax(logits, dim=1) gives log-probabilities without overflow. The loss of one sample is
-    −Σ_c q_c · log p_c for its target distribution q: the true class's term plus the mean over all classes.
+    Rule: written out: no F.cross_entropy or nn.CrossEntropyLoss.
+    Hint: the smoothed target is a mixture: mostly the true class, a little of every class.
     """
     raise NotImplementedError
 
@@ -40,8 +40,8 @@ def warmup_cosine_lr(step: int, warmup_steps: int, total_steps: int, peak_lr: fl
     peak_lr. After it, with progress p = (step − warmup_steps) / (total_steps − warmup_steps), the rate is
     peak_lr · (1 + cos(π·p)) / 2, and p stops at 1 (steps past total_steps stay at 0). Raise ValueError naming
     warmup_steps unless 0 ≤ warmup_steps < total_steps.
-    Hint: math.cos and math.pi; min(1.0, p) for the end. The cosine runs over the steps after the warm-up only,
-    not over all total_steps.
+    Rule: the formula: no torch.optim.lr_scheduler.
+    Hint: two pieces: a straight line up over the warm-up, then half a cosine down over the rest.
     """
     raise NotImplementedError
 
@@ -54,10 +54,7 @@ def train_digits_classifier(X_train: torch.Tensor, y_train: torch.Tensor, seed: 
     Signature: train_digits_classifier(X_train, y_train, seed=0) -> nn.Module (the trained model)
     Shapes: X_train (n, 64) float32 pixels in [0, 1], y_train (n,) int64 labels 0–9; the model maps (batch, 64)
     to (batch, 10) logits. The check trains on 75 % of the 1797 digits and tests on the rest, within seconds.
-    Hint: an MLP 64 → 128 → 10 with ReLU, Adam (lr 5e-3), cross-entropy, about 10 epochs of mini-batches of 64
-    (index X_train[idx] with idx from torch.randperm(n, generator=gen): fast, no DataLoader needed).
-    optimizer.zero_grad() every step. nn.Linear draws its initial weights from the global RNG: build the model
-    inside `with torch.random.fork_rng(devices=[]):` after torch.manual_seed(seed), and shuffle with a
-    torch.Generator seeded with `seed`.
+    Rule: leave torch's global random state as it was.
+    Hint: a small MLP, Adam and a few epochs suffice; every random draw comes from `seed`.
     """
     raise NotImplementedError

@@ -20,8 +20,8 @@ def mse_gradients(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
     Section: "Solver 1: NumPy with the gradient derived by hand" in linear_regression_torch.py (lesson 3).
     Signature: mse_gradients(X, y, w, b) -> (grad_w, grad_b)
     Shapes: X (n, f), y (n,), w (f,), b () -> grad_w (f,), grad_b () (a 0-d tensor), dtype of X.
-    Hint: with residuals r = X w + b − y, shape (n,): ∂L/∂w = (2/n) Xᵀ r and ∂L/∂b = (2/n) Σᵢ rᵢ.
-    Both factors matter: the 2 from the square and the 1/n from the mean.
+    Rule: no autograd: the gradient comes from the formula you derive.
+    Hint: differentiate the square (a factor 2) and the mean (a factor 1/n) of the residuals.
     """
     raise NotImplementedError
 
@@ -32,9 +32,7 @@ def least_squares(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
     Section: "The problem and its exact answer" in linear_regression_torch.py (lesson 3).
     Signature: least_squares(X, y) -> (w, b)
     Shapes: X (n, f), y (n,) -> w (f,), b () (a 0-d tensor), dtype of X.
-    Hint: append a column of ones to X for the bias, torch.cat([X, ones(n, 1)], dim=1), shape (n, f + 1), and
-    solve with torch.linalg.lstsq(A, y.unsqueeze(1)).solution: the last entry is b. (Never invert XᵀX.)
-    Without the ones column the fit is forced through the origin.
+    Hint: the intercept is one more weight, on a feature that is always 1.
     """
     raise NotImplementedError
 
@@ -46,9 +44,8 @@ def fit_linear_gd(X: torch.Tensor, y: torch.Tensor, lr: float, epochs: int) -> t
     Section: "Solver 2: PyTorch tensors and autograd, no nn" in linear_regression_torch.py (lesson 3).
     Signature: fit_linear_gd(X, y, lr, epochs) -> (w, b)
     Shapes: X (n, f), y (n,) -> w (f,), b () (a 0-d tensor), detached, dtype of X. epochs = 0 returns zeros.
-    Hint: w = torch.zeros(f, requires_grad=True) (b likewise); per epoch: loss = ((X @ w + b − y) ** 2).mean(),
-    loss.backward(), then update under torch.no_grad() and set w.grad = None (b too): .grad adds up over
-    backward calls, so a gradient you do not clear is used again in the next step.
+    Rule: no torch.optim and no nn: the update written out.
+    Hint: .grad adds up over backward calls; a step is loss, backward, update, clear.
     """
     raise NotImplementedError
 
@@ -63,10 +60,8 @@ class MomentumSGD(torch.optim.Optimizer):
     parameter in self.state[p].
     For each parameter with a gradient: g = p.grad + weight_decay · p; v = momentum · v + g (v = g on the
     first step); p = p − lr · v.
-    Hint: call super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay)); in step,
-    loop over self.param_groups and use group["lr"] etc. (groups may differ), skip p.grad is None, and update in
-    place under @torch.no_grad(). Weight decay joins the gradient before the momentum buffer, and the buffer
-    adds the full gradient (no (1 − momentum) factor).
+    Rule: your own step: nothing from torch.optim.SGD.
+    Hint: per parameter, a velocity that remembers past gradients; weight decay joins the gradient first.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Watch:
     rule_of: dict[str, Rule] = field(default_factory=dict)  # label -> the rule that bans it
     seen: list[str] = field(default_factory=list)  # labels of banned calls, first call first, no repeats
     reverse_passes: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # label -> calls, for the functions asked to be counted
     paused: int = 0  # > 0 inside `reference()`: the check's own computations
 
     def add(self, dotted: str, rule: Rule) -> None:
@@ -64,7 +66,8 @@ class Watch:
         label = dotted.replace("torch.nn.functional.", "F.").replace("numpy.", "np.")
         if isinstance(obj, type):  # a class: constructing it (its __init__) is the banned call
             label, obj = f"{label} (constructing one)", obj.__init__
-        code = getattr(obj, "__code__", None)
+        # The function's own code, not a decorator's wrapper (whose code every function it wraps shares).
+        code = getattr(inspect.unwrap(obj), "__code__", None)
         if code is not None:
             self.python_codes[code] = label
         if not dotted.startswith("torch"):  # NumPy's C functions: torch's own go through the mode
@@ -102,16 +105,20 @@ def _reverse_pass_codes() -> set:
 
 
 @contextlib.contextmanager
-def watching(rules: tuple[Rule, ...] = (), count_reverse_passes: bool = False) -> Iterator[Watch]:
-    """Record, while active, every call of what `rules` ban and (optionally) every reverse pass."""
+def watching(rules: tuple[Rule, ...] = (), count_reverse_passes: bool = False,
+             count: tuple[str, ...] = ()) -> Iterator[Watch]:
+    """Record, while active, every call of what `rules` ban, and count reverse passes (optionally) and the calls
+    of the Python functions named in `count` (e.g. "torch.optim.Optimizer.zero_grad")."""
     watch = Watch()
+    counted = {inspect.unwrap(_resolve(dotted)).__code__: dotted for dotted in count}
+    watch.counts = dict.fromkeys(count, 0)
     for rule in rules:
         for dotted in rule.banned:
             watch.add(dotted, rule)
         for module in rule.banned_files:
             watch.add_file(module, rule)
     reverse_codes = _reverse_pass_codes() if count_reverse_passes else set()
-    profiled = bool(watch.python_codes or watch.c_functions or watch.files or reverse_codes)
+    profiled = bool(watch.python_codes or watch.c_functions or watch.files or reverse_codes or counted)
 
     previous = sys.getprofile()
 
@@ -126,6 +133,8 @@ def watching(rules: tuple[Rule, ...] = (), count_reverse_passes: bool = False) -
             # calls the function again) is the same reverse pass.
             if code in reverse_codes and frame.f_back.f_code is not _TorchCalls.__torch_function__.__code__:
                 watch.reverse_passes += 1
+            if code in counted:
+                watch.counts[counted[code]] += 1
             label = watch.python_codes.get(code) or watch.files.get(code.co_filename)
             if label:
                 watch.record(label)

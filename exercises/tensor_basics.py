@@ -21,8 +21,8 @@ def vandermonde(x: torch.Tensor, degree: int) -> torch.Tensor:
     Signature: vandermonde(x, degree) -> Tensor
     Shapes: x (n,) floating point -> (n, degree + 1), same dtype and device as x.
     Example: vandermonde(torch.tensor([2., 3.]), 2) -> [[1., 2., 4.], [1., 3., 9.]]
-    Hint: make the powers with `torch.arange(degree + 1, device=x.device)`, then let broadcasting
-    raise the column x.unsqueeze(1), shape (n, 1), to the row of powers, shape (degree + 1,).
+    Rule: no built-in Vandermonde: build it with broadcasting.
+    Hint: a column of x against a row of exponents: broadcasting does all the powers in one operation.
     """
     raise NotImplementedError
 
@@ -36,9 +36,8 @@ def sliding_windows(x: torch.Tensor, size: int, step: int) -> torch.Tensor:
     Shapes: x (n,) -> (n_windows, size) with n_windows = (n - size) // step + 1; row i is x[i*step : i*step + size].
     Raise ValueError (naming the argument) if size < 1, step < 1 or size > n.
     Example: sliding_windows(torch.arange(6), 3, 2) -> [[0, 1, 2], [2, 3, 4]]
-    Hint: `x.unfold(0, size, step)` does exactly this; or build it yourself with
-    `x.as_strided((n_windows, size), (step * x.stride(0), x.stride(0)), x.storage_offset())`.
-    Stacking slices with torch.stack copies, and the check looks for a view.
+    Rule: a view of x, not a copy.
+    Hint: a window is a view with two strides: one to the next window, one to the next element.
     """
     raise NotImplementedError
 
@@ -52,8 +51,8 @@ def broadcast_shape(shape_a: Sequence[int], shape_b: Sequence[int]) -> tuple[int
     Shapes: two sequences of non-negative ints (possibly empty) -> a tuple of ints. Raise ValueError naming
     both shapes when they do not broadcast.
     Example: broadcast_shape((8, 1, 6), (7, 1)) -> (8, 7, 6); broadcast_shape((3,), (4,)) -> ValueError
-    Hint: line the shapes up from the right (pad the shorter one with leading 1s); per position the sizes
-    must be equal or one of them 1, and the result takes the other. Size 0 counts like any size other than 1.
+    Rule: the broadcasting rule by hand: no torch.broadcast_shapes, NumPy's helpers or tensors.
+    Hint: line the two shapes up on the right; each position either agrees, or one side is 1.
     """
     raise NotImplementedError
 
@@ -65,9 +64,8 @@ def stable_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     Section: "Broadcasting" in tensor_basics.py (lesson 1).
     Signature: stable_softmax(x, dim) -> Tensor
     Shapes: x (...) floating point -> same shape and dtype; the values along `dim` are positive and sum to 1.
-    Hint: softmax does not change when you subtract a constant along `dim`: subtract x.amax(dim, keepdim=True)
-    first, so exp() sees numbers ≤ 0. keepdim=True keeps the reduced dimension (size 1), so the max
-    broadcasts back against x; without it the shapes no longer line up.
+    Rule: no softmax or log_softmax from torch: exp and sum written out.
+    Hint: softmax does not change when you subtract the same number from every entry along `dim`.
     """
     raise NotImplementedError
 
@@ -79,8 +77,7 @@ def cholesky_solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     Section: "Linear algebra with torch.linalg, in float64 and float32" in tensor_basics.py (lesson 1).
     Signature: cholesky_solve(A, B) -> Tensor
     Shapes: A (n, n), B (n, k) -> X (n, k), dtype of A.
-    Hint: L = torch.linalg.cholesky(A); L Lᵀ X = B splits into L Y = B (forward substitution) and
-    Lᵀ X = Y (back substitution): `torch.linalg.solve_triangular(L, B, upper=False)`, then the same
-    with L.mT and upper=True. Mind which factor goes with which solve.
+    Rule: the Cholesky factor and two triangular solves: no general solver or inverse.
+    Hint: A = L Lᵀ turns one hard solve into two easy triangular ones.
     """
     raise NotImplementedError

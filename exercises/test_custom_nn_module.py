@@ -125,8 +125,12 @@ def test_record_output_shapes(answer):
     got = answer(model, x)
     expected = {"0": (3, 5), "1": (3, 5), "2.0": (3, 4), "2.1": (3, 4), "3": (3, 2)}
     got_plain = {name: tuple(shape) for name, shape in got.items()} if isinstance(got, dict) else got
+    with_containers = {"": (3, 2), **expected, "2": (3, 4)}
+    inputs = {"0": (3, 6), "1": (3, 5), "2.0": (3, 5), "2.1": (3, 4), "3": (3, 4)}
+    looks = {"the containers are in too (the root '' and '2'): they have children": with_containers,
+             "these are the shapes of each module's input, not of its output": inputs}
     check(got_plain == expected, "record_output_shapes(model, x) recorded the wrong modules or shapes.",
-          expected=expected, got=got_plain,
+          expected=expected, got=got_plain, looks_like=looks,
           hint="One entry per leaf module (not the containers: the root '' and '2'), keyed by its name from "
                "named_modules(), holding the shape of what the module returns.")
     leftover = [name or "(the model)" for name, module in model.named_modules() if module._forward_hooks]
@@ -174,9 +178,9 @@ def test_MultiHeadSelfAttention(answer):
         expected_causal = mha(x, x, x, attn_mask=future, need_weights=False)[0]
         variants = {"scores scaled by 1/sqrt(d_model) instead of 1/sqrt(head_dim)":
                         _attention(layer, x, n_heads, scale=d_model),
-                    "heads split with a plain view to (batch, heads, seq, head_dim), which mixes positions and "
-                    "heads: view as (batch, seq, heads, head_dim), then transpose": _attention(layer, x, n_heads,
-                                                                                               plain_view=True)}
+                    "heads split (and merged) with a plain view to (batch, heads, seq, head_dim), which mixes "
+                    "positions and heads: view as (batch, seq, heads, head_dim), then transpose":
+                        _attention(layer, x, n_heads, plain_view=True)}
         causal_variants = {"the mask is the other way round: the past (and the present) masked, the future "
                            "visible; with masked_fill, True marks what is hidden":
                                _attention(layer, x, n_heads, mask=~future)}
@@ -201,4 +205,7 @@ def _attention(layer, x, n_heads, *, scale=None, plain_view=False, mask=None) ->
     scores = q @ k.transpose(-2, -1) / (scale or head_dim) ** 0.5
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
-    return layer.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, seq, d_model))
+    attended = scores.softmax(-1) @ v  # (batch, heads, seq, head_dim)
+    merged = attended.reshape(batch, seq, d_model) if plain_view else attended.transpose(1, 2).reshape(
+        batch, seq, d_model)
+    return layer.out_proj(merged)

@@ -21,8 +21,11 @@ def test_CharDataset(answer):
     vocab = sorted(set(TEXT))
     tokens = [vocab.index(ch) for ch in TEXT]  # the reference encoding, straight from the definition
     check_equal(list(dataset.vocab), vocab, what="CharDataset(text, 4).vocab",
+                looks_like={"the characters in the order they first appear, not sorted": list(dict.fromkeys(TEXT))},
                 hint="The vocabulary is sorted(set(text)): sorted, so the tokens do not depend on the text's order.")
-    check_equal(len(dataset), len(TEXT) - seq_len, what=f"len(CharDataset(text of {len(TEXT)} characters, "
+    check_equal(len(dataset), len(TEXT) - seq_len, looks_like={
+        "one item too many: the last item's target would need a character past the end": len(TEXT) - seq_len + 1},
+                what=f"len(CharDataset(text of {len(TEXT)} characters, "
                 f"seq_len=4))", hint="Item i needs text[i : i + seq_len + 1]: the last i is len(text) − seq_len − 1, "
                                      "so there are len(text) − seq_len items.")
     for i in range(len(TEXT) - seq_len):
@@ -89,6 +92,7 @@ def test_BucketBatchSampler(answer):
     sampler = answer(lengths, batch_size, generator=torch.Generator().manual_seed(0))
     n_batches = math.ceil(n / batch_size)
     check_equal(len(sampler), n_batches, what=f"len(BucketBatchSampler(38 lengths, batch_size={batch_size}))",
+                looks_like={"the last, smaller batch (38 = 9 · 4 + 2) was dropped": n // batch_size},
                 hint="There are ceil(n / batch_size) batches: the last, smaller batch counts too.")
     global_state = torch.get_rng_state()
     first = _batches(sampler)

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from exercises.checks import broken_rule, check, check_close, check_equal, check_raises_value_error
-from exercises.rules import reference
+from exercises.rules import reference, watching
 
 LESSON = "digits_classifier"
 TARGET_ACCURACY = 0.95  # held-out accuracy train_digits_classifier must reach
@@ -75,7 +76,8 @@ def test_warmup_cosine_lr(answer):
         variants = {"the warm-up starts at 0: step / warmup_steps instead of (step + 1) / warmup_steps":
                         torch.where(warm, peak_lr * steps / warmup_steps, expected),
                     "the cosine runs over all total_steps, not over the steps after the warm-up":
-                        torch.where(warm, expected, peak_lr * (1 + torch.cos(math.pi * steps / total_steps)) / 2),
+                        torch.where(warm, expected, peak_lr * (1 + torch.cos(
+                            math.pi * (steps - warmup_steps) / total_steps)) / 2),
                     "the decay is twice too high: the factor 1/2 of (1 + cos) / 2 is missing":
                         torch.where(warm, expected, peak_lr * (1 + torch.cos(math.pi * progress)))}
         got = torch.tensor([float(answer(step, warmup_steps, total_steps, peak_lr)) for step in range(total_steps)],
@@ -112,7 +114,13 @@ def _logits(model, X: torch.Tensor) -> torch.Tensor:
 def test_train_digits_classifier(answer):
     X_train, X_test, y_train, y_test = _digits_split()
     global_state = torch.get_rng_state()
-    model = answer(X_train, y_train, seed=0)
+    steps = []  # one entry per optimizer step, whichever optimizer
+    handle = register_optimizer_step_post_hook(lambda *args: steps.append(1))
+    try:
+        with watching(count=("torch.optim.Optimizer.zero_grad", "torch.nn.Module.zero_grad")) as calls:
+            model = answer(X_train, y_train, seed=0)
+    finally:
+        handle.remove()
     if not torch.equal(global_state, torch.get_rng_state()):
         broken_rule("train_digits_classifier", "torch.get_rng_state() changed during the call",
                     hint="nn.Linear draws its initial weights from the global RNG, and so does randperm without a "
@@ -121,8 +129,13 @@ def test_train_digits_classifier(answer):
     check_equal(tuple(logits.shape), (len(X_test), 10), what="the model's output for the 450 test digits",
                 hint="The model maps (batch, 64) pixels to (batch, 10) logits, one per digit class.")
     accuracy = (logits.argmax(dim=1) == y_test).double().mean().item()
+    cleared = sum(calls.counts.values())
     check(accuracy >= TARGET_ACCURACY, f"the trained model's held-out accuracy is {accuracy:.1%}, below the target.",
           expected=f"at least {TARGET_ACCURACY:.0%} on 450 held-out digits", got=f"{accuracy:.1%}",
+          looks_like={f"{len(steps)} optimizer steps and no zero_grad call: each step followed the sum of all "
+                      "gradients so far (if you clear .grad another way, look elsewhere)": f"{accuracy:.1%}"}
+          if steps and not cleared else {f"only {len(steps)} optimizer steps: far too few to converge":
+                                         f"{accuracy:.1%}"} if len(steps) < 100 else {},
           hint="Too few steps or too small a step, no shuffling, or gradients that are never cleared all "
                "look like this.")
     repeat = _logits(answer(X_train, y_train, seed=0), X_test)

@@ -91,7 +91,7 @@ def test_fit_linear_gd(answer):
         w_ref, b_ref = _numpy_gradient_descent(X64, y64, 0.1, epochs)
         variants = {"the gradients were never cleared: each step used the sum of all gradients so far":
                         _numpy_gradient_descent(X64, y64, 0.1, epochs, keep=True),
-                    f"{epochs + 1} steps instead of {epochs}: one update too many":
+                    f"one update too many ({epochs + 1} instead of {epochs})":
                         _numpy_gradient_descent(X64, y64, 0.1, epochs + 1),
                     "the summed loss instead of the mean: every step n = 40 times too long":
                         _numpy_gradient_descent(X64, y64, 0.1, epochs, summed=True)}

@@ -84,10 +84,13 @@ def test_broadcast_shape(answer):
             left = _left_aligned(shape_a, shape_b)
             fail(f"{call} raised ValueError, but these shapes do broadcast.", expected=expected, got=str(error),
                  hint="A size of 1 stretches to any size (also to 0); missing leading sizes count as 1.",
-                 details=["Looks like: the shapes lined up on the left, where they do not fit."] if left is None else [])
+                 details=[] if left is not None else ["Looks like: the shapes lined up on the left, where they "
+                                                      "do not fit."])
         check_equal(tuple(got) if isinstance(got, list) else got, expected, what=call,
                     looks_like={"the shapes lined up on the left instead of the right":
-                                _left_aligned(shape_a, shape_b)},
+                                _left_aligned(shape_a, shape_b),
+                                "the larger size at each position: but 1 stretches to the other size, even to 0":
+                                tuple(max(a, b) for a, b in zip(_padded(shape_a, shape_b), _padded(shape_b, shape_a)))},
                     hint="Missing leading sizes count as 1, and 1 stretches to the other size (also to 0).")
 
 

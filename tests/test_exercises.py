@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 import course
+from exercises import catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES_DIR = ROOT / "exercises"
@@ -53,8 +54,11 @@ from exercises import summary
 codes = {}
 for mode, junit, log in json.loads(sys.argv[1]):
     os.environ.pop("EXERCISES", None)
+    os.environ.pop("EXERCISES_TIME_SCALE", None)
     if mode != "stubs":
         os.environ["EXERCISES"] = mode  # read by exercises/conftest.py at every collection
+    if mode == "wrong":
+        os.environ["EXERCISES_TIME_SCALE"] = "0.2"  # the endless loop stops after 2 s, not 10
     with open(log, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
         if mode == "stubs":
             codes[mode] = summary.main(["-p", "no:cacheprovider", f"--junitxml={junit}"])
@@ -151,6 +155,40 @@ def test_docstring_states_task_section_signature_shapes_and_hint(lesson, name):
         f"{lesson}.{name} quotes section {heading!r}, which {lesson_file} does not have"
 
 
+def _paragraphs(doc: str, label: str) -> list[str]:
+    """The text of every paragraph of `doc` that starts with `label`, joined onto one line."""
+    return [" ".join(match.split()) for match in
+            re.findall(rf"^{label}:(.*?)(?=\n\S+:|\Z)", doc, re.S | re.M)]
+
+
+@pytest.mark.parametrize(("lesson", "name"), ALL_EXERCISES)
+def test_docstring_section_rules_and_hint_are_the_catalogs(lesson, name):
+    """The checks read the catalog (a learner may edit the docstring); the docstring starts out saying the same."""
+    record = catalog.BY_NAME[name]
+    assert record.lesson == lesson
+    doc = ast.get_docstring(next(n for n in exercise_nodes(lesson) if n.name == name)) or ""
+    assert re.search(r'^Section: "(.+?)"', doc, re.M).group(1) == record.section
+    assert _paragraphs(doc, "Rule") == [f"{rule.says}." for rule in record.rules]
+    assert _paragraphs(doc, "Hint") == [record.idea]
+
+
+def test_catalog_lists_every_exercise_in_the_stubs_order_with_a_level_and_both_hints():
+    assert [(e.lesson, e.name) for e in catalog.EXERCISES] == ALL_EXERCISES
+    for exercise in catalog.EXERCISES:
+        assert exercise.level in catalog.LEVELS and exercise.idea and exercise.recipe, exercise.name
+        assert exercise.idea != exercise.recipe and exercise.time_limit_s > 0, exercise.name
+
+
+@pytest.mark.parametrize("rule", [rule for e in catalog.EXERCISES for rule in e.rules], ids=lambda rule: rule.says[:40])
+def test_every_banned_name_resolves_to_a_callable(rule):
+    from exercises.rules import _resolve
+
+    for dotted in rule.banned:
+        assert callable(_resolve(dotted)), dotted
+    for module in rule.banned_files:
+        assert importlib.import_module(module).__file__
+
+
 def _signatures(obj) -> dict[str, inspect.Signature]:
     if inspect.isclass(obj):
         return {name: inspect.signature(getattr(member, "__func__", member)) for name, member in vars(obj).items()
@@ -174,13 +212,41 @@ def test_solutions_and_checks_match_the_stubs(lesson):
         assert {k: solution_signatures.get(k) for k in stub_signatures} == stub_signatures, name
 
 
-def test_every_exercise_has_a_wrong_answer():
-    from exercises.wrong_answers import WRONG_ANSWERS
+def test_every_exercise_has_mistakes_that_are_small_changes_of_its_solution_and_say_what_they_show():
+    from exercises.mistakes import all_mistakes, build
 
-    exercise_names = {name for _, name in ALL_EXERCISES}
-    assert set(WRONG_ANSWERS) == exercise_names
-    for name, wrong in WRONG_ANSWERS.items():
-        assert wrong and all(w.mistake for w in wrong), f"{name}: every wrong answer says what is wrong"
+    mistakes = all_mistakes()
+    assert set(mistakes) == {name for _, name in ALL_EXERCISES}
+    for name, found in mistakes.items():
+        ids = [mistake.mistake_id for _, mistake in found]
+        assert len(ids) == len(set(ids)), f"{name}: mistake ids repeat"
+        for lesson, mistake in found:
+            assert mistake.mistake and mistake.shows and mistake.change, (name, mistake.mistake_id)
+            assert (lesson, name) in ALL_EXERCISES
+            solution = getattr(importlib.import_module(f"exercises.solutions.{lesson}"), name)
+            built = build(lesson, mistake)  # every change applies exactly once
+            assert inspect.isclass(built) == inspect.isclass(solution), mistake.mistake_id
+
+
+def _changed_text(mistake) -> str:
+    return mistake.setup + "".join(mistake.change.values())
+
+
+def test_every_ban_is_broken_by_a_direct_call_and_by_an_alias_or_wrapper_in_the_mistakes():
+    """The issue's "each rule caught by at least two routes": a mistake calling the banned function by its
+    torch name, and one reaching it through `import ... as` or a helper that catches its error."""
+    from exercises.mistakes import all_mistakes
+
+    mistakes = all_mistakes()
+    for exercise in catalog.EXERCISES:
+        for rule in exercise.rules:
+            if not (rule.banned or rule.banned_files):
+                continue
+            breaking = [m for _, m in mistakes[exercise.name]
+                        if m.shows == f"breaks a rule of this exercise: {rule.says.split(':')[0]}"]
+            routes = {"alias or wrapper" if re.search(r"from \S+ import \w+ as \w+", m.setup) or
+                      "try:" in _changed_text(m) else "direct" for m in breaking}
+            assert routes == {"direct", "alias or wrapper"}, (exercise.name, rule.says, routes)
 
 
 @pytest.mark.parametrize("path", sorted(EXERCISES_DIR.rglob("*.py")), ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -201,10 +267,10 @@ def test_readme_exercise_table_lists_every_exercise():
     listed = set(re.findall(r"`(\w+)`", readme))
     missing = [name for _, name in ALL_EXERCISES if name not in listed]
     assert not missing, f"README.md's exercise table lacks {missing}"
-    from exercises.wrong_answers import WRONG_ANSWERS
+    from exercises.mistakes import all_mistakes
 
     for pattern, actual in [(r"(\d+) exercises", len(ALL_EXERCISES)),
-                            (r"(\d+) plausible wrong answers", sum(map(len, WRONG_ANSWERS.values())))]:
+                            (r"(\d+) plausible wrong answers", sum(map(len, all_mistakes().values())))]:
         for claimed in re.findall(pattern, readme):
             assert int(claimed) == actual, f"README.md says {claimed} for {pattern!r}; there are {actual}"
 
@@ -214,7 +280,7 @@ def test_readme_exercise_table_lists_every_exercise():
 
 @pytest.mark.slow
 def test_checks_pass_on_the_solutions_reject_every_wrong_answer_and_say_not_done_yet_on_the_stubs(tmp_path):
-    from exercises.wrong_answers import WRONG_ANSWERS
+    from exercises.mistakes import all_mistakes
 
     runs = run_checks_three_ways(tmp_path)
 
@@ -228,16 +294,16 @@ def test_checks_pass_on_the_solutions_reject_every_wrong_answer_and_say_not_done
     assert result.returncode == 0, result.stdout[-3000:]
     assert "warnings summary" not in result.stdout, result.stdout[-3000:]
 
-    # Every plausible wrong answer is rejected, with a hint.
+    # Every plausible wrong answer is rejected, with its diagnosis and a hint; the endless loop within its limit.
     result, junit = runs["wrong"]
     cases = junit_cases(junit)
-    lesson_of = {name: lesson for lesson, name in ALL_EXERCISES}
-    expected = {_expected_test_name(lesson_of[w.exercise], w.exercise, w.mistake_id)
-                for wrong in WRONG_ANSWERS.values() for w in wrong}
-    assert set(cases) == expected
+    shows = {_expected_test_name(lesson, mistake.exercise, mistake.mistake_id): mistake.shows
+             for found in all_mistakes().values() for lesson, mistake in found}
+    assert set(cases) == set(shows)
     for test_name, (outcome, text) in cases.items():
         assert outcome == "failure", f"{test_name}: the wrong answer was not rejected ({outcome}): {text}"
-        assert "Hint:" in text and "not done yet" not in text, f"{test_name}: {text}"
+        assert "Hint:" in text and "not done yet" not in text and "Traceback" not in text, f"{test_name}: {text}"
+        assert shows[test_name] in text, f"{test_name}: the message does not show {shows[test_name]!r}:\n{text}"
     assert result.returncode == 1
 
     # On the untouched stubs every check fails with "not done yet", and the summary lists every exercise so.
@@ -273,3 +339,184 @@ def test_known_exercises_modes(monkeypatch, value, mode):
     else:
         monkeypatch.setenv("EXERCISES", value)
     assert exercise_mode() == mode
+
+
+# The machinery: rules, previews, diagnoses, time limits, the summary ------------------------------
+
+
+def _rule(*banned: str, files: tuple[str, ...] = ()):
+    from exercises.rules import Rule
+
+    return Rule("a test rule", "a test", banned=banned, banned_files=files)
+
+
+def test_a_ban_is_seen_by_name_by_alias_by_method_and_through_a_wrapper_that_swallows_the_error():
+    import torch
+
+    from exercises.rules import watching
+
+    softmax_alias = torch.nn.functional.softmax  # bound before the watch starts, as an import at the top would be
+    x = torch.randn(2, 3)
+    routes = {"torch.softmax": lambda: torch.softmax(x, 1), "alias": lambda: softmax_alias(x, 1),
+              "method": lambda: x.softmax(1)}
+    rule = _rule("torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax")
+    for route, call in routes.items():
+        with watching((rule,)) as watch:
+            call()
+        assert watch.seen, route
+
+    def swallowed():
+        try:
+            torch.softmax(x, 7)  # raises IndexError inside torch
+        except Exception:
+            return "fine"
+
+    with watching((rule,)) as watch:
+        swallowed()
+    assert watch.seen == ["torch.softmax"]
+    with watching((rule,)) as watch:
+        torch.exp(x) / torch.exp(x).sum(1, keepdim=True)  # the allowed way
+    assert watch.seen == []
+
+
+def test_python_functions_numpy_functions_classes_and_whole_modules_are_watched():
+    import numpy as np
+    import torch
+
+    from exercises.rules import reference, watching
+
+    bs = torch.broadcast_shapes  # a Python function that torch's function mode never sees
+    rule = _rule("torch.broadcast_shapes", "numpy.zeros", "torch.nn.Module", files=("torch.optim.sgd",))
+    checks = {"torch.broadcast_shapes": lambda: bs((2, 1), (3,)), "np.zeros": lambda: np.zeros(3),
+              "torch.nn.Module (constructing one)": lambda: torch.nn.Linear(2, 2),
+              "torch.optim.sgd (any of its functions)": lambda: torch.optim.SGD([torch.zeros(1, requires_grad=True)],
+                                                                               lr=0.1)}
+    for label, call in checks.items():
+        with watching((rule,)) as watch:
+            call()
+        assert label in watch.seen, (label, watch.seen)
+    with watching((rule,)) as watch, reference():
+        bs((2, 1), (3,))  # the check's own reference computations are not the learner's
+    assert watch.seen == []
+
+
+def test_reverse_passes_are_counted_once_each_also_inside_a_torch_function_watch():
+    import torch
+
+    from exercises.rules import watching
+
+    x = torch.ones(3, requires_grad=True)
+    with watching((_rule("torch.softmax"),)), watching(count_reverse_passes=True) as passes:
+        torch.autograd.grad((x * 2).sum(), x)
+        (x * 3).sum().backward()
+    assert passes.reverse_passes == 2
+
+
+def _failure(call) -> str:
+    with pytest.raises(pytest.fail.Exception) as caught:
+        call()
+    return str(caught.value)
+
+
+def test_preview_shows_a_small_matrix_whole_and_a_large_tensor_around_its_worst_mismatch():
+    import torch
+
+    from exercises.checks import check_close
+
+    expected = torch.arange(25.0).reshape(5, 5)
+    got = expected.clone()
+    got[4, 3] = -1.0
+    text = _failure(lambda: check_close(got, expected, what="m", hint="h", rtol=0, atol=0))
+    assert "index [4, 3]: expected 23, got -1" in text
+    assert "[20., 21., 22., -1., 24.]" in text and "[20., 21., 22., 23., 24.]" in text  # both whole
+    big = torch.zeros(3, 5, 40)
+    wrong = big.clone()
+    wrong[2, 1, 30] = float("nan")
+    text = _failure(lambda: check_close(wrong, big, what="t", hint="h", rtol=0, atol=0))
+    assert "index [2, 1, 30]" in text and "27 … 33 of 40" in text
+    assert re.search(r"\[2, 1, 30\]\s+0\s+nan\s+✗", text), text
+    assert "NaN" in text  # the diagnosis
+
+
+@pytest.mark.parametrize(("make_got", "says"), [
+    (lambda e: 3 * e, "3× the expected value everywhere — n_chunks"),
+    (lambda e: -e, "the sign is flipped everywhere"),
+    (lambda e: e + 0.5, "+0.5 everywhere"),
+    (lambda e: e.mT, "the transpose"),
+    (lambda e: e.flip(-1), "reverse order"),
+])
+def test_diagnoses_name_the_shape_of_the_difference(make_got, says):
+    import torch
+
+    from exercises.checks import check_close
+
+    expected = torch.tensor([[1.0, 2.0, 4.0], [3.0, 5.0, 9.0], [7.0, 6.0, 8.0]])
+    text = _failure(lambda: check_close(make_got(expected), expected, what="x", hint="h", rtol=1e-9, atol=1e-9,
+                                        scales={3.0: "n_chunks"}))
+    assert says in text, text
+
+
+def test_left_padding_off_by_one_and_known_mistakes_are_recognised():
+    import torch
+
+    from exercises.checks import check_close
+
+    expected = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0], [6.0, 0.0, 0.0]])
+    left = torch.tensor([[1.0, 2.0, 3.0], [0.0, 4.0, 5.0], [0.0, 0.0, 6.0]])
+    assert "padding on the left" in _failure(lambda: check_close(left, expected, what="p", hint="h", rtol=0, atol=0))
+    short = torch.zeros(3, 2)
+    assert "1 fewer along dimension 1 than expected (off by one?)" in _failure(
+        lambda: check_close(short, expected, what="p", hint="h", rtol=0, atol=0))
+    assert "Looks like: the thing I know." in _failure(lambda: check_close(
+        expected * 0, expected, what="p", hint="h", rtol=0, atol=0, looks_like={"the thing I know": expected * 0}))
+
+
+def test_every_failure_ends_with_the_catalogs_idea_and_the_recipe_only_with_hint_2(monkeypatch):
+    import torch
+
+    from exercises.checks import check_close, checking
+
+    record = catalog.BY_NAME["vandermonde"]
+
+    def failing():
+        with checking(record):
+            check_close(torch.zeros(2), torch.ones(2), what="v", hint="the check's hint", rtol=0, atol=0)
+
+    monkeypatch.delenv(catalog.HINT_ENV, raising=False)
+    text = _failure(failing)
+    assert "Hint: the check's hint" in text and f"Idea: {record.idea}" in text and record.recipe not in text
+    assert "HINT=2" in text
+    monkeypatch.setenv(catalog.HINT_ENV, "2")
+    assert f"Recipe: {record.recipe}" in _failure(failing)
+
+
+def test_an_endless_loop_is_stopped_within_its_time_limit():
+    import time
+
+    from exercises.conftest import CheckTimedOut, time_limit
+
+    start = time.perf_counter()
+    with pytest.raises(CheckTimedOut), time_limit(0.3):
+        while True:
+            try:
+                pass
+            except Exception:  # a learner's broad except does not swallow the stop
+                pass
+    assert time.perf_counter() - start < 2.0
+
+
+def test_summary_says_what_is_next_in_course_order_and_which_lessons_are_done():
+    from exercises.summary import Outcome, format_summary
+
+    outcomes = [Outcome("autograd_demo", "newton_step", "not done yet", ""),
+                Outcome("tensor_basics", "vandermonde", "done", ""),
+                Outcome("tensor_basics", "stable_softmax", "done", ""),
+                Outcome("autograd_demo", "Softplus", "wrong", "Softplus: wrong values.")]
+    text = format_summary(outcomes)
+    assert "tensor_basics: all 2 exercises done." in text
+    title = course.lesson("autograd_demo").title
+    assert f'Next: fix Softplus in exercises/autograd_demo.py, section "Custom autograd Functions" of {title}.' in text
+    assert text.index("vandermonde") < text.index("newton_step")  # lesson 1 before lesson 2
+    assert re.search(r"vandermonde\s+★\s+Broadcasting\s+done", text)
+    done = format_summary([Outcome("tensor_basics", "vandermonde", "done", "")])
+    assert "All 1 exercises done." in done and "Next:" not in done

@@ -9,8 +9,8 @@ check once per mistake; tests/test_exercises.py asserts that each fails and show
 """
 
 from __future__ import annotations
-
 import __future__
+
 import importlib
 import inspect
 import textwrap
