@@ -54,6 +54,7 @@ lint: venv-dev
 notebooks: venv-dev
 	$(PY) tools/notebooks.py build
 
+# Your progress through the exercises and what to do next; `make exercises HINT=2` adds each failing exercise's recipe.
 exercises: venv-dev
 	$(PY) -m exercises.summary
 
