@@ -56,13 +56,21 @@ html_theme_options = {{
     "use_fullscreen_button": False,
     "use_repository_button": False,
     "home_page_in_toc": True,
+    "navbar_persistent": [],  # one search box (the sidebar's), not a second one in a header bar
+    "footer_content_items": [],  # no author or copyright line to show
 }}
 html_copy_source = False
 html_show_sourcelink = False
 html_show_search_summary = False
 html_last_updated_fmt = None
+html_favicon = "favicon.svg"  # without one, every browser asks the server for /favicon.ico and gets a 404
 html_context = {{"default_mode": "light"}}  # the figures are drawn on white; the reader may switch
 """
+
+
+# A flame-orange dot: the site's icon, so that no browser goes looking for one.
+FAVICON_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+               '<circle cx="8" cy="8" r="7" fill="#ee4c2c"/></svg>\n')
 
 
 @dataclass(frozen=True)
@@ -136,8 +144,9 @@ def lesson_page(module: str, title: str, root: Path = ROOT) -> dict:
             f"[Exercises](#{module}-exercises)\n\n"
             "Every output and figure below is what the committed notebook printed and drew when it ran; "
             "run the script or the notebook to make your own.")
-    tail = f"({module}-exercises)=\n## Exercises\n\n{exercise_list(module, '../downloads/', root)}\n\n" \
-           f"All exercises, and how to check them: {{ref}}`exercises-{module}`."
+    tail = (f"({module}-exercises)=\n## Exercises\n\n{exercise_list(module, '../downloads/', root)}\n\n"
+            f"How to check your answers, and the other lessons' exercises: "
+            f"{{ref}}`the exercises page <exercises-{module}>`.")
     notebook["cells"] = [_markdown_cell(f"site-title-{module}", head), *notebook["cells"],
                          _markdown_cell(f"site-exercises-{module}", tail)]
     return notebook
@@ -181,6 +190,7 @@ def write_source(source: Path, root: Path = ROOT) -> None:
     project = readme_parts(readme)[0]
     (source / LESSONS_DIR).mkdir(parents=True)
     (source / "conf.py").write_text(CONF_PY.format(project=project), encoding="utf-8")
+    (source / "favicon.svg").write_text(FAVICON_SVG, encoding="utf-8")
     (source / "index.md").write_text(index_page(readme), encoding="utf-8")
     (source / "exercises.md").write_text(exercises_page(readme, root), encoding="utf-8")
     (source / "tested.md").write_text(tested_page(readme), encoding="utf-8")

@@ -33,6 +33,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 TIMEOUT_MS = 20_000  # any one navigation, wait or request; nothing waits longer
 WIDTH = 1280  # screenshot and viewport width, px
 SEARCH_WORDS = ("autograd", "DataLoader")
+SITE = Path(os.environ.get("SITE_DIR", website.SITE_DIR)).resolve()  # the built site; site/ unless SITE_DIR says
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: `make site-test` "
                                      "installs requirements-docs.txt")
@@ -46,15 +47,25 @@ def chromium_path() -> str | None:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves site/ without logging each request; keeps the paths it could not find (favicon requests
+    included, which the browser makes on its own and does not report to the page)."""
+
+    not_found: list[str] = []
+
+    def send_error(self, code, message=None, explain=None):
+        if code == 404:
+            self.not_found.append(self.path)
+        super().send_error(code, message, explain)
+
     def log_message(self, format, *args):  # noqa: A002 -- the base class's signature
         pass
 
 
 @pytest.fixture(scope="module")
 def site_url():
-    if not (website.SITE_DIR / "index.html").is_file():
-        pytest.fail(f"{website.SITE_DIR} has no index.html: run `make site` first")
-    handler = functools.partial(_QuietHandler, directory=str(website.SITE_DIR))
+    if not (SITE / "index.html").is_file():
+        pytest.fail(f"{SITE} has no index.html: run `make site` first")
+    handler = functools.partial(_QuietHandler, directory=str(SITE))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # port 0: a free port
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -143,6 +154,8 @@ def test_every_page_loads_offline_with_its_images_and_working_links(site_url, br
         name = url.removeprefix(site_url).replace("/", "_").removesuffix(".html")
         page.screenshot(path=str(screenshot_dir / f"{name}.png"), full_page=True, timeout=TIMEOUT_MS)
         problems += [f"{url}: {problem}" for problem in watch.problems]
+        problems += [f"{url}: not found on the server: {path}" for path in _QuietHandler.not_found]
+        _QuietHandler.not_found.clear()
         page.close()
         for link in links:
             target, fragment = urldefrag(link)
@@ -159,6 +172,7 @@ def test_every_page_loads_offline_with_its_images_and_working_links(site_url, br
             ids = checked[target]
             if fragment and ids is not None and fragment not in ids:
                 problems.append(f"{url}: link {link}: no #{fragment} there")
+    problems += [f"not found on the server: {path}" for path in _QuietHandler.not_found]
     assert not problems, "\n".join(problems)
 
 
@@ -178,8 +192,8 @@ def test_search_finds(word, site_url, browser_context, screenshot_dir):
 def test_pages_open_from_files_without_a_server(browser_context):
     """file:// works too: the landing page and a lesson page load with no error and no failed request."""
     for name in ("index.html", f"{website.LESSONS_DIR}/{website.LESSONS[0].module}.html"):
-        url = (website.SITE_DIR / name).as_uri()
-        page, watch = load(browser_context, url, website.SITE_DIR.as_uri())
+        url = (SITE / name).as_uri()
+        page, watch = load(browser_context, url, SITE.as_uri())
         broken = page.evaluate("() => Array.from(document.images).filter((img) => !(img.naturalWidth > 0)).length")
         page.close()
         assert broken == 0, f"{url}: {broken} images not loaded"
