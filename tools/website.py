@@ -47,6 +47,7 @@ html_title = {project!r}
 extensions = ["myst_nb", "sphinx_copybutton", "sphinx.ext.githubpages"]
 nb_execution_mode = "off"
 nb_merge_streams = True
+nb_render_image_options = {{"width": "100%"}}  # a figure fills the column and links to its full-size PNG
 myst_heading_anchors = 3
 exclude_patterns = ["downloads/**"]
 html_theme = "sphinx_book_theme"

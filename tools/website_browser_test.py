@@ -32,6 +32,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 20_000  # any one navigation, wait or request; nothing waits longer
 WIDTH = 1280  # screenshot and viewport width, px
+# Chromium leaves a full-page screenshot blank below about 32,000 px (the longest lesson is over 40,000 px tall), so
+# a long page is saved in parts of at most this height: <page>.png, or <page>-1.png, <page>-2.png, ...
+SCREENSHOT_PART_PX = 15_000
 SEARCH_WORDS = ("autograd", "DataLoader")
 SITE = Path(os.environ.get("SITE_DIR", website.SITE_DIR)).resolve()  # the built site; site/ unless SITE_DIR says
 
@@ -136,6 +139,15 @@ def load(context, url: str, origin: str):
     return page, watch
 
 
+def save_screenshots(page, folder: Path, name: str) -> None:
+    height = page.evaluate("() => document.documentElement.scrollHeight")
+    parts = range(0, height, SCREENSHOT_PART_PX)
+    for number, top in enumerate(parts, start=1):
+        clip = {"x": 0, "y": top, "width": WIDTH, "height": min(SCREENSHOT_PART_PX, height - top)}
+        path = folder / (f"{name}.png" if len(parts) == 1 else f"{name}-{number}.png")
+        page.screenshot(path=str(path), full_page=True, clip=clip, timeout=TIMEOUT_MS)
+
+
 def page_urls(site_url: str) -> list[str]:
     return [site_url + name for name in ("index.html", *(f"{website.LESSONS_DIR}/{lesson.module}.html"
                                                          for lesson in website.LESSONS),
@@ -152,7 +164,7 @@ def test_every_page_loads_offline_with_its_images_and_working_links(site_url, br
         problems += [f"{url}: image not loaded: {src}" for src in broken]
         links = page.evaluate("() => Array.from(document.querySelectorAll('a[href]'), (a) => a.href)")
         name = url.removeprefix(site_url).replace("/", "_").removesuffix(".html")
-        page.screenshot(path=str(screenshot_dir / f"{name}.png"), full_page=True, timeout=TIMEOUT_MS)
+        save_screenshots(page, screenshot_dir, name)
         problems += [f"{url}: {problem}" for problem in watch.problems]
         problems += [f"{url}: not found on the server: {path}" for path in _QuietHandler.not_found]
         _QuietHandler.not_found.clear()
@@ -183,7 +195,7 @@ def test_search_finds(word, site_url, browser_context, screenshot_dir):
     page.wait_for_function("() => /found/.test(document.querySelector('#search-results').textContent)",
                            timeout=TIMEOUT_MS)  # the search has finished
     hits = page.eval_on_selector_all("#search-results ul.search li a", "(links) => links.map((a) => a.href)")
-    page.screenshot(path=str(screenshot_dir / f"search_{word}.png"), full_page=True, timeout=TIMEOUT_MS)
+    save_screenshots(page, screenshot_dir, f"search_{word}")
     page.close()
     assert any(f"/{website.LESSONS_DIR}/" in hit for hit in hits), f"no lesson page among the hits for {word}: {hits}"
     assert not watch.problems, "\n".join(watch.problems)
