@@ -37,7 +37,10 @@ def test_every_lesson_has_a_page_source_titled_from_course_py_with_its_downloads
     for lesson in course.LESSONS:
         page = json.loads((tmp_path / "lessons" / f"{lesson.module}.ipynb").read_text(encoding="utf-8"))
         committed = json.loads((ROOT / "notebooks" / f"{lesson.module}.ipynb").read_text(encoding="utf-8"))
-        assert page["cells"][1:-1] == committed["cells"], "the committed cells, outputs included, untouched"
+        assert [(cell["source"], cell.get("outputs")) for cell in page["cells"][1:-1]] == \
+            [(cell["source"], cell.get("outputs")) for cell in committed["cells"]], "cells and outputs untouched"
+        alts = [cell["metadata"]["mystnb"]["image"]["alt"] for cell in page["cells"] if "mystnb" in cell["metadata"]]
+        assert sorted(alts) == sorted(name[:-4].replace("_", " ") for name in lesson.figures)
         assert page["cells"][0]["source"].startswith(f"# {lesson.title}\n")
         assert f"({lesson.module}-exercises)=\n## Exercises" in page["cells"][-1]["source"]
         for path in (lesson.script, f"notebooks/{lesson.module}.ipynb", f"exercises/{lesson.module}.py"):
@@ -80,7 +83,7 @@ def _tiny_site(root, extra: str = "") -> None:
     (root / "index.html").write_text('<html><head><link rel="stylesheet" href="_static/style.css"></head>'
                                      f'<body><h1 id="top">Course</h1>{extra}</body></html>')
     for lesson in course.LESSONS:
-        images = '<img src="../_images/a.png">' * len(lesson.figures)
+        images = "".join(f'<img src="../_images/a.png" alt="{name[:-4].replace("_", " ")}">' for name in lesson.figures)
         (root / "lessons" / f"{lesson.module}.html").write_text(
             f'<html><body><h1>{lesson.title}<a class="headerlink" href="#">#</a></h1>{images}'
             '<a href="../index.html#top">home</a><a href="https://pytorch.org">web link</a></body></html>')
@@ -115,6 +118,6 @@ def test_the_check_flags_a_missing_lesson_page_a_missing_figure_and_a_wrong_titl
     (tmp_path / "_static" / "style.css").write_text("@import 'https://fonts.example.org/x.css';")
     problems = "\n".join(website.check(tmp_path))
     assert f"{first.module}.html: missing" in problems
-    assert f"{second.module}.html: 0 images, the lesson draws {len(second.figures)} figures" in problems
+    assert f"{second.module}.html: no image of {', '.join(second.figures)}" in problems
     assert f"{third.module}.html: no <h1> with the lesson's title" in problems
     assert "style.css: loads https://fonts.example.org/x.css" in problems

@@ -47,7 +47,7 @@ html_title = {project!r}
 extensions = ["myst_nb", "sphinx_copybutton", "sphinx.ext.githubpages"]
 nb_execution_mode = "off"
 nb_merge_streams = True
-nb_render_image_options = {{"width": "100%"}}  # a figure fills the column and links to its full-size PNG
+nb_render_image_options = {image_options!r}  # a figure fills the column and links to its full-size PNG
 myst_heading_anchors = 3
 exclude_patterns = ["downloads/**"]
 html_theme = "sphinx_book_theme"
@@ -69,6 +69,7 @@ html_context = {{"default_mode": "light"}}  # the figures are drawn on white; th
 """
 
 
+IMAGE_OPTIONS = {"width": "100%"}  # a figure output fills the column and links to its full-size PNG
 # A flame-orange dot: the site's icon, so that no browser goes looking for one.
 FAVICON_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
                '<circle cx="8" cy="8" r="7" fill="#ee4c2c"/></svg>\n')
@@ -148,9 +149,23 @@ def lesson_page(module: str, title: str, root: Path = ROOT) -> dict:
     tail = (f"({module}-exercises)=\n## Exercises\n\n{exercise_list(module, '../downloads/', root)}\n\n"
             f"How to check your answers, and the other lessons' exercises: "
             f"{{ref}}`the exercises page <exercises-{module}>`.")
+    for cell in notebook["cells"]:
+        if any("image/png" in output.get("data", {}) for output in cell.get("outputs", [])):
+            cell["metadata"]["mystnb"] = {"image": {**IMAGE_OPTIONS, "alt": figure_alt_text(cell)}}
     notebook["cells"] = [_markdown_cell(f"site-title-{module}", head), *notebook["cells"],
                          _markdown_cell(f"site-exercises-{module}", tail)]
     return notebook
+
+
+def figure_alt_text(cell: dict) -> str:
+    """A figure's alt text from the file the cell saved it to ("saved ../plots/autograd_graph.png")."""
+    printed = "".join("".join(output.get("text", "")) for output in cell["outputs"])
+    return ", ".join(figure_alt_text_of(name) for name in re.findall(r"saved \S*?(\w+\.png)", printed)) or "figure"
+
+
+def figure_alt_text_of(filename: str) -> str:
+    """"autograd_graph.png" -> "autograd graph": how a lesson's figure is named on its page."""
+    return filename.removesuffix(".png").replace("_", " ")
 
 
 def _markdown_cell(cell_id: str, source: str) -> dict:
@@ -190,7 +205,7 @@ def write_source(source: Path, root: Path = ROOT) -> None:
     readme = (root / "README.md").read_text(encoding="utf-8")
     project = readme_parts(readme)[0]
     (source / LESSONS_DIR).mkdir(parents=True)
-    (source / "conf.py").write_text(CONF_PY.format(project=project), encoding="utf-8")
+    (source / "conf.py").write_text(CONF_PY.format(project=project, image_options=IMAGE_OPTIONS), encoding="utf-8")
     (source / "favicon.svg").write_text(FAVICON_SVG, encoding="utf-8")
     (source / "index.md").write_text(index_page(readme), encoding="utf-8")
     (source / "exercises.md").write_text(exercises_page(readme, root), encoding="utf-8")
@@ -258,6 +273,7 @@ class PageLinks:
     loads: list[str] = field(default_factory=list)  # URLs the browser fetches to show the page
     links: list[str] = field(default_factory=list)  # URLs the reader can follow (<a href>, navigation <link>)
     images: list[str] = field(default_factory=list)  # <img src>
+    image_alts: list[str] = field(default_factory=list)  # <img alt>
     h1: list[str] = field(default_factory=list)  # the text of each <h1>
 
 
@@ -283,6 +299,7 @@ class _PageParser(html.parser.HTMLParser):
             self.page.loads += urls
             if tag == "img" and name == "src":
                 self.page.images.append(values[name])
+                self.page.image_alts.append(values.get("alt", ""))
         if "href" in values:
             if tag == "link" and not (set(values.get("rel", "").lower().split()) <= NAVIGATION_RELS):
                 self.page.loads.append(values["href"])
@@ -344,9 +361,9 @@ def check(site: Path = SITE_DIR) -> list[str]:
         page = parse_page(path.read_text(encoding="utf-8"))
         if lesson.title not in [" ".join(h.split()).rstrip("#").strip() for h in page.h1]:
             problems.append(f"{path.relative_to(site)}: no <h1> with the lesson's title from course.py")
-        if len(page.images) < len(lesson.figures):
-            problems.append(f"{path.relative_to(site)}: {len(page.images)} images, the lesson draws "
-                            f"{len(lesson.figures)} figures")
+        missing = [name for name in lesson.figures if figure_alt_text_of(name) not in page.image_alts]
+        if missing:
+            problems.append(f"{path.relative_to(site)}: no image of {', '.join(missing)} (the lesson's figures)")
     pages = {path: parse_page(path.read_text(encoding="utf-8")) for path in sorted(site.rglob("*.html"))
              if "_static" not in path.relative_to(site).parts}  # the themes copy their page templates there
     for path, page in pages.items():

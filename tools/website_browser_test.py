@@ -201,8 +201,9 @@ def test_search_finds(word, site_url, browser_context, screenshot_dir):
     assert not watch.problems, "\n".join(watch.problems)
 
 
-def test_pages_open_from_files_without_a_server(browser_context):
-    """file:// works too: the landing page and a lesson page load with no error and no failed request."""
+def test_pages_and_search_work_from_files_without_a_server(browser_context):
+    """file:// works too: the landing page and a lesson page load with no error and no failed request, and
+    search finds a lesson."""
     for name in ("index.html", f"{website.LESSONS_DIR}/{website.LESSONS[0].module}.html"):
         url = (SITE / name).as_uri()
         page, watch = load(browser_context, url, SITE.as_uri())
@@ -210,3 +211,7 @@ def test_pages_open_from_files_without_a_server(browser_context):
         page.close()
         assert broken == 0, f"{url}: {broken} images not loaded"
         assert not watch.problems, "\n".join(watch.problems)
+    page, watch = load(browser_context, (SITE / "search.html").as_uri() + f"?q={SEARCH_WORDS[0]}", SITE.as_uri())
+    page.wait_for_selector("#search-results ul.search li", timeout=TIMEOUT_MS)
+    page.close()
+    assert not watch.problems, "\n".join(watch.problems)
