@@ -36,6 +36,7 @@ TESTED_SECTION = "## What is tested, on which versions"  # README section that b
 EXERCISES_SECTION = "## Exercises"  # README section whose prose heads the exercises page
 BUILD_TIMEOUT_S = 300  # Sphinx takes well under a minute here; a build that runs this long has hung
 SERVE_PORT = 8000
+IMAGE_OPTIONS = {"width": "100%"}  # a figure output fills the column and links to its full-size PNG
 
 # Sphinx configuration of the generated source. Warnings are errors (sphinx-build -W). Nothing is loaded from the
 # network: the theme ships its fonts and icons, myst-nb shows the committed outputs (execution "off"), no page has
@@ -68,8 +69,6 @@ html_favicon = "favicon.svg"  # without one, every browser asks the server for /
 html_context = {{"default_mode": "light"}}  # the figures are drawn on white; the reader may switch
 """
 
-
-IMAGE_OPTIONS = {"width": "100%"}  # a figure output fills the column and links to its full-size PNG
 # A flame-orange dot: the site's icon, so that no browser goes looking for one.
 FAVICON_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
                '<circle cx="8" cy="8" r="7" fill="#ee4c2c"/></svg>\n')
@@ -95,14 +94,12 @@ def exercises(module: str, root: Path = ROOT) -> list[Exercise]:
     return found
 
 
-def readme_parts(readme: str) -> tuple[str, str, str]:
-    """(course name, front matter, section text) of README.md: its `# ` heading, the prose before its first
-    `## ` section, and the `## ` sections the site reuses."""
+def readme_parts(readme: str) -> tuple[str, str]:
+    """(course name, front matter) of README.md: its `# ` heading, and the prose before its first `## ` section."""
     title, rest = readme.split("\n", 1)
     if not title.startswith("# "):
         raise ValueError(f"README.md starts with {title!r}, expected its '# ' heading")
-    front = rest.split("\n## ", 1)[0]
-    return title[2:].strip(), front, rest
+    return title[2:].strip(), rest.split("\n## ", 1)[0]
 
 
 def readme_section(readme: str, heading: str) -> str:
@@ -173,7 +170,7 @@ def _markdown_cell(cell_id: str, source: str) -> dict:
 
 
 def index_page(readme: str) -> str:
-    project, front, _ = readme_parts(readme)
+    project, front = readme_parts(readme)
     pages = "\n".join(f"{LESSONS_DIR}/{lesson.module}" for lesson in LESSONS)
     return (f"# {project}\n\n{without_repo_links(front)}\n\n"
             "This site shows every lesson as its committed notebook: prose, code, printed output and figures, "
