@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 OLDEST := .venv-oldest
 SCRIPTS := $(shell $(PYTHON) course.py)
 
-.PHONY: venv venv-dev demo test test-fast test-oldest lint notebooks exercises timings gpu-check versions doctor clean
+.PHONY: venv venv-dev demo test test-fast test-oldest lint notebooks exercises timings gpu-check versions doctor clean \
+	site site-check site-test serve
 
 # The lessons' requirements only (`make demo`), then the test, lint and notebook tools on top.
 $(VENV)/.lessons: requirements.txt
@@ -74,5 +75,37 @@ gpu-check: venv-dev
 versions: venv-dev
 	$(PY) tools/versions.py
 
+# The course as a website in site/ (tools/website.py): Sphinx and myst-nb render the committed notebooks, nothing
+# re-runs. requirements-docs.txt stays out of requirements-dev.txt, so make test-oldest does not install it.
+$(VENV)/.docs: $(VENV)/.lessons requirements-docs.txt
+	$(PY) -m pip install --quiet -r requirements-docs.txt
+	touch $@
+
+SITE_INPUTS := course.py README.md tools/website.py $(SCRIPTS) $(wildcard notebooks/*.ipynb exercises/*.py \
+	exercises/solutions/*.py)
+site/.buildinfo: $(VENV)/.docs $(SITE_INPUTS)
+	$(PY) tools/website.py build
+
+site: site/.buildinfo
+
+# Fast checks of the built HTML: every lesson page, image and internal link is there, nothing loads from the network.
+site-check: site
+	$(PY) tools/website.py check
+
+# The site in headless Chromium (Debian's package, installed with apt-get where this runs as root), served on
+# 127.0.0.1; it skips, saying why, where no Chromium can be found or installed. Screenshots go to a temp folder.
+site-test: site
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's chromium with apt-get"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+				|| echo "apt-get could not install chromium: the browser test will skip"; \
+		else echo "no chromium, and no root apt-get to install it: the browser test will skip"; fi; }
+	timeout 600 $(PY) -m pytest -p no:cacheprovider -rs -s tools/website_browser_test.py
+
+PORT ?= 8000
+serve: site
+	$(PY) tools/website.py serve --port $(PORT)
+
 clean:
-	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache .hypothesis site

@@ -39,7 +39,7 @@ def test_nothing_is_named_after_a_lesson_that_is_not_in_the_table():
     named = {path.stem.removeprefix("test_") for folder in ("tests", "exercises", "exercises/solutions")
              for path in (ROOT / folder).glob("*.py")} | {path.stem for path in (ROOT / "notebooks").glob("*.ipynb")}
     not_lessons = {"conftest", "checks", "summary", "catalog", "rules", "__init__", "exercises", "lesson_harness",
-                   "notebooks", "reliability", "course", "readme"}
+                   "notebooks", "reliability", "course", "readme", "website"}
     assert named - not_lessons == modules
 
 
