@@ -100,7 +100,9 @@ EXERCISES: tuple[Exercise, ...] = (
                     "the exercise is the max-shift that those functions do for you",
                     banned=("torch.softmax", "torch.log_softmax", "torch.Tensor.softmax", "torch.Tensor.log_softmax",
                             "torch.nn.functional.softmax", "torch.nn.functional.log_softmax",
-                            "torch.special.softmax", "torch.special.log_softmax", "torch.nn.Softmax")),),
+                            "torch.special.softmax", "torch.special.log_softmax", "torch.nn.Softmax",
+                            "torch._softmax", "torch._log_softmax"),
+                    banned_ops=("_softmax", "_log_softmax", "_safe_softmax")),),
     ),
     Exercise(
         "tensor_basics", "cholesky_solve", "Linear algebra with torch.linalg, in float64 and float32", 2,
@@ -112,7 +114,12 @@ EXERCISES: tuple[Exercise, ...] = (
                     banned=("torch.linalg.solve", "torch.linalg.solve_ex", "torch.linalg.inv", "torch.linalg.inv_ex",
                             "torch.linalg.pinv", "torch.linalg.lstsq", "torch.linalg.tensorsolve",
                             "torch.cholesky_solve", "torch.cholesky_inverse", "torch.inverse", "torch.linalg.lu_solve",
-                            "torch.linalg.ldl_solve", "numpy.linalg.solve", "numpy.linalg.inv")),),
+                            "torch.linalg.ldl_solve", "torch.Tensor.inverse", "torch.Tensor.cholesky_solve",
+                            "numpy.linalg.solve", "numpy.linalg.inv", "numpy.linalg.lstsq", "numpy.linalg.pinv",
+                            "scipy.linalg.solve", "scipy.linalg.inv", "scipy.linalg.cho_solve", "scipy.linalg.lstsq"),
+                    banned_ops=("linalg_inv_ex", "_linalg_solve_ex", "linalg_solve_ex", "linalg_lstsq",
+                                "cholesky_solve", "_cholesky_solve_helper", "linalg_lu_solve", "linalg_ldl_solve",
+                                "linalg_pinv")),),
     ),
     # Lesson 2 --------------------------------------------------------------------------------------
     Exercise(
@@ -212,7 +219,10 @@ EXERCISES: tuple[Exercise, ...] = (
         rules=(Rule("tensor operations only: no nn.LayerNorm or F.layer_norm",
                     "the exercise is the normalisation those layers do",
                     banned=("torch.nn.LayerNorm", "torch.nn.functional.layer_norm", "torch.layer_norm",
-                            "torch.native_layer_norm", "torch.nn.functional.group_norm")),),
+                            "torch.native_layer_norm", "torch.nn.functional.group_norm",
+                            "torch.nn.functional.batch_norm", "torch.nn.functional.instance_norm"),
+                    banned_ops=("native_layer_norm", "native_batch_norm", "_native_batch_norm_legit",
+                                "native_group_norm")),),
     ),
     Exercise(
         "custom_nn_module", "record_output_shapes", "Looking inside: hooks", 1,
@@ -230,7 +240,10 @@ EXERCISES: tuple[Exercise, ...] = (
         rules=(Rule("tensor operations only: no scaled_dot_product_attention or nn.MultiheadAttention",
                     "the exercise is what those functions compute",
                     banned=("torch.nn.functional.scaled_dot_product_attention",
-                            "torch.nn.functional.multi_head_attention_forward", "torch.nn.MultiheadAttention")),),
+                            "torch.nn.functional.multi_head_attention_forward", "torch.nn.MultiheadAttention"),
+                    banned_ops=("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                                "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+                                "_safe_softmax", "_native_multi_head_attention")),),
     ),
     # Lesson 5 --------------------------------------------------------------------------------------
     Exercise(

@@ -71,7 +71,8 @@ def _show(value: object) -> str:
     if torch.is_tensor(value):
         described = f"(shape {tuple(value.shape)}, {value.dtype})"
         if _whole(value):
-            text = np.array2string(_array(value), precision=4, separator=", ", max_line_width=110)
+            text = np.array2string(_array(value), precision=4, separator=", ", max_line_width=110,
+                                   suppress_small=True)  # fixed-point for expected and got alike
             return f"{text}  {described}"
         return described  # large: the table around the worst mismatch shows the values that matter
     if isinstance(value, str):
@@ -140,6 +141,15 @@ def _neighbourhood(got: torch.Tensor, expected: torch.Tensor, wrong: torch.Tenso
     lines += ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, [*widths, 1])).rstrip()
               for row in rows]
     return lines
+
+
+def _distinct(a: complex, b: complex) -> tuple[str, str]:
+    """a and b printed with the fewest significant digits (at least 6) that tell them apart."""
+    for digits in range(6, 18):
+        left, right = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if left != right:
+            break
+    return left, right
 
 
 def _constant(values: torch.Tensor) -> float | None:
@@ -260,9 +270,11 @@ def _compare(got: torch.Tensor, expected: torch.Tensor, *, what: str, hint: str,
     error = torch.where(wrong, torch.nan_to_num(error, nan=float("inf")), torch.zeros_like(error))
     flat_index = int(error.reshape(-1).argmax())
     index = tuple(int(i) for i in np.unravel_index(flat_index, tuple(expected.shape))) if expected.ndim else ()
-    worst = (f"{int(wrong.sum())} of {wrong.numel()} values differ; the largest difference is at index "
-             f"{_index_text(index) if index else '()'}: expected {expected_cmp[index].item():.6g}, got "
-             f"{got_cmp[index].item():.6g} (tolerance: |difference| ≤ {atol:g} + {rtol:g}·|expected|)")
+    want, have = _distinct(expected_cmp[index].item(), got_cmp[index].item())
+    tolerance = "exact comparison" if rtol == atol == 0 else f"tolerance: |difference| ≤ {atol:g} + {rtol:g}·|expected|"
+    where = f"the largest difference is at index {_index_text(index)}" if index else "the value differs"
+    worst = (f"\n  {int(wrong.sum())} of {wrong.numel()} values differ; {where}: expected {want}, got {have} "
+             f"({tolerance})")
     details = [] if _whole(expected) else _neighbourhood(got_cmp, expected_cmp, wrong, index)
     looks = known or ([] if expected.is_complex() else
                       [f"Looks like: {text}." for text in _looks_like(got_cmp, expected_cmp, scales)])

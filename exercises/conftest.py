@@ -193,9 +193,9 @@ def _rule_message(exercise: catalog.Exercise, watch) -> str:
         calls = [label for label in watch.seen if watch.rule_of.get(label) is rule]
         if calls:
             lines += [f"{exercise.name} breaks a rule of this exercise: {rule.says}.",
-                      f"  Yours called {', '.join(calls)} (the function itself, whatever name it was imported "
-                      "under, and even where its error was caught).",
-                      f"  Why the rule: {rule.why}."]
+                      f"  Yours called {', '.join(calls)}.", f"  Why the rule: {rule.why}."]
+    lines.append("  (A rule follows the function itself: another import name, a helper or a try/except does not "
+                 "hide the call.)")
     return "\n".join(lines + hint_lines(""))
 
 
@@ -211,8 +211,8 @@ def _not_done_message(item) -> str:
 
 
 CRASH_SIGNS = (  # (text in an error message, what it usually means), for every exercise
-    ("must match the size of tensor", "two shapes that do not line up: a reduction without keepdim=True, whose "
-                                      "result no longer broadcasts against the tensor it came from?"),
+    ("must match the size of tensor", "two shapes that do not line up: a tensor of the wrong shape, or a reduction "
+                                      "without keepdim=True that no longer broadcasts against its input?"),
     ("mat1 and mat2 shapes cannot be multiplied", "a matrix product whose inner sizes differ: a missing transpose?"),
 )
 

@@ -7,6 +7,8 @@ call the same function object, and that object is what is watched. Two watchers 
   `TorchFunctionMode`, which torch consults on every call of its API, whatever name the caller used;
 - Python functions (torch.func, torch.optim, NumPy's broadcasting helpers) and NumPy's C functions through
   `sys.setprofile`, which sees every function call and C call of this thread.
+- torch's operators themselves (aten::_softmax, aten::linalg_inv_ex, ...) through a `TorchDispatchMode`, which
+  sees what actually runs, however it was reached: `A.inverse()`, `matrix_power(A, -1)`, `torch.ops.aten...`.
 A call is recorded, not refused, so catching the error it would raise changes nothing: the check reports
 the broken rule when the exercise's test ends.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REVERSE_PASS = "a reverse pass"  # the label under which calls of torch.autograd.grad / backward are counted
 
@@ -32,6 +35,7 @@ class Rule:
     why: str  # why the exercise asks for it
     banned: tuple[str, ...] = ()  # dotted names of functions or classes ("torch.Tensor.softmax", "numpy.vander")
     banned_files: tuple[str, ...] = ()  # modules all of whose Python code is banned ("torch.optim.sgd")
+    banned_ops: tuple[str, ...] = ()  # torch operators, whatever called them ("_softmax" for aten::_softmax)
 
 
 def _resolve(dotted: str) -> object:
@@ -55,6 +59,7 @@ class Watch:
     python_codes: dict[object, str] = field(default_factory=dict)  # code object -> label
     c_functions: dict[int, tuple[object, str]] = field(default_factory=dict)  # id -> (object, label)
     files: dict[str, str] = field(default_factory=dict)  # source file -> label
+    ops: dict[str, str] = field(default_factory=dict)  # "aten::_softmax" -> label
     rule_of: dict[str, Rule] = field(default_factory=dict)  # label -> the rule that bans it
     seen: list[str] = field(default_factory=list)  # labels of banned calls, first call first, no repeats
     reverse_passes: int = 0
@@ -65,7 +70,7 @@ class Watch:
         obj = _resolve(dotted)
         label = dotted.replace("torch.nn.functional.", "F.").replace("numpy.", "np.")
         if isinstance(obj, type):  # a class: constructing it (its __init__) is the banned call
-            label, obj = f"{label} (constructing one)", obj.__init__
+            label, obj = f"{label} (constructing one, or a subclass)", obj.__init__
         # The function's own code, not a decorator's wrapper (whose code every function it wraps shares).
         code = getattr(inspect.unwrap(obj), "__code__", None)
         if code is not None:
@@ -73,6 +78,11 @@ class Watch:
         if not dotted.startswith("torch"):  # NumPy's C functions: torch's own go through the mode
             self.c_functions[id(obj)] = (obj, label)
         self.torch_functions[obj] = label
+        self.rule_of[label] = rule
+
+    def add_op(self, name: str, rule: Rule) -> None:
+        label = f"torch's operator aten::{name} (however it was reached)"
+        self.ops[f"aten::{name}"] = label
         self.rule_of[label] = rule
 
     def add_file(self, module: str, rule: Rule) -> None:
@@ -100,6 +110,18 @@ class _TorchCalls(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+class _TorchOperators(TorchDispatchMode):
+    def __init__(self, watch: Watch):
+        super().__init__()
+        self.watch = watch
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        label = self.watch.ops.get(func._schema.name)
+        if label is not None:
+            self.watch.record(label)
+        return func(*args, **(kwargs or {}))
+
+
 def _reverse_pass_codes() -> set:
     return {torch.autograd.grad.__code__, torch.autograd.backward.__code__}  # Tensor.backward calls the second
 
@@ -117,6 +139,8 @@ def watching(rules: tuple[Rule, ...] = (), count_reverse_passes: bool = False,
             watch.add(dotted, rule)
         for module in rule.banned_files:
             watch.add_file(module, rule)
+        for name in rule.banned_ops:
+            watch.add_op(name, rule)
     reverse_codes = _reverse_pass_codes() if count_reverse_passes else set()
     profiled = bool(watch.python_codes or watch.c_functions or watch.files or reverse_codes or counted)
 
@@ -146,6 +170,8 @@ def watching(rules: tuple[Rule, ...] = (), count_reverse_passes: bool = False,
     with contextlib.ExitStack() as stack:
         if watch.torch_functions:
             stack.enter_context(_TorchCalls(watch))
+        if watch.ops:
+            stack.enter_context(_TorchOperators(watch))
         if profiled:
             sys.setprofile(profile)
             stack.callback(sys.setprofile, previous)

@@ -64,7 +64,9 @@ def _layer_norm_slips(x, weight, bias, eps) -> dict[str, torch.Tensor]:
                 centred / torch.sqrt(x.var(-1, keepdim=True) + eps) * weight + bias,
             "eps added to the standard deviation, sqrt(var) + eps, not inside the square root":
                 centred / (torch.sqrt(x.var(-1, correction=0, keepdim=True)) + eps) * weight + bias,
-            "eps = 1e-5 whatever the caller passed": F.layer_norm(x, x.shape[-1:], weight, bias, eps=1e-5)}
+            "eps = 1e-5 whatever the caller passed": F.layer_norm(x, x.shape[-1:], weight, bias, eps=1e-5),
+            "the mean and variance of the whole tensor, not of each row's last dimension":
+                (x - x.mean()) / torch.sqrt(x.var(correction=0) + eps) * weight + bias}
 
 
 def test_LayerNorm(answer):
@@ -128,7 +130,9 @@ def test_record_output_shapes(answer):
     with_containers = {"": (3, 2), **expected, "2": (3, 4)}
     inputs = {"0": (3, 6), "1": (3, 5), "2.0": (3, 5), "2.1": (3, 4), "3": (3, 4)}
     looks = {"the containers are in too (the root '' and '2'): they have children": with_containers,
-             "these are the shapes of each module's input, not of its output": inputs}
+             "these are the shapes of each module's input, not of its output": inputs,
+             "every hook wrote under the last name: a hook that reads the loop variable when it runs sees its last "
+             "value (late binding); pass the name in, e.g. with a function that builds each hook": {"3": (3, 2)}}
     check(got_plain == expected, "record_output_shapes(model, x) recorded the wrong modules or shapes.",
           expected=expected, got=got_plain, looks_like=looks,
           hint="One entry per leaf module (not the containers: the root '' and '2'), keyed by its name from "
@@ -181,6 +185,9 @@ def test_MultiHeadSelfAttention(answer):
                     "heads split (and merged) with a plain view to (batch, heads, seq, head_dim), which mixes "
                     "positions and heads: view as (batch, seq, heads, head_dim), then transpose":
                         _attention(layer, x, n_heads, plain_view=True)}
+        variants["heads split right, but merged without the transpose back: reshaping (batch, heads, seq, "
+                 "head_dim) straight to (batch, seq, d_model) mixes positions and heads"] = _attention(
+            layer, x, n_heads, plain_merge=True)
         causal_variants = {"the mask is the other way round: the past (and the present) masked, the future "
                            "visible; with masked_fill, True marks what is hidden":
                                _attention(layer, x, n_heads, mask=~future)}
@@ -194,7 +201,7 @@ def test_MultiHeadSelfAttention(answer):
                 hint="Causal: position i attends to positions j ≤ i, itself included; only j > i is hidden.")
 
 
-def _attention(layer, x, n_heads, *, scale=None, plain_view=False, mask=None) -> torch.Tensor:
+def _attention(layer, x, n_heads, *, scale=None, plain_view=False, plain_merge=False, mask=None) -> torch.Tensor:
     """Multi-head self-attention with `layer`'s projections and one slip, for the diagnosis."""
     batch, seq, d_model = x.shape
     head_dim = d_model // n_heads
@@ -206,6 +213,6 @@ def _attention(layer, x, n_heads, *, scale=None, plain_view=False, mask=None) ->
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
     attended = scores.softmax(-1) @ v  # (batch, heads, seq, head_dim)
-    merged = attended.reshape(batch, seq, d_model) if plain_view else attended.transpose(1, 2).reshape(
-        batch, seq, d_model)
+    merged = attended.reshape(batch, seq, d_model) if plain_view or plain_merge else attended.transpose(
+        1, 2).reshape(batch, seq, d_model)
     return layer.out_proj(merged)

@@ -26,8 +26,8 @@ def test_CharDataset(answer):
     check_equal(len(dataset), len(TEXT) - seq_len, looks_like={
         "one item too many: the last item's target would need a character past the end": len(TEXT) - seq_len + 1},
                 what=f"len(CharDataset(text of {len(TEXT)} characters, "
-                f"seq_len=4))", hint="Item i needs text[i : i + seq_len + 1]: the last i is len(text) − seq_len − 1, "
-                                     "so there are len(text) − seq_len items.")
+                f"seq_len=4))", hint="An item needs seq_len + 1 characters (its input and the target one later): "
+                                     "which is the last start that still has them?")
     for i in range(len(TEXT) - seq_len):
         x, y = dataset[i]
         what = f"CharDataset(text, 4)[{i}] for text = {TEXT!r}"

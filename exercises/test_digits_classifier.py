@@ -142,6 +142,13 @@ def test_train_digits_classifier(answer):
     check(torch.equal(repeat, logits), "train_digits_classifier with the same seed gave a different model.",
           expected="identical logits for seed=0 twice", got=f"max difference {(repeat - logits).abs().max():.3g}",
           hint="Every random choice (initial weights, shuffling) must come from `seed`.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(12345)  # a caller whose global RNG is somewhere else
+        elsewhere = _logits(answer(X_train, y_train, seed=0), X_test)
+    check(torch.equal(elsewhere, logits), "train_digits_classifier with seed=0 gave another model when torch's "
+          "global RNG was in another state.", expected="the same model whatever the global RNG holds",
+          got=f"max difference {(elsewhere - logits).abs().max():.3g}",
+          hint="Some random draw (the initial weights?) still comes from the caller's RNG, not from `seed`.")
     other = _logits(answer(X_train, y_train, seed=1), X_test)
     check(not torch.equal(other, logits), "train_digits_classifier gave the same model for seeds 0 and 1.",
           expected="different models for different seeds", got="identical logits",

@@ -137,6 +137,8 @@ def test_MomentumSGD(answer):
         expected = train(torch.optim.SGD)
         variants = {"the buffer is an average, v = m·v + (1 − m)·g: torch's SGD adds the full gradient":
                         train(None, dampened=True),
+                    "the buffer is an average from the first step on, v = (1 − m)·g, then m·v + (1 − m)·g: torch's "
+                    "SGD adds the full gradient": train(None, dampened=True, dampened_first=True),
                     "weight decay added after the momentum buffer instead of to the gradient before it":
                         train(None, decay_after=True),
                     "the default lr for every group: the second group's own lr (0.02) was ignored":
@@ -153,9 +155,11 @@ def test_MomentumSGD(answer):
 class _SGDVariant(torch.optim.Optimizer):
     """The check's model of three common slips in a momentum optimizer (for the diagnosis only)."""
 
-    def __init__(self, params, lr, momentum, weight_decay, dampened=False, decay_after=False, one_lr=False):
+    def __init__(self, params, lr, momentum, weight_decay, dampened=False, decay_after=False, one_lr=False,
+                 dampened_first=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.default_lr, self.slips = lr, (dampened, decay_after, one_lr)
+        self.first_scale = 1 - momentum if dampened_first else 1
 
     @torch.no_grad()
     def step(self):
@@ -168,6 +172,6 @@ class _SGDVariant(torch.optim.Optimizer):
                     continue
                 g = p.grad if decay_after else p.grad + wd * p
                 v = self.state[p].get("v")
-                v = g.clone() if v is None else m * v + (1 - m if dampened else 1) * g
+                v = self.first_scale * g if v is None else m * v + (1 - m if dampened else 1) * g
                 self.state[p]["v"] = v
                 p -= lr * (v + wd * p if decay_after else v)

@@ -110,4 +110,9 @@ MISTAKES = [
                     "    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))\n"
                     "    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))"},
             shows="breaks a rule of this exercise: the formula"),
+    Mistake("train_digits_classifier", "weights_not_from_seed",
+            "Keeps the caller's RNG untouched with fork_rng, but never seeds it: the initial weights come from "
+            "whatever state the caller's global RNG is in.",
+            change={"        torch.manual_seed(seed)\n": ""},
+            shows="gave another model when torch's global RNG was in another state"),
 ]

@@ -139,4 +139,10 @@ MISTAKES = [
             change={"return x.unsqueeze(1) ** powers":
                     "return torch.from_numpy(powers_table(x.numpy(), degree + 1, increasing=True))"},
             shows="breaks a rule of this exercise: no built-in Vandermonde"),
+    Mistake("stable_softmax", "aten_softmax", "Right numbers, from torch's operator itself, through torch.ops.",
+            change={SOFTMAX_BODY: "return torch.ops.aten._softmax(x, dim, False)"},
+            shows="breaks a rule of this exercise: no softmax or log_softmax from torch"),
+    Mistake("cholesky_solve", "matrix_power_minus_one", "Right numbers, from A⁻¹ as matrix_power(A, -1).",
+            change={CHOLESKY_BODY: "return torch.linalg.matrix_power(A, -1) @ B"},
+            shows="breaks a rule of this exercise: the Cholesky factor and two triangular solves"),
 ]
