@@ -114,5 +114,5 @@ MISTAKES = [
             "Keeps the caller's RNG untouched with fork_rng, but never seeds it: the initial weights come from "
             "whatever state the caller's global RNG is in.",
             change={"        torch.manual_seed(seed)\n": ""},
-            shows="gave another model when torch's global RNG was in another state"),
+            shows="twice gave two different models"),
 ]
