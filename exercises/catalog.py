@@ -278,7 +278,8 @@ EXERCISES: tuple[Exercise, ...] = (
                "then the mean over the batch.",
         rules=(Rule("written out: no F.cross_entropy or nn.CrossEntropyLoss",
                     "the exercise is what label_smoothing= does inside them",
-                    banned=("torch.nn.functional.cross_entropy", "torch.nn.CrossEntropyLoss")),),
+                    banned=("torch.nn.functional.cross_entropy", "torch.nn.CrossEntropyLoss",
+                            "torch._C._nn.cross_entropy_loss")),),
     ),
     Exercise(
         "digits_classifier", "warmup_cosine_lr", "Optimisation: parameter groups, a schedule, gradient clipping", 1,
