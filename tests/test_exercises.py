@@ -390,11 +390,10 @@ def test_python_functions_numpy_functions_classes_and_whole_modules_are_watched(
     from exercises.rules import reference, watching
 
     bs = torch.broadcast_shapes  # a Python function that torch's function mode never sees
-    rule = _rule("torch.broadcast_shapes", "numpy.zeros", "torch.nn.Module", files=("torch.optim.sgd",))
+    rule = _rule("torch.broadcast_shapes", "numpy.zeros", "torch.nn.Module", files=("torch.nn.init",))
     checks = {"torch.broadcast_shapes": lambda: bs((2, 1), (3,)), "np.zeros": lambda: np.zeros(3),
               "torch.nn.Module (constructing one, or a subclass)": lambda: torch.nn.Linear(2, 2),
-              "torch.optim.sgd (any of its functions)": lambda: torch.optim.SGD([torch.zeros(1, requires_grad=True)],
-                                                                               lr=0.1)}
+              "torch.nn.init (any of its functions)": lambda: torch.nn.init.zeros_(torch.empty(3))}
     for label, call in checks.items():
         with watching((rule,)) as watch:
             call()
