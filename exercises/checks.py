@@ -278,7 +278,7 @@ def _compare(got: torch.Tensor, expected: torch.Tensor, *, what: str, hint: str,
     details = [] if _whole(expected) else _neighbourhood(got_cmp, expected_cmp, wrong, index)
     looks = known or ([] if expected.is_complex() else
                       [f"Looks like: {text}." for text in _looks_like(got_cmp, expected_cmp, scales)])
-    fail(f"{what}: wrong values. {worst}", expected=expected, got=got, hint=hint, details=details + looks)
+    fail(f"{what}: wrong values.{worst}", expected=expected, got=got, hint=hint, details=details + looks)
 
 
 def check_raises_value_error(call: Callable[[], object], *, what: str, argument: str, hint: str) -> None:

@@ -26,8 +26,6 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-REVERSE_PASS = "a reverse pass"  # the label under which calls of torch.autograd.grad / backward are counted
-
 
 @dataclass(frozen=True)
 class Rule:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.autograd.functional import hessian, jacobian
 
 from exercises.checks import broken_rule, check, check_close, check_no_grad_history
-from exercises.rules import REVERSE_PASS, reference, watching
+from exercises.rules import reference, watching
 
 LESSON = "autograd_demo"
 
@@ -92,7 +92,9 @@ def test_accumulated_gradient(answer):
         broken_rule("accumulated_gradient", f"forward calls on {rows_seen} rows, where tensor_split(X, 3) gives "
                     "chunks of 4, 3 and 3")
     if passes.reverse_passes != 3:
-        broken_rule("accumulated_gradient", f"{passes.reverse_passes} {REVERSE_PASS}(es) for 3 chunks")
+        count = passes.reverse_passes
+        broken_rule("accumulated_gradient", f"{count} reverse pass{'' if count == 1 else 'es'} (backward or "
+                    "autograd.grad) for 3 chunks")
     for name, p in model.named_parameters():
         check(p.grad is not None, f"after accumulated_gradient, {name}.grad is None.", expected="a gradient",
               got="None", hint="Each chunk's loss needs its own backward.")
@@ -100,7 +102,7 @@ def test_accumulated_gradient(answer):
                     "n_chunks=3) with 10 rows (chunks of 4, 3, 3)", rtol=1e-10, atol=1e-12,
                     looks_like={"the stale gradients (100 in every entry) are still in .grad: clear them first":
                                 stale[name], **{text: grads[name] for text, grads in variants.items()}},
-                    hint="Expected: the gradient of the mean loss over all 10 rows.")
+                    hint="The target is the gradient of the mean loss over all 10 rows, as if there were no chunks.")
 
 
 def test_newton_step(answer):
