@@ -10,12 +10,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from exercises.rules import Rule
-
 LEVELS = {1: "★", 2: "★★", 3: "★★★"}  # difficulty: a short function / a few ideas at once / a whole component
 TIME_LIMIT_S = 10.0  # what one check may take unless the exercise says otherwise: far above a right answer's
 TIME_LIMIT_SCALE_ENV = "EXERCISES_TIME_SCALE"  # multiplies every limit (the maintainers' tests shorten them)
 HINT_ENV = "HINT"  # HINT=2 adds the recipe to every failure message
+
+
+@dataclass(frozen=True)
+class Rule:
+    says: str  # the rule as the learner reads it, e.g. "no softmax from torch: write exp and sum yourself"
+    why: str  # why the exercise asks for it
+    banned: tuple[str, ...] = ()  # dotted names of functions or classes ("torch.Tensor.softmax", "numpy.vander")
+    banned_files: tuple[str, ...] = ()  # modules all of whose Python code is banned ("torch.optim.sgd")
+    banned_ops: tuple[str, ...] = ()  # torch operators, whatever called them ("_softmax" for aten::_softmax)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-
-@dataclass(frozen=True)
-class Rule:
-    says: str  # the rule as the learner reads it, e.g. "no softmax from torch: write exp and sum yourself"
-    why: str  # why the exercise asks for it
-    banned: tuple[str, ...] = ()  # dotted names of functions or classes ("torch.Tensor.softmax", "numpy.vander")
-    banned_files: tuple[str, ...] = ()  # modules all of whose Python code is banned ("torch.optim.sgd")
-    banned_ops: tuple[str, ...] = ()  # torch operators, whatever called them ("_softmax" for aten::_softmax)
+from exercises.catalog import Rule
 
 
 def _resolve(dotted: str) -> object:

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 
 import course
+from exercises import catalog
 
 sys.path.insert(0, str(ROOT / "tools"))
 import website  # noqa: E402  (tools/ is a folder of scripts, not a package)
@@ -48,7 +49,7 @@ def test_every_lesson_has_a_page_source_titled_from_course_py_with_its_downloads
             assert f"<../downloads/{path}>" in page["cells"][0]["source"] + page["cells"][-1]["source"]
 
 
-def test_the_exercises_page_lists_every_exercise_with_its_task():
+def test_the_exercises_page_lists_every_exercise_with_its_level_section_and_task():
     page = website.exercises_page(README)
     for lesson in course.LESSONS:
         text = (ROOT / "exercises" / f"{lesson.module}.py").read_text(encoding="utf-8")
@@ -57,7 +58,8 @@ def test_the_exercises_page_lists_every_exercise_with_its_task():
         assert [exercise.name for exercise in found] == names
         assert all(exercise.task and "\n" not in exercise.task for exercise in found)
         for exercise in found:
-            assert f"- **`{exercise.name}`**: {exercise.task}" in page
+            record = catalog.BY_NAME[exercise.name]
+            assert f"- **`{exercise.name}`** {record.stars} ({record.section}): {exercise.task}" in page
         assert f"## {lesson.title}" in page
     assert "| Lesson |" not in page, "the README's table is left out: the page lists the files' exercises"
 

@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from course import LESSONS  # noqa: E402  (the repo root is not a package)
+from exercises import catalog  # noqa: E402  (standard library only, like this file)
 
 SITE_DIR = ROOT / "site"
 LESSONS_DIR = "lessons"  # lesson pages live at site/lessons/<module>.html
@@ -125,11 +126,13 @@ def without_tables(markdown: str) -> str:
 
 
 def exercise_list(module: str, download_prefix: str, root: Path = ROOT) -> str:
-    """A markdown list: each exercise's name and task, after a download link to its file."""
+    """A markdown list: each exercise's name, level, section and task, after a download link to its file."""
     lines = [f"In {{download}}`exercises/{module}.py <{download_prefix}exercises/{module}.py>` "
              f"(solutions: {{download}}`exercises/solutions/{module}.py "
              f"<{download_prefix}exercises/solutions/{module}.py>`):", ""]
-    lines += [f"- **`{exercise.name}`**: {exercise.task}" for exercise in exercises(module, root)]
+    for exercise in exercises(module, root):
+        record = catalog.BY_NAME[exercise.name]  # level and section, as `make exercises` shows them
+        lines.append(f"- **`{exercise.name}`** {record.stars} ({record.section}): {exercise.task}")
     return "\n".join(lines)
 
 
