@@ -277,6 +277,9 @@ def test_readme_exercise_table_lists_every_exercise():
                             (r"(\d+) plausible wrong answers", sum(map(len, all_mistakes().values())))]:
         for claimed in re.findall(pattern, readme):
             assert int(claimed) == actual, f"README.md says {claimed} for {pattern!r}; there are {actual}"
+    limits = (f"A check stops after {catalog.TIME_LIMIT_S:g} s (the training one after "
+              f"{catalog.BY_NAME['train_digits_classifier'].time_limit_s:g} s)")
+    assert limits in " ".join(readme.split()), "README.md states the checks' time limits"
 
 
 # Runs of the checks -------------------------------------------------------------------------------
