@@ -2,15 +2,15 @@
 
 A ban names functions, not the spellings of their names: `torch.softmax`, `x.softmax(1)`,
 `from torch.nn.functional import softmax as sm` and a helper that calls one of them inside `try/except` all
-call the same function object, and that object is what is watched. Two watchers see every call:
+call the same function object, and that object is what is watched. Three watchers see every call:
 - torch's own functions (torch.*, Tensor methods, torch.nn.functional, torch.linalg) through a
   `TorchFunctionMode`, which torch consults on every call of its API, whatever name the caller used;
-- Python functions (torch.func, torch.optim, NumPy's broadcasting helpers) and NumPy's C functions through
-  `sys.setprofile`, which sees every function call and C call of this thread.
+- Python functions (torch.func, torch.optim, NumPy's and SciPy's helpers) and NumPy's C functions through
+  `sys.setprofile`, which sees every function call and C call of this thread;
 - torch's operators themselves (aten::_softmax, aten::linalg_inv_ex, ...) through a `TorchDispatchMode`, which
   sees what actually runs, however it was reached: `A.inverse()`, `matrix_power(A, -1)`, `torch.ops.aten...`.
 A call is recorded, not refused, so catching the error it would raise changes nothing: the check reports
-the broken rule when the exercise's test ends.
+the broken rule when the exercise's test ends. The check's own reference computations run inside `reference()`.
 """
 
 from __future__ import annotations
