@@ -171,8 +171,7 @@ def pytest_pyfunc_call(pyfuncitem):
             message = _crash_message(pyfuncitem, error)
             if message is None and not watch.seen:  # not raised in the code under test: a bug in the check
                 raise
-        if watch.seen and not (message or "").startswith(NOT_DONE):
-            message = _rule_message(exercise, watch)
+        message = final_message(exercise, watch, message)
     if message is None:
         return result
     # Outside the except blocks, so the report shows only the message, not "during handling of ...".
@@ -180,6 +179,13 @@ def pytest_pyfunc_call(pyfuncitem):
 
 
 NOT_DONE = "not done yet"  # how an unattempted exercise's message starts (exercises/summary.py reads it)
+
+
+def final_message(exercise: catalog.Exercise, watch, message: str | None) -> str | None:
+    """A broken rule outranks every other failure (and a pass), except an exercise not attempted yet."""
+    if watch.seen and not (message or "").startswith(NOT_DONE):
+        return _rule_message(exercise, watch)
+    return message
 
 
 def _timeout_message(exercise: catalog.Exercise) -> str:

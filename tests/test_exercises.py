@@ -526,3 +526,191 @@ def test_summary_says_what_is_next_in_course_order_and_which_lessons_are_done():
     assert re.search(r"vandermonde\s+★\s+Broadcasting\s+done", text)
     done = format_summary([Outcome("tensor_basics", "vandermonde", "done", "")])
     assert "All 1 exercises done." in done and "Next:" not in done
+
+
+# Tests from a mutation run of the machinery (each kills a planted bug that the tests above let through) ----
+
+
+def test_nested_watches_chain_their_profilers_and_reference_pauses_every_watch():
+    import torch
+
+    from exercises.rules import reference, watching
+
+    bs = torch.broadcast_shapes
+    x = torch.ones(2, requires_grad=True)
+    with watching((_rule("torch.broadcast_shapes"),)) as outer:
+        with watching(count_reverse_passes=True) as inner:
+            bs((1,), (2,))  # the inner profiler must pass the call on to the outer one
+            with reference():
+                torch.autograd.grad((x * 2).sum(), x)
+        assert "torch.broadcast_shapes" in outer.seen and inner.reverse_passes == 0
+        outer.seen.clear()
+        bs((1,), (2,))  # after the inner watch, the outer profiler is back
+        assert outer.seen == ["torch.broadcast_shapes"]
+        outer.seen.clear()
+        with watching(count_reverse_passes=True), reference():
+            bs((1,), (2,))  # reference() pauses every active watch, not only the innermost
+        assert outer.seen == []
+
+
+@pytest.mark.parametrize(("spread", "named"), [(0.3, True), (2.0, False)])  # ± spread · tolerance around 3
+def test_a_common_ratio_is_named_only_within_its_tolerance(spread, named):
+    import torch
+
+    from exercises.checks import RATIO_TOLERANCE, check_close
+
+    expected = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    wobble = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64) * spread * RATIO_TOLERANCE
+    text = _failure(lambda: check_close(3 * expected * (1 + wobble), expected, what="r", hint="h", rtol=0, atol=0))
+    assert ("× the expected value everywhere" in text) == named, text
+
+
+def test_a_ratio_is_not_also_reported_as_an_offset_and_swapped_rows_are_named():
+    import torch
+
+    from exercises.checks import check_close
+
+    expected = torch.full((4,), 2.0, dtype=torch.float64)
+    text = _failure(lambda: check_close(3 * expected, expected, what="r", hint="h", rtol=0, atol=0))
+    assert "3× the expected value" in text and "constant offset" not in text
+    rows = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]])
+    assert "in a different order" in _failure(lambda: check_close(rows.flip(0), rows, what="r", hint="h", rtol=0,
+                                                                  atol=0))
+    assert "reverse order" in _failure(lambda: check_close(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 2.0]),
+                                                           what="r", hint="h", rtol=0, atol=0))
+
+
+def test_preview_limits_rows_and_columns_separately_and_shows_every_row():
+    import torch
+
+    from exercises.checks import check_close
+
+    wide = torch.arange(30.0).reshape(3, 10)  # 3 rows ≤ 8, 10 columns ≤ 12: shown whole
+    text = _failure(lambda: check_close(wide + 1, wide, what="w", hint="h", rtol=0, atol=0))
+    assert "Around the largest" not in text and "[20., 21., 22." in text and "[10., 11., 12." in text
+    tall = torch.arange(30.0).reshape(10, 3)  # 10 rows > 8: the neighbourhood instead
+    assert "Around the largest" in _failure(lambda: check_close(tall + 1, tall, what="t", hint="h", rtol=0, atol=0))
+
+
+def test_small_helpers_of_the_checks():
+    import torch
+
+    from exercises.checks import check_close, check_equal, check_no_grad_history
+
+    assert "yours is +2" in _failure(lambda: check_equal(5, 3, what="n", hint="h"))
+    nan = torch.tensor([1.0, float("nan")])
+    check_close(nan, nan.clone(), what="n", hint="h", rtol=0, atol=0)  # NaN where NaN is expected passes
+    assert "detach()" in _failure(lambda: check_no_grad_history(torch.ones(2, requires_grad=True), what="g"))
+    expected = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0], [6.0, 0.0, 0.0]])
+    left = torch.tensor([[1.0, 2.0, 3.0], [0.0, 4.0, 5.0], [0.0, 0.0, 6.0]])
+    assert "in rows [1, 2] the zeros come first" in _failure(
+        lambda: check_close(left, expected, what="p", hint="h", rtol=0, atol=0))
+
+
+def test_the_checks_own_comparison_is_not_the_learners_call():
+    import torch
+
+    from exercises.checks import check_close
+    from exercises.rules import watching
+
+    with watching((_rule("torch.isclose", "torch.allclose"),)) as watch:
+        _failure(lambda: check_close(torch.zeros(2), torch.ones(2), what="c", hint="h", rtol=0, atol=0))
+    assert watch.seen == []
+
+
+@pytest.mark.parametrize("value", ["1", "0", "x", ""])
+def test_only_hint_2_or_more_adds_the_recipe(monkeypatch, value):
+    monkeypatch.setenv(catalog.HINT_ENV, value)
+    assert catalog.hint_level() == 1
+    monkeypatch.setenv(catalog.HINT_ENV, "3")
+    assert catalog.hint_level() == 2
+
+
+def test_time_limits_scale_with_the_environment_and_the_timer_is_disarmed_after(monkeypatch):
+    import signal
+
+    from exercises.conftest import time_limit
+
+    monkeypatch.setenv(catalog.TIME_LIMIT_SCALE_ENV, "0.2")
+    assert catalog.BY_NAME["vandermonde"].limit_s() == pytest.approx(catalog.TIME_LIMIT_S * 0.2)
+    with time_limit(5.0):
+        pass
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
+_SWALLOWING_LOOP = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from exercises.conftest import CheckTimedOut, time_limit
+try:
+    with time_limit(0.3):
+        while True:
+            try:
+                time.sleep(0.01)  # the stop arrives inside the try, where `except Exception` would catch it
+            except Exception:
+                pass
+except CheckTimedOut:
+    print("stopped")
+"""
+
+
+def test_a_broad_except_in_the_answer_does_not_swallow_the_stop():
+    done = subprocess.run([sys.executable, "-c", _SWALLOWING_LOOP, str(ROOT)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "stopped", done.stderr[-2000:]
+
+
+def test_a_broken_rule_outranks_a_failure_but_not_an_unattempted_exercise():
+    from types import SimpleNamespace
+
+    from exercises.conftest import NOT_DONE, final_message
+
+    record = catalog.BY_NAME["stable_softmax"]
+    rule = record.rules[0]
+    watch = SimpleNamespace(seen=["torch.softmax"], rule_of={"torch.softmax": rule})
+    assert final_message(record, watch, "stable_softmax: wrong values.").startswith(
+        "stable_softmax breaks a rule of this exercise")
+    assert final_message(record, watch, None).startswith("stable_softmax breaks a rule")  # right numbers, too
+    not_done = f"{NOT_DONE}: stable_softmax — open exercises/tensor_basics.py"
+    assert final_message(record, watch, not_done) == not_done
+    assert final_message(record, SimpleNamespace(seen=[], rule_of={}), None) is None
+
+
+def _crashing_helper(x):
+    return x.no_such_attribute  # the line the message must name
+
+
+def _crashing_answer(x):
+    return _crashing_helper(x) + 1
+
+
+def test_a_crash_is_located_at_the_deepest_line_of_the_learners_file():
+    from types import SimpleNamespace
+
+    from exercises.conftest import _crash_message
+
+    try:
+        _crashing_answer(1)
+    except AttributeError as error:
+        message = _crash_message(SimpleNamespace(exercise=("vandermonde", "tensor_basics", _crashing_answer)), error)
+    assert "in _crashing_helper" in message and "return x.no_such_attribute" in message
+
+
+def test_summary_sorts_by_lesson_first_and_a_lesson_with_a_wrong_answer_is_not_done():
+    from exercises.summary import Outcome, classify, format_summary
+
+    text = format_summary([Outcome("autograd_demo", "newton_step", "done", ""),
+                           Outcome("tensor_basics", "not_in_the_catalog", "done", ""),
+                           Outcome("autograd_demo", "Softplus", "wrong", "x")])
+    assert text.index("not_in_the_catalog") < text.index("newton_step")
+    assert "autograd_demo: all" not in text
+    assert classify(False, "Failed: not done yet: x")[0] == "not done yet"
+
+
+def test_a_change_must_match_exactly_once():
+    from exercises.mistakes import apply_change
+
+    assert apply_change("a b", {"a": "c"}, "w") == "c b"
+    for source in ("a a", "b"):
+        with pytest.raises(ValueError, match="occurs"):
+            apply_change(source, {"a": "c"}, "w")
