@@ -5,23 +5,6 @@ from __future__ import annotations
 
 from exercises.mistakes import Mistake
 
-PARAMETER_COUNT_BODY = '''total = 0
-    for kind, *sizes in layers:
-        if kind == "linear":
-            n_in, n_out = sizes
-            total += n_in * n_out + n_out  # weight + bias
-        elif kind == "linear_no_bias":
-            n_in, n_out = sizes
-            total += n_in * n_out
-        elif kind in ("batchnorm", "layernorm"):
-            (features,) = sizes
-            total += 2 * features  # scale γ and shift β; running statistics are buffers
-        elif kind == "embedding":
-            n_embeddings, dim = sizes
-            total += n_embeddings * dim
-        elif kind not in ("relu", "tanh", "dropout"):
-            raise ValueError(f"unknown layer kind {kind!r}")
-    return total'''
 LAYER_NORM_FORWARD = (
     "mean = x.mean(dim=-1, keepdim=True)  # (..., 1)\n"
     "        var = x.var(dim=-1, correction=0, keepdim=True)  # (..., 1), biased: divide by n\n"
@@ -60,13 +43,12 @@ MISTAKES = [
                     '            raise ValueError(f"unknown layer kind {kind!r}")\n': ""},
             shows="parameter_count with a layer of kind 'conv7' did not raise ValueError"),
     Mistake("parameter_count", "builds_modules", "Right numbers, but builds the modules and counts their parameters.",
-            change={PARAMETER_COUNT_BODY:
-                    'modules = {"linear": nn.Linear, "linear_no_bias": lambda i, o: nn.Linear(i, o, bias=False),\n'
-                    '               "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm,\n'
-                    '               "embedding": nn.Embedding, "relu": nn.ReLU, "tanh": nn.Tanh,\n'
-                    '               "dropout": nn.Dropout}\n'
-                    "    return sum(p.numel() for kind, *sizes in layers\n"
-                    "               for p in modules[kind](*sizes).parameters())"},
+            setup='MODULES = {"linear": nn.Linear, "linear_no_bias": lambda i, o: nn.Linear(i, o, bias=False),\n'
+                  '           "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm, "embedding": nn.Embedding,\n'
+                  '           "relu": nn.ReLU, "tanh": nn.Tanh, "dropout": nn.Dropout}',
+            change={"    total = 0\n": "    return sum(p.numel() for kind, *sizes in layers\n"
+                                        "               for p in MODULES[kind](*sizes).parameters())\n"
+                                        "    total = 0\n"},
             shows="breaks a rule of this exercise: from the formulas"),
     Mistake("parameter_count", "endless_loop",
             "A while loop over the layers that never moves on: it runs forever on any non-empty list.",

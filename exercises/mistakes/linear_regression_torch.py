@@ -17,26 +17,6 @@ MANUAL_UPDATE = (
     "        w.grad = None  # or the next backward adds to this one\n"
     "        b.grad = None"
 )
-MOMENTUM_STEP = '''
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                gradient = p.grad.add(p, alpha=group["weight_decay"])  # L2 term joins the gradient first
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = gradient.clone()  # first step: v = g, as torch.optim.SGD does
-                else:
-                    state["velocity"].mul_(group["momentum"]).add_(gradient)
-                p.add_(state["velocity"], alpha=-group["lr"])
-        return loss
-'''
 MOMENTUM_DEFAULTS = 'super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})'
 
 MISTAKES = [
@@ -104,17 +84,18 @@ MISTAKES = [
             change={'alpha=-group["lr"]': 'alpha=-self.defaults["lr"]'},
             shows="the default lr for every group"),
     Mistake("MomentumSGD", "subclasses_torch_sgd",
-            "Right numbers, but inherits torch.optim.SGD's step instead of writing one.",
+            "Right numbers, but built on torch.optim.SGD instead of torch.optim.Optimizer.",
             change={"class MomentumSGD(torch.optim.Optimizer):": "class MomentumSGD(torch.optim.SGD):",
                     MOMENTUM_DEFAULTS:
-                    "super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)",
-                    MOMENTUM_STEP: ""},
+                    "super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)"},
             shows="breaks a rule of this exercise: your own step"),
     Mistake("MomentumSGD", "delegates_to_sgd", "Right numbers, but hands every step to a torch.optim.SGD inside.",
             change={MOMENTUM_DEFAULTS:
                     MOMENTUM_DEFAULTS + "\n        self.inner = torch.optim.SGD(self.param_groups, lr=lr, "
                     "momentum=momentum, weight_decay=weight_decay)",
-                    MOMENTUM_STEP: "\n    def step(self, closure=None):\n        return self.inner.step(closure)\n"},
+                    "    def step(self, closure=None):\n":
+                    "    def step(self, closure=None):\n        return self.inner.step(closure)\n\n"
+                    "    def unused_own_step(self, closure=None):\n"},
             shows="breaks a rule of this exercise: your own step"),
 
     # The rules, reached another way: a direct call, an import under another name, a wrapper.
