@@ -14,6 +14,7 @@ LEVELS = {1: "★", 2: "★★", 3: "★★★"}  # difficulty: a short function
 TIME_LIMIT_S = 10.0  # what one check may take unless the exercise says otherwise: far above a right answer's
 TIME_LIMIT_SCALE_ENV = "EXERCISES_TIME_SCALE"  # multiplies every limit (the maintainers' tests shorten them)
 HINT_ENV = "HINT"  # HINT=2 adds the recipe to every failure message
+NOT_DONE = "not done yet"  # how an unattempted exercise's message starts (the summary classifies by it)
 
 
 @dataclass(frozen=True)

@@ -178,12 +178,11 @@ def pytest_pyfunc_call(pyfuncitem):
     pytest.fail(message, pytrace=False)
 
 
-NOT_DONE = "not done yet"  # how an unattempted exercise's message starts (exercises/summary.py reads it)
 
 
 def final_message(exercise: catalog.Exercise, watch, message: str | None) -> str | None:
     """A broken rule outranks every other failure (and a pass), except an exercise not attempted yet."""
-    if watch.seen and not (message or "").startswith(NOT_DONE):
+    if watch.seen and not (message or "").startswith(catalog.NOT_DONE):
         return _rule_message(exercise, watch)
     return message
 
@@ -213,7 +212,7 @@ def _relative(path: Path) -> str:
 def _not_done_message(item) -> str:
     name, lesson, implementation = getattr(item, "exercise", (item.name, "?", None))
     where = _relative(Path(_source_file(implementation) or EXERCISES_DIR / f"{lesson}.py"))
-    return f"{NOT_DONE}: {name} — open {where} and replace the NotImplementedError"
+    return f"{catalog.NOT_DONE}: {name} — open {where} and replace the NotImplementedError"
 
 
 CRASH_SIGNS = (  # (text in an error message, what it usually means), for every exercise

@@ -23,7 +23,6 @@ import course  # noqa: E402 (after the path set-up above)
 from exercises import catalog  # noqa: E402
 
 EXERCISES_DIR = Path(__file__).resolve().parent
-NOT_DONE_PREFIX = "not done yet"  # how conftest.py starts the message of an unattempted exercise
 OK_EXIT_CODES = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED)
 
 
@@ -56,7 +55,7 @@ def classify(passed: bool, message: str) -> tuple[str, str]:
         return "done", ""
     text = message.strip()
     text = text.removeprefix("Failed: ")
-    if text.startswith(NOT_DONE_PREFIX):
+    if text.startswith(catalog.NOT_DONE):
         return "not done yet", text
     return "wrong", text
 

@@ -653,7 +653,8 @@ def test_a_broad_except_in_the_answer_does_not_swallow_the_stop():
 def test_a_broken_rule_outranks_a_failure_but_not_an_unattempted_exercise():
     from types import SimpleNamespace
 
-    from exercises.conftest import NOT_DONE, final_message
+    from exercises.catalog import NOT_DONE
+    from exercises.conftest import final_message
 
     record = catalog.BY_NAME["stable_softmax"]
     rule = record.rules[0]
